@@ -1,0 +1,5 @@
+import sys
+
+from conceptgen.cli import main
+
+sys.exit(main())

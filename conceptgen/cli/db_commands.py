@@ -1,0 +1,42 @@
+"""`conceptgen db upgrade|downgrade|current`."""
+from __future__ import annotations
+
+from conceptgen import db
+
+
+def register(sub) -> None:
+    p = sub.add_parser("db", help="database migrations")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
+    dbsub.required = True
+    up = dbsub.add_parser("upgrade", help="upgrade the schema (default: to head)")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(handler=_upgrade)
+    down = dbsub.add_parser("downgrade", help="downgrade the schema (default: to base)")
+    down.add_argument("revision", nargs="?", default="base")
+    down.set_defaults(handler=_downgrade)
+    cur = dbsub.add_parser("current", help="print the current revision")
+    cur.set_defaults(handler=_current)
+
+
+def _engine(ctx):
+    ctx.workspace.ensure_dirs()
+    return db.make_engine(ctx.workspace.db_url)
+
+
+def _upgrade(args, ctx):
+    engine = _engine(ctx)
+    db.upgrade(engine, args.revision)
+    ctx.echo(f"database at {db.current_revision(engine) or 'base'}")
+
+
+def _downgrade(args, ctx):
+    engine = _engine(ctx)
+    db.downgrade(engine, args.revision)
+    ctx.echo(f"database at {db.current_revision(engine) or 'base'}")
+
+
+def _current(args, ctx):
+    engine = _engine(ctx)
+    rev = db.current_revision(engine)
+    head = db.head_revision()
+    ctx.echo(f"{rev or 'base'}{' (head)' if rev == head else f' (head is {head})'}")

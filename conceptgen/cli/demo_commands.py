@@ -1,0 +1,5 @@
+"""CLI commands (not yet implemented)."""
+
+
+def register(sub) -> None:
+    pass

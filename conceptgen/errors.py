@@ -1,0 +1,51 @@
+"""One exception hierarchy. Every user-facing failure is a ConceptgenError whose
+message is a single line telling the user what to do; the CLI prints it without
+a traceback (``--debug`` shows one)."""
+from __future__ import annotations
+
+
+class ConceptgenError(Exception):
+    """Base of every error meant for the user. ``str(err)`` is one line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(ConceptgenError):
+    """Bad option, conflicting flags, missing file or unknown name."""
+
+
+class VideoReadError(ConceptgenError):
+    """A file could not be decoded as a video (corrupt, truncated, empty, not a video)."""
+
+
+class ModelError(ConceptgenError):
+    """Unknown model name, unloadable checkpoint, or weights not available offline."""
+
+
+class LayerNotFoundError(ModelError):
+    """A layer name that is not in the model."""
+
+
+class UnknownClassError(ModelError):
+    """A class name or index the model does not know."""
+
+
+class DataError(ConceptgenError):
+    """Too few examples, empty pool, or inputs too short for the model."""
+
+
+class StaleVersionError(ConceptgenError):
+    """An edit was based on an out-of-date version of a record."""
+
+    exit_code = 3
+
+
+class NotFoundError(ConceptgenError):
+    """A record (run, cluster, concept, user) that does not exist."""
+
+
+class IntegrityError(ConceptgenError):
+    """A checksum mismatch or other corruption in stored or exported data."""
