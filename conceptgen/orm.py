@@ -349,3 +349,5 @@ class TcavResult(Base):
 
 
 Index("ix_tubes_run_video", Tube.run_id, Tube.video_id)
+# The gallery reads each cluster's most central non-excluded members.
+Index("ix_cluster_members_cluster_rank", ClusterMember.cluster_id, ClusterMember.excluded, ClusterMember.rank)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 20:04:02.136740
+Create Date: 2026-11-25 20:44:25.680635
 """
 from typing import Sequence, Union
 
@@ -248,6 +248,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('cluster_members', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_cluster_members_cluster_id'), ['cluster_id'], unique=False)
+        batch_op.create_index('ix_cluster_members_cluster_rank', ['cluster_id', 'excluded', 'rank'], unique=False)
         batch_op.create_index(batch_op.f('ix_cluster_members_tube_id'), ['tube_id'], unique=False)
 
     op.create_table('concept_versions',
@@ -299,6 +300,7 @@ def downgrade() -> None:
     op.drop_table('concept_versions')
     with op.batch_alter_table('cluster_members', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_cluster_members_tube_id'))
+        batch_op.drop_index('ix_cluster_members_cluster_rank')
         batch_op.drop_index(batch_op.f('ix_cluster_members_cluster_id'))
 
     op.drop_table('cluster_members')
