@@ -1,0 +1,256 @@
+"""The demo model: a small 3D CNN, built from pytorchvideo's builders, trained on the
+synthetic set (:mod:`conceptgen.synth`) to tell the four actor motions apart.
+
+Network (``build_demo_network``; input (B, 3, 8, 32, 32), output logits (B, 4))::
+
+    motion       parameter-free: appends frame differences x[t] - x[t-1]  -> (B, 6, 8, 32, 32)
+    stem         conv 3x5x5 stride (1,2,2) + BN + ReLU                     -> (B, 24, 8, 16, 16)
+    stage1       conv 3x3x3 stride (1,2,2) + BN + ReLU                     -> (B, 32, 8, 8, 8)
+    stage2       conv 3x3x3 stride (2,2,2) + BN + ReLU                     -> (B, 48, 4, 4, 4)
+    stage3       conv 3x3x3 stride (2,2,2) + BN + ReLU                     -> (B, 64, 2, 2, 2)
+    head.pool    global spatiotemporal average pool                        -> (B, 64, 1, 1, 1) [pooled]
+    head.proj    linear classifier                                         -> logits (B, 4)    [pooled]
+
+Conv stages for TCAV: ``stem``, ``stage1``, ``stage2``, ``stage3`` (outputs keep T, H, W).
+``head.pool`` and ``head.proj`` come after global pooling (see registry.pooled_layers).
+The frame-difference input makes motion, the only class cue, explicit: a small network
+trained from scratch on CPU learns it in a few epochs instead of hundreds.
+
+Training is seeded and idempotent: a checkpoint already trained on the same data, seed,
+configuration and code is reused unless ``force``. Each finished epoch is saved beside the
+checkpoint, so an interrupted run resumes from the last epoch with identical results.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from conceptgen.errors import DataError
+from conceptgen.hashing import sha256_bytes, sha256_json
+from conceptgen.progress import progress
+from conceptgen.registry import DEMO_FILE, InputSpec, KINETICS_MEAN, KINETICS_STD, \
+    normalize_clips, save_checkpoint
+from conceptgen.synth import load_ground_truth
+from conceptgen.videoio import read_clip
+
+BUILDER = "demo_net"
+DEMO_SPEC = InputSpec(num_frames=8, side=32, mean=KINETICS_MEAN, std=KINETICS_STD)
+CONV_STAGES = ("stem", "stage1", "stage2", "stage3")
+POOLED_LAYER = "head.pool"
+# Mirroring a clip left-right swaps these two classes; every other class keeps its label.
+_MIRROR_SWAP = {"moving_right": "moving_left", "moving_left": "moving_right"}
+
+
+class TemporalDifference(nn.Module):
+    """(B, C, T, H, W) -> (B, 2C, T, H, W): the input followed by x[t] - x[t-1]
+    (zero at t = 0). No parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        diff = torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, 1:] - x[:, :, :-1]], dim=2)
+        return torch.cat([x, diff], dim=1)
+
+
+def build_demo_network(*, num_classes: int = 4, widths: tuple[int, int, int, int] = (24, 32, 48, 64)
+                       ) -> nn.Sequential:
+    """The demo 3D CNN (see module docstring for shapes). Logits out, no softmax."""
+    from pytorchvideo.models.head import create_res_basic_head
+    from pytorchvideo.models.stem import create_res_basic_stem
+
+    def conv_unit(dim_in, dim_out, kernel, stride):
+        # pytorchvideo's basic stem without its pool is exactly conv + BN + ReLU.
+        return create_res_basic_stem(in_channels=dim_in, out_channels=dim_out, conv_kernel_size=kernel,
+                                     conv_stride=stride, conv_padding=tuple(k // 2 for k in kernel),
+                                     pool=None)
+
+    w0, w1, w2, w3 = widths
+    return nn.Sequential(OrderedDict([
+        ("motion", TemporalDifference()),
+        ("stem", conv_unit(6, w0, (3, 5, 5), (1, 2, 2))),
+        ("stage1", conv_unit(w0, w1, (3, 3, 3), (1, 2, 2))),
+        ("stage2", conv_unit(w1, w2, (3, 3, 3), (2, 2, 2))),
+        ("stage3", conv_unit(w2, w3, (3, 3, 3), (2, 2, 2))),
+        ("head", create_res_basic_head(in_features=w3, out_features=num_classes,
+                                       pool=nn.AdaptiveAvgPool3d, output_size=(1, 1, 1),
+                                       dropout_rate=0.0, activation=None,
+                                       output_with_global_average=True)),
+    ]))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    widths: tuple[int, int, int, int] = (24, 32, 48, 64)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    checkpoint: Path
+    train_accuracy: float
+    test_accuracy: float  # held-out split of the synthetic set
+    epochs: int
+    seconds: float        # wall time of this call
+    reused: bool          # an existing checkpoint matched and was kept
+    fingerprint: str
+    n_train: int
+    n_test: int
+
+
+@dataclass
+class _Split:
+    clips: np.ndarray   # (N, T, S, S, 3) uint8
+    labels: np.ndarray  # (N,) int64
+
+
+def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: int | None = None,
+                     force: bool = False, config: TrainConfig | None = None) -> TrainReport:
+    """Train the demo network on ``data_dir`` (a synthetic set) and save
+    ``WORKSPACE/models/demo.pt``. Returns held-out accuracy among other figures."""
+    started = time.monotonic()
+    config = config or TrainConfig()
+    if epochs is not None:
+        config = TrainConfig(**{**asdict(config), "epochs": int(epochs)})
+    dataset = load_ground_truth(data_dir)
+    class_names = list(dataset.class_names)
+    key = sha256_json({"data": dataset.manifest_hash, "seed": seed, "config": asdict(config),
+                       "spec": DEMO_SPEC.to_dict(), "builder": BUILDER, "code": _code_hash()})
+    workspace.ensure_dirs()
+    path = Path(workspace.models) / DEMO_FILE
+    if not force and (report := _reuse(path, key, started)) is not None:
+        return report
+
+    train, test = (_load_split(dataset, name, class_names) for name in ("train", "test"))
+    torch.manual_seed(seed)
+    kwargs = {"num_classes": len(class_names), "widths": list(config.widths)}
+    model = build_demo_network(num_classes=len(class_names), widths=config.widths)
+    _fit(model, train, config, seed, class_names, resume_path=path.with_name(".demo.resume.pt"), key=key)
+    train_acc, test_acc = accuracy(model, train), accuracy(model, test)
+    fingerprint = save_checkpoint(
+        path, builder=BUILDER, builder_kwargs=kwargs, model=model, spec=DEMO_SPEC,
+        class_names=class_names, train_accuracy=train_acc, test_accuracy=test_acc, seed=seed,
+        data_manifest_hash=dataset.manifest_hash, data_dir=str(Path(data_dir).resolve()),
+        training_key=key, config=asdict(config), n_train=len(train.labels), n_test=len(test.labels))
+    path.with_name(".demo.resume.pt").unlink(missing_ok=True)
+    return TrainReport(checkpoint=path, train_accuracy=train_acc, test_accuracy=test_acc,
+                       epochs=config.epochs, seconds=time.monotonic() - started, reused=False,
+                       fingerprint=fingerprint, n_train=len(train.labels), n_test=len(test.labels))
+
+
+def _code_hash() -> str:
+    """This module's source: a change to the network or the loop invalidates old checkpoints."""
+    return sha256_bytes(inspect.getsource(sys.modules[__name__]).encode())
+
+
+def _reuse(path: Path, key: str, started: float) -> TrainReport | None:
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an unreadable old checkpoint is simply retrained
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("training_key") != key:
+        return None
+    return TrainReport(checkpoint=path, train_accuracy=ckpt["train_accuracy"],
+                       test_accuracy=ckpt["test_accuracy"], epochs=ckpt["config"]["epochs"],
+                       seconds=time.monotonic() - started, reused=True,
+                       fingerprint=ckpt["fingerprint"], n_train=ckpt["n_train"], n_test=ckpt["n_test"])
+
+
+def _load_split(dataset, split: str, class_names: list[str]) -> _Split:
+    videos = dataset.split(split)
+    if not videos:
+        raise DataError(f"{dataset.root}: no {split} videos; generate more with "
+                        "`conceptgen synth --videos N` (N >= 20)")
+    clips = np.stack([read_clip(v.video_path, DEMO_SPEC.num_frames, DEMO_SPEC.side)
+                      for v in progress(videos, desc=f"decode {split}", unit="video")])
+    labels = np.array([class_names.index(v.class_name) for v in videos], dtype=np.int64)
+    return _Split(clips=clips, labels=labels)
+
+
+def _augment(clips: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, swap: torch.Tensor):
+    """Label-preserving augmentations of (B, 3, T, H, W) clips, drawn from ``gen``:
+    left-right mirror (swapping the direction labels), up-down flip, and a random
+    permutation of the colour channels (colour never tells the class)."""
+    b = len(labels)
+    mirror = torch.rand(b, generator=gen) < 0.5
+    updown = torch.rand(b, generator=gen) < 0.5
+    clips = torch.where(mirror.view(-1, 1, 1, 1, 1), clips.flip(-1), clips)
+    clips = torch.where(updown.view(-1, 1, 1, 1, 1), clips.flip(-2), clips)
+    labels = torch.where(mirror, swap[labels], labels)
+    perms = torch.stack([torch.randperm(3, generator=gen) for _ in range(b)])
+    clips = torch.gather(clips, 1, perms.view(b, 3, 1, 1, 1).expand_as(clips))
+    return clips, labels
+
+
+def _fit(model: nn.Module, train: _Split, config: TrainConfig, seed: int,
+         class_names: list[str], *, resume_path: Path, key: str) -> None:
+    """AdamW + one-cycle LR, label-preserving augmentation. Saves a resume point after each epoch."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = int(np.ceil(len(train.labels) / config.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
+                                                   total_steps=config.epochs * steps_per_epoch,
+                                                   pct_start=0.15)
+    swap = torch.tensor([class_names.index(_MIRROR_SWAP.get(c, c)) for c in class_names])
+    x_all = normalize_clips(train.clips, DEMO_SPEC)
+    y_all = torch.from_numpy(train.labels)
+    first_epoch = _resume(resume_path, key, model, optimiser, schedule)
+    loss_fn = nn.CrossEntropyLoss()
+    bar = progress(range(first_epoch, config.epochs), desc="train demo model", unit="epoch")
+    for epoch in bar:
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)  # per-epoch stream: resumable
+        order = torch.randperm(len(y_all), generator=gen)
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            x, y = _augment(x_all[idx], y_all[idx], gen, swap)
+            optimiser.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        tmp = resume_path.with_name(resume_path.name + ".partial")
+        torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict()}, tmp)
+        tmp.replace(resume_path)
+    model.eval()
+
+
+def _resume(path: Path, key: str, model, optimiser, schedule) -> int:
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return 0
+    if state.get("key") != key:
+        return 0
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    return int(state["epoch"])
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: _Split, batch_size: int = 32) -> float:
+    """Fraction of clips whose arg-max logit is the true label."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(split.labels), batch_size):
+        x = normalize_clips(split.clips[start:start + batch_size], DEMO_SPEC)
+        correct += int((model(x).argmax(1).numpy() == split.labels[start:start + batch_size]).sum())
+    return correct / len(split.labels)
+
+
+__all__ = ["build_demo_network", "train_demo_model", "accuracy", "TrainConfig", "TrainReport",
+           "DEMO_SPEC", "CONV_STAGES", "POOLED_LAYER"]

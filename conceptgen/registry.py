@@ -1,0 +1,490 @@
+"""The model registry: one call turns a name into an eval-mode video model with its
+input spec, class names and a content fingerprint.
+
+Accepted names (see :func:`available_models`):
+
+* pytorchvideo hub architectures ``x3d_xs x3d_s x3d_m slow_r50 slowfast_r50 mvit_base_16x4``
+* torchvision video architectures ``r3d_18 mc3_18 r2plus1d_18 s3d mvit_v2_s swin3d_t``
+* ``demo``: ``WORKSPACE/models/demo.pt`` written by ``conceptgen train-demo-model``
+* a local checkpoint path: a ``.pt`` dict written by :func:`save_checkpoint` (builder name,
+  builder kwargs, state_dict, class names, input spec) or a TorchScript file.
+
+Every model returns logits (softmax heads are removed). Architectures are built with
+random weights unless ``pretrained=True`` (downloads; fails at once offline) or
+``weights=PATH`` (a local state_dict for the named architecture).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import socket
+import urllib.parse
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from conceptgen.errors import ConfigError, DataError, LayerNotFoundError, ModelError, UnknownClassError
+from conceptgen.hashing import sha256_bytes
+
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+TV_R3D_MEAN = (0.43216, 0.394666, 0.37645)
+TV_R3D_STD = (0.22803, 0.22145, 0.216989)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "conceptgen-checkpoint-v1"
+TORCHSCRIPT_META = "conceptgen.json"  # optional _extra_files entry: {"spec": {...}, "class_names": [...]}
+_OFFLINE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model eats: ``num_frames`` x ``side`` x ``side`` RGB clips, scaled to [0, 1]
+    then normalised per channel. SlowFast takes ``[slow, fast]`` where the slow pathway
+    keeps every ``slowfast_alpha``-th frame."""
+
+    num_frames: int
+    side: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pathways: str = "single"  # "single" | "slowfast"
+    slowfast_alpha: int = 4
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(num_frames=int(d["num_frames"]), side=int(d["side"]),
+                   mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]),
+                   pathways=d.get("pathways", "single"), slowfast_alpha=int(d.get("slowfast_alpha", 4)))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: nn.Module  # in eval mode, on ``device``
+    spec: InputSpec
+    class_names: list[str]
+    fingerprint: str  # sha256 over the state_dict (see model_fingerprint)
+    device: torch.device
+    metadata: dict = field(default_factory=dict)  # checkpoint extras (accuracy, seed, ...)
+
+    def prepare(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """uint8 clips (B, T, H, W, 3) with T = spec.num_frames and H = W = spec.side
+        -> normalised float (B, 3, T, S, S) on ``device``; ``[slow, fast]`` for SlowFast
+        (slow has T // alpha frames)."""
+        return pack_pathways(normalize_clips(clips, self.spec, self.device, what=f"model {self.name}"),
+                             self.spec)
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """Index of a class given its name or index; raises UnknownClassError."""
+        if isinstance(name_or_index, (int, np.integer)) or str(name_or_index).isdigit():
+            index = int(name_or_index)
+            if 0 <= index < len(self.class_names):
+                return index
+            raise UnknownClassError(f"class index {index} is out of range for model {self.name} "
+                                    f"({len(self.class_names)} classes)")
+        if name_or_index in self.class_names:
+            return self.class_names.index(name_or_index)
+        close = difflib.get_close_matches(str(name_or_index), self.class_names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else \
+            f"classes start {', '.join(self.class_names[:5])}"
+        raise UnknownClassError(f"model {self.name} has no class {name_or_index!r}; {hint}")
+
+
+def normalize_clips(clips: np.ndarray | torch.Tensor, spec: InputSpec,
+                    device: torch.device | str = "cpu", *, what: str = "the model") -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) at spec size -> float (B, 3, T, S, S): scaled to [0, 1], then
+    (x - mean) / std per channel. Raises DataError for clips of the wrong shape."""
+    x = clips if isinstance(clips, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(clips))
+    want = (spec.num_frames, spec.side, spec.side, 3)
+    if x.ndim != 5 or tuple(x.shape[1:]) != want:
+        raise DataError(f"{what} needs clips shaped (B, {want[0]}, {want[1]}, {want[2]}, 3), got "
+                        f"{tuple(x.shape)}; sample with videoio.sample_indices and resize with "
+                        "videoio.resize_clip")
+    x = x.to(device).permute(0, 4, 1, 2, 3).float().div_(255.0)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
+def pack_pathways(x: torch.Tensor, spec: InputSpec) -> torch.Tensor | list[torch.Tensor]:
+    """(B, 3, T, S, S) -> itself, or ``[slow, fast]`` for SlowFast (slow: T // alpha frames
+    picked uniformly, as in pytorchvideo's PackPathway)."""
+    if spec.pathways != "slowfast":
+        return x
+    t = x.shape[2]
+    slow_idx = torch.linspace(0, t - 1, max(1, t // spec.slowfast_alpha), device=x.device).long()
+    return [x.index_select(2, slow_idx), x]
+
+
+# --------------------------------------------------------------------------- architectures
+@dataclass(frozen=True)
+class _Arch:
+    build: Callable[..., nn.Module]  # build(pretrained: bool, **kwargs) -> nn.Module
+    spec: InputSpec
+    weights_url: Callable[[], str]
+
+
+def _pytorchvideo(module: str, fn: str, **fixed) -> Callable[..., nn.Module]:
+    def build(pretrained: bool = False, **kwargs) -> nn.Module:
+        builder = getattr(importlib.import_module(f"pytorchvideo.models.hub.{module}"), fn)
+        return builder(pretrained=pretrained, progress=False, **{**fixed, **kwargs})
+    return build
+
+
+def _pytorchvideo_url(module: str, key: str) -> Callable[[], str]:
+    return lambda: importlib.import_module(f"pytorchvideo.models.hub.{module}").checkpoint_paths[key]
+
+
+def _torchvision(fn: str) -> Callable[..., nn.Module]:
+    def build(pretrained: bool = False, **kwargs) -> nn.Module:
+        import torchvision.models.video as tvv
+        return getattr(tvv, fn)(weights="DEFAULT" if pretrained else None, **kwargs)
+    return build
+
+
+def _torchvision_url(fn: str) -> Callable[[], str]:
+    def url() -> str:
+        import torchvision.models as tvm
+        return tvm.get_model_weights(fn).DEFAULT.url
+    return url
+
+
+def _spec(frames: int, side: int, mean=KINETICS_MEAN, std=KINETICS_STD, **kw) -> InputSpec:
+    return InputSpec(num_frames=frames, side=side, mean=mean, std=std, **kw)
+
+
+# Specs follow each model's evaluation recipe. X3D-XS/S use the builders' own crop (160)
+# so the head's pooling kernel covers the whole clip.
+ARCHITECTURES: dict[str, _Arch] = {
+    "x3d_xs": _Arch(_pytorchvideo("x3d", "x3d_xs", head_activation=None), _spec(4, 160),
+                    _pytorchvideo_url("x3d", "x3d_xs")),
+    "x3d_s": _Arch(_pytorchvideo("x3d", "x3d_s", head_activation=None), _spec(13, 160),
+                   _pytorchvideo_url("x3d", "x3d_s")),
+    "x3d_m": _Arch(_pytorchvideo("x3d", "x3d_m", head_activation=None), _spec(16, 224),
+                   _pytorchvideo_url("x3d", "x3d_m")),
+    "slow_r50": _Arch(_pytorchvideo("resnet", "slow_r50", head_activation=None), _spec(8, 224),
+                      _pytorchvideo_url("resnet", "slow_r50")),
+    "slowfast_r50": _Arch(_pytorchvideo("slowfast", "slowfast_r50", head_activation=None),
+                          _spec(32, 224, pathways="slowfast", slowfast_alpha=4),
+                          _pytorchvideo_url("slowfast", "slowfast_r50")),
+    "mvit_base_16x4": _Arch(_pytorchvideo("vision_transformers", "mvit_base_16x4"), _spec(16, 224),
+                            _pytorchvideo_url("vision_transformers", "mvit_base_16x4")),
+    "r3d_18": _Arch(_torchvision("r3d_18"), _spec(16, 112, TV_R3D_MEAN, TV_R3D_STD),
+                    _torchvision_url("r3d_18")),
+    "mc3_18": _Arch(_torchvision("mc3_18"), _spec(16, 112, TV_R3D_MEAN, TV_R3D_STD),
+                    _torchvision_url("mc3_18")),
+    "r2plus1d_18": _Arch(_torchvision("r2plus1d_18"), _spec(16, 112, TV_R3D_MEAN, TV_R3D_STD),
+                         _torchvision_url("r2plus1d_18")),
+    "s3d": _Arch(_torchvision("s3d"), _spec(16, 224, TV_R3D_MEAN, TV_R3D_STD), _torchvision_url("s3d")),
+    "mvit_v2_s": _Arch(_torchvision("mvit_v2_s"), _spec(16, 224), _torchvision_url("mvit_v2_s")),
+    "swin3d_t": _Arch(_torchvision("swin3d_t"), _spec(32, 224, IMAGENET_MEAN, IMAGENET_STD),
+                      _torchvision_url("swin3d_t")),
+}
+
+# Builders a checkpoint may name: the architectures above plus project networks.
+# Lazy "module:function" strings keep imports cheap and forbid arbitrary code.
+PROJECT_BUILDERS = {"demo_net": "conceptgen.demo_model:build_demo_network"}
+DEMO_NAME = "demo"
+DEMO_FILE = "demo.pt"
+
+
+def available_models() -> list[str]:
+    """Every name :func:`load_model` accepts besides a file path."""
+    return [*ARCHITECTURES, DEMO_NAME]
+
+
+def build_network(builder: str, builder_kwargs: dict | None = None) -> nn.Module:
+    """Build an untrained network by builder name (an architecture or a project builder)."""
+    kwargs = dict(builder_kwargs or {})
+    if builder in ARCHITECTURES:
+        return ARCHITECTURES[builder].build(pretrained=False, **kwargs)
+    if builder in PROJECT_BUILDERS:
+        module, fn = PROJECT_BUILDERS[builder].split(":")
+        return getattr(importlib.import_module(module), fn)(**kwargs)
+    raise ModelError(f"unknown builder {builder!r}; checkpoints may name one of "
+                     f"{', '.join([*ARCHITECTURES, *PROJECT_BUILDERS])}")
+
+
+# --------------------------------------------------------------------------- loading
+def load_model(name: str | Path, *, weights: str | Path | None = None, pretrained: bool = False,
+               device: str | torch.device = "cpu", workspace=None) -> LoadedModel:
+    """Resolve ``name`` to an eval-mode model returning logits. Raises ModelError."""
+    dev = _device(device)
+    name = str(name)
+    if weights is not None and pretrained:
+        raise ConfigError("give either --pretrained or --weights PATH, not both")
+    if name == DEMO_NAME:
+        if workspace is None:
+            from conceptgen.workspace import Workspace
+            workspace = Workspace.resolve()
+        path = Path(workspace.models) / DEMO_FILE
+        if not path.is_file():
+            raise ModelError(f"no demo model at {path}; train it with "
+                             "`conceptgen train-demo-model --data DIR`")
+        loaded = _load_checkpoint(path, DEMO_NAME)
+    elif name in ARCHITECTURES:
+        loaded = _load_architecture(name, weights=weights, pretrained=pretrained)
+    elif Path(name).is_file():
+        loaded = _load_checkpoint(Path(name), name)
+    elif Path(name).suffix in (".pt", ".pth", ".pyth", ".ckpt", ".jit"):
+        raise ModelError(f"checkpoint {name} does not exist; check the path")
+    else:
+        close = difflib.get_close_matches(name, available_models(), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ModelError(f"unknown model {name!r}; {hint}run `conceptgen models` for the names, "
+                         "or give a checkpoint file path")
+    loaded.model = loaded.model.to(dev).eval()
+    loaded.device = dev
+    _attach_spec(loaded.model, loaded.spec)
+    return loaded
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"bad device {device!r}; use cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _load_architecture(name: str, *, weights, pretrained: bool) -> LoadedModel:
+    arch = ARCHITECTURES[name]
+    if pretrained:
+        _ensure_downloadable(name, arch.weights_url())
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            model = arch.build(pretrained=True)
+        except Exception as err:  # any download/parse failure is a user-facing ModelError
+            raise ModelError(f"could not download pretrained weights for {name} ({type(err).__name__}: "
+                             f"{err}); download them elsewhere and pass --weights PATH") from err
+        finally:
+            socket.setdefaulttimeout(previous)
+    else:
+        model = arch.build(pretrained=False)
+    if weights is not None:
+        _load_state_dict(model, _read_state_dict(Path(weights)), f"{name} from {weights}")
+    _strip_softmax(model)
+    return LoadedModel(name=name, model=model, spec=arch.spec, class_names=_kinetics_names(),
+                       fingerprint=model_fingerprint(model), device=torch.device("cpu"))
+
+
+def _ensure_downloadable(name: str, url: str) -> None:
+    """Fail in seconds, not minutes, when the weights are not cached and there is no network."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    if cached.is_file():
+        return
+    host = urllib.parse.urlparse(url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=_OFFLINE_TIMEOUT_S).close()
+    except OSError as err:
+        raise ModelError(f"cannot download pretrained weights for {name}: {host} is unreachable "
+                         f"({err.__class__.__name__}); fetch {url} on a connected machine and "
+                         "pass --weights PATH") from err
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a raw dict or a wrapper with state_dict/model_state/model."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist; check --weights PATH")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(f"cannot read weights {path} ({type(err).__name__}); give a torch.save'd "
+                         "state_dict") from err
+    for key in ("state_dict", "model_state", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path} holds no state_dict; save one with torch.save(model.state_dict(), PATH)")
+    return obj
+
+
+def _load_state_dict(model: nn.Module, state: dict, what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:200]
+        raise ModelError(f"weights do not fit {what}: {first}; give weights saved from the same "
+                         "architecture") from err
+
+
+def _load_checkpoint(path: Path, name: str) -> LoadedModel:
+    if _is_torchscript(path):
+        return _load_torchscript(path, name)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(f"cannot read checkpoint {path} ({type(err).__name__}); give a file written "
+                         "by conceptgen or a TorchScript model") from err
+    if not isinstance(ckpt, dict) or "builder" not in ckpt or "state_dict" not in ckpt:
+        raise ModelError(f"{path} is not a conceptgen checkpoint (needs builder, builder_kwargs, "
+                         "state_dict); for a bare state_dict use `--model ARCH --weights PATH`")
+    model = build_network(ckpt["builder"], ckpt.get("builder_kwargs"))
+    _load_state_dict(model, ckpt["state_dict"], f"builder {ckpt['builder']}")
+    _strip_softmax(model)
+    if "spec" not in ckpt and ckpt["builder"] not in ARCHITECTURES:
+        raise ModelError(f"{path} has no input spec; re-save it with registry.save_checkpoint")
+    spec = InputSpec.from_dict(ckpt["spec"]) if "spec" in ckpt else ARCHITECTURES[ckpt["builder"]].spec
+    class_names = list(ckpt.get("class_names") or _kinetics_names())
+    metadata = {k: v for k, v in ckpt.items() if k not in ("state_dict",)}
+    return LoadedModel(name=name, model=model, spec=spec, class_names=class_names,
+                       fingerprint=model_fingerprint(model), device=torch.device("cpu"),
+                       metadata=metadata)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _load_torchscript(path: Path, name: str) -> LoadedModel:
+    import json
+    extra = {TORCHSCRIPT_META: ""}
+    try:
+        model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as err:
+        raise ModelError(f"cannot load TorchScript {path} ({type(err).__name__}); re-export it "
+                         "with torch.jit.save") from err
+    if not extra[TORCHSCRIPT_META]:
+        raise ModelError(f"TorchScript {path} lacks {TORCHSCRIPT_META} metadata; save it with "
+                         f"torch.jit.save(m, PATH, _extra_files={{'{TORCHSCRIPT_META}': "
+                         "json.dumps({'spec': ..., 'class_names': [...]})})")
+    meta = json.loads(extra[TORCHSCRIPT_META])
+    return LoadedModel(name=name, model=model, spec=InputSpec.from_dict(meta["spec"]),
+                       class_names=list(meta["class_names"]), fingerprint=model_fingerprint(model),
+                       device=torch.device("cpu"), metadata=meta)
+
+
+def save_checkpoint(path: str | Path, *, builder: str, builder_kwargs: dict, model: nn.Module,
+                    spec: InputSpec, class_names: list[str], **metadata: Any) -> str:
+    """Write a checkpoint :func:`load_model` reads back; returns the model fingerprint.
+    Extra metadata must be plain Python values (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fingerprint = _fingerprint_state(state)
+    payload = {"format": CHECKPOINT_FORMAT, "builder": builder, "builder_kwargs": builder_kwargs,
+               "state_dict": state, "spec": spec.to_dict(), "class_names": list(class_names),
+               "fingerprint": fingerprint, **metadata}
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return fingerprint
+
+
+def _kinetics_names() -> list[str]:
+    from torchvision.models._meta import _KINETICS400_CATEGORIES
+    return list(_KINETICS400_CATEGORIES)
+
+
+def _strip_softmax(model: nn.Module) -> None:
+    """Replace any softmax output activation so the model returns logits."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, (nn.Softmax, nn.LogSoftmax, nn.Softmax2d)):
+                setattr(parent, child_name, nn.Identity())
+
+
+def _attach_spec(model: nn.Module, spec: InputSpec) -> None:
+    """Remember the spec on the module so pooled_layers(model) can run a probe forward."""
+    try:
+        model.conceptgen_spec = spec
+    except (AttributeError, RuntimeError, TypeError):  # TorchScript modules refuse new attributes
+        pass
+
+
+# --------------------------------------------------------------------------- fingerprints
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the state_dict: each key, dtype, shape and raw bytes, in key order."""
+    return _fingerprint_state(model.state_dict())
+
+
+def _fingerprint_state(state: dict[str, torch.Tensor]) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for key in state:
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- layers
+def layer_names(model: nn.Module | LoadedModel) -> list[str]:
+    """Dotted names of every submodule, in registration order."""
+    return [n for n, _ in _module(model).named_modules() if n]
+
+
+def get_layer(model: nn.Module | LoadedModel, dotted: str) -> nn.Module:
+    """The submodule at ``dotted``; raises LayerNotFoundError with close matches."""
+    modules = dict(_module(model).named_modules())
+    if dotted and dotted in modules:
+        return modules[dotted]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(dotted, names, n=5, cutoff=0.5)
+    hint = f"close matches: {', '.join(close)}" if close else "run `conceptgen models --layers NAME`"
+    raise LayerNotFoundError(f"layer {dotted!r} is not in the model; {hint}")
+
+
+def pooled_layers(model: nn.Module | LoadedModel, spec: InputSpec | None = None) -> set[str]:
+    """Layers whose output comes after global spatiotemporal pooling (a TCAV layer there
+    has no space or time left). Found by a probe forward of one zero clip: after the last
+    module whose output keeps >1 position along more than one axis, every module whose
+    output is a vector per sample is pooled. Without a spec, falls back to the first
+    global pooling module (adaptive 3D pool to 1) and everything registered after it."""
+    module = _module(model)
+    spec = spec or (model.spec if isinstance(model, LoadedModel) else getattr(module, "conceptgen_spec", None))
+    if spec is None or isinstance(module, torch.jit.ScriptModule):  # scripted modules take no hooks
+        return _pooled_by_type(module)
+    order: list[tuple[str, bool]] = []
+    hooks = [m.register_forward_hook(_recorder(n, order)) for n, m in module.named_modules() if n]
+    try:
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        x = torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device)
+        with torch.no_grad():
+            module(pack_pathways(x, spec))
+    finally:
+        for h in hooks:
+            h.remove()
+    last_spatial = max((i for i, (_, vec) in enumerate(order) if not vec), default=-1)
+    return {n for n, vec in order[last_spatial + 1:] if vec}
+
+
+def _recorder(name: str, order: list):
+    def hook(_module, _inputs, output):
+        first = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(first, torch.Tensor) and first.ndim >= 2:
+            # A vector per sample: at most one non-batch axis longer than 1.
+            order.append((name, sum(s > 1 for s in first.shape[1:]) <= 1))
+    return hook
+
+
+def _pooled_by_type(module: nn.Module) -> set[str]:
+    names = [n for n, _ in module.named_modules() if n]
+    mods = dict(module.named_modules())
+    for i, n in enumerate(names):
+        m = mods[n]
+        if isinstance(m, (nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d)) and \
+                all(s == 1 for s in np.atleast_1d(m.output_size)):
+            return {x for x in names[i:] if not x.startswith(n + ".")} | {n}
+    return set()
+
+
+def _module(model: nn.Module | LoadedModel) -> nn.Module:
+    return model.model if isinstance(model, LoadedModel) else model
