@@ -1,0 +1,116 @@
+"""Pure mask geometry: COCO RLE, IoU, boxes, resizing.
+
+Masks are numpy ``bool`` arrays ``(H, W)``; boxes are ``[x0, y0, x1, y1]`` float
+pixels with x1/y1 exclusive (see docs/architecture.md). Nothing here touches
+files, the database or devices.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import cv2
+import numpy as np
+from pycocotools import mask as coco_mask
+
+__all__ = [
+    "encode_rle",
+    "decode_rle",
+    "mask_iou",
+    "iou_matrix",
+    "mask_box",
+    "mask_area",
+    "union_box",
+    "resize_mask",
+    "scale_box",
+]
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of a ``(H, W)`` mask, with ``counts`` as ``str`` so it is JSON-safe.
+
+    Returns ``{"size": [H, W], "counts": str}``.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"encode_rle expects a 2-D mask, got shape {mask.shape}")
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """Inverse of :func:`encode_rle`: a ``bool`` array ``(H, W)``."""
+    counts = rle["counts"]
+    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    with warnings.catch_warnings():  # pycocotools' Cython array wrapper predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(coco).astype(bool)
+
+
+def mask_area(mask: np.ndarray) -> int:
+    """Number of pixels set in the mask."""
+    return int(np.count_nonzero(mask))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two same-shape masks; 0.0 when both are empty."""
+    inter = np.count_nonzero(np.logical_and(a, b))
+    union = np.count_nonzero(np.logical_or(a, b))
+    return float(inter / union) if union else 0.0
+
+
+def iou_matrix(masks_a: Sequence[np.ndarray] | np.ndarray, masks_b: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Pairwise IoU: ``(N, H, W)`` x ``(M, H, W)`` -> ``(N, M)`` float64 in [0, 1].
+
+    Only pairs whose boxes overlap are counted, on the overlap window: region
+    proposals are mostly small and far apart, so this is much cheaper than a
+    dense ``(N, H*W) @ (H*W, M)`` product.
+    """
+    n, m = len(masks_a), len(masks_b)
+    iou = np.zeros((n, m), dtype=np.float64)
+    if n == 0 or m == 0:
+        return iou
+    boxes_a = np.array([mask_box(a) for a in masks_a], dtype=np.int64)
+    boxes_b = np.array([mask_box(b) for b in masks_b], dtype=np.int64)
+    areas_a = [mask_area(a) for a in masks_a]
+    areas_b = [mask_area(b) for b in masks_b]
+    x0 = np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
+    y0 = np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])
+    x1 = np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2])
+    y1 = np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3])
+    for i, j in zip(*np.nonzero((x1 > x0) & (y1 > y0))):
+        win = (slice(y0[i, j], y1[i, j]), slice(x0[i, j], x1[i, j]))
+        inter = np.count_nonzero(masks_a[i][win] & masks_b[j][win])
+        iou[i, j] = inter / (areas_a[i] + areas_b[j] - inter)
+    return iou
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """Tight box ``[x0, y0, x1, y1]`` (x1/y1 exclusive) of the set pixels; all zeros if empty."""
+    ys = np.flatnonzero(np.any(mask, axis=1))
+    xs = np.flatnonzero(np.any(mask, axis=0))
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)]
+
+
+def union_box(boxes: Sequence[Sequence[float]]) -> list[float]:
+    """Smallest box containing every non-empty box; all zeros if none is non-empty."""
+    valid = [b for b in boxes if b[2] > b[0] and b[3] > b[1]]
+    if not valid:
+        return [0.0, 0.0, 0.0, 0.0]
+    arr = np.asarray(valid, dtype=np.float64)
+    return [float(arr[:, 0].min()), float(arr[:, 1].min()), float(arr[:, 2].max()), float(arr[:, 3].max())]
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a mask to ``(height, width)``."""
+    if mask.shape == (height, width):
+        return np.asarray(mask, dtype=bool)
+    resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized.astype(bool)
+
+
+def scale_box(box: Sequence[float], sx: float, sy: float) -> list[float]:
+    """Box scaled by ``sx`` horizontally and ``sy`` vertically (pixels -> pixels)."""
+    return [float(box[0]) * sx, float(box[1]) * sy, float(box[2]) * sx, float(box[3]) * sy]

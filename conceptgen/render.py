@@ -1,0 +1,199 @@
+"""Concept clips: a Tube rendered into a clip the model under study can take.
+
+Modes (named so tcav/ renders examples the same way):
+
+- ``mask``: the region over its context window; everything outside it is filled with
+  the dataset mean colour (so it normalises to zero);
+- ``crop``: a square crop around the tube's box (the Video-TCAV paper's tracked crops);
+- ``blur``: the region sharp, its background Gaussian-blurred.
+
+``static=True`` repeats the tube's middle frame over time (appearance without motion).
+Every function here is pure and deterministic: no randomness, no I/O.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .masks import resize_mask, scale_box, union_box
+
+__all__ = [
+    "RENDER_MODES",
+    "DEFAULT_MEAN",
+    "fill_from_mean",
+    "tube_positions",
+    "render_tube_clip",
+    "render_outlined_preview",
+    "highlight_full_video",
+]
+
+RENDER_MODES = ("mask", "crop", "blur")
+DEFAULT_MEAN = (0.45, 0.45, 0.45)  # Kinetics mean used by pytorchvideo models, in [0, 1]
+OUTLINE_RGB = (255, 40, 220)  # bright magenta: rare in natural video
+
+
+def fill_from_mean(mean: Sequence[float]) -> tuple[int, int, int]:
+    """Model-spec mean in [0, 1] (RGB) -> uint8 RGB fill colour."""
+    return tuple(int(round(float(np.clip(m, 0.0, 1.0)) * 255)) for m in mean)  # type: ignore[return-value]
+
+
+def tube_positions(tube_length: int, num_frames: int, *, static: bool = False) -> np.ndarray:
+    """Positions within a tube to render: ``num_frames`` ints in ``[0, tube_length)``.
+
+    Uniform over the tube's span (repeating frames when the tube is shorter than the
+    clip); all equal to the middle position when ``static``.
+    """
+    if tube_length < 1 or num_frames < 1:
+        raise DataError(f"cannot render {num_frames} frames from a tube of {tube_length} frames; "
+                        "both must be at least 1")
+    if static:
+        return np.full(num_frames, tube_length // 2, dtype=np.int64)
+    return np.round(np.linspace(0, tube_length - 1, num_frames)).astype(np.int64)
+
+
+def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequence[np.ndarray],
+                     boxes: Sequence[Sequence[float]], *, mode: str, static: bool = False, num_frames: int,
+                     side: int, fill: Sequence[int] = fill_from_mean(DEFAULT_MEAN), margin: float = 0.15,
+                     per_frame_crop: bool = False, blur_sigma: float | None = None) -> np.ndarray:
+    """Render one tube as a ``(num_frames, side, side, 3)`` uint8 RGB clip.
+
+    ``frames``: the source video's decoded frames ``(T, H, W, 3)`` uint8, indexed by
+    ``tube_frames``; ``masks``: bool ``(h, w)`` per tube frame and ``boxes``
+    ``[x0, y0, x1, y1]`` per tube frame, in mask pixels (rescaled when the masks are
+    at a different resolution from ``frames``). ``fill``: uint8 RGB dataset mean
+    (``fill_from_mean(spec.mean)``). ``margin``: crop padding as a fraction of the
+    box side. ``per_frame_crop``: follow each frame's box instead of the union box.
+    ``blur_sigma``: background blur in pixels (default: 1/30 of the frame diagonal).
+    """
+    if mode not in RENDER_MODES:
+        raise ConfigError(f"unknown render mode {mode!r}; use one of {', '.join(RENDER_MODES)}")
+    if not (len(tube_frames) == len(masks) == len(boxes)) or len(tube_frames) == 0:
+        raise DataError(f"a tube needs one mask and one box per frame: got {len(tube_frames)} frames, "
+                        f"{len(masks)} masks, {len(boxes)} boxes")
+    if side < 1:
+        raise ConfigError(f"clip side must be a positive number of pixels, got {side}")
+    frames = np.asarray(frames)
+    if max(tube_frames) >= len(frames) or min(tube_frames) < 0:
+        raise DataError(f"tube frames {tube_frames[0]}..{tube_frames[-1]} are outside the video's "
+                        f"{len(frames)} decoded frames; decode the whole video before rendering")
+    h, w = frames.shape[1:3]
+    positions = tube_positions(len(tube_frames), num_frames, static=static)
+    picked = sorted(set(positions.tolist()))
+    sy, sx = h / masks[0].shape[0], w / masks[0].shape[1]
+    full_masks = {p: resize_mask(masks[p], h, w) for p in picked}
+    full_boxes = {p: scale_box(boxes[p], sx, sy) for p in picked}
+    fill_rgb = np.asarray(fill, dtype=np.uint8).reshape(3)
+    tube_window = _context_window(union_box(list(full_boxes.values())), h, w)
+
+    rendered: dict[int, np.ndarray] = {}
+    for p in picked:
+        frame = frames[tube_frames[p]]
+        if mode == "crop":
+            box = full_boxes[p] if per_frame_crop else union_box(list(full_boxes.values()))
+            window = _crop_window(box, margin, h, w)
+            content = frame
+        else:
+            window = tube_window
+            content = _isolate_region(frame, full_masks[p], mode, fill_rgb, blur_sigma)
+        rendered[p] = _cut_and_resize(content, window, side, fill_rgb)
+    return np.stack([rendered[p] for p in positions])
+
+
+def _isolate_region(frame: np.ndarray, mask: np.ndarray, mode: str, fill_rgb: np.ndarray,
+                    blur_sigma: float | None) -> np.ndarray:
+    """``mask`` mode: mean fill outside; ``blur`` mode: blurred background outside."""
+    if mode == "mask":
+        background = np.broadcast_to(fill_rgb, frame.shape)
+    else:
+        sigma = blur_sigma if blur_sigma is not None else float(np.hypot(*frame.shape[:2])) / 30.0
+        background = cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    return np.where(mask[..., None], frame, background).astype(np.uint8)
+
+
+def _context_window(box: Sequence[float], h: int, w: int) -> tuple[int, int, int]:
+    """The largest square inside the frame (side ``min(h, w)``) centred as near the box as possible.
+
+    Returns ``(x0, y0, size)`` in frame pixels.
+    """
+    size = min(h, w)
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    x0 = int(np.clip(round(cx - size / 2.0), 0, w - size))
+    y0 = int(np.clip(round(cy - size / 2.0), 0, h - size))
+    return x0, y0, size
+
+
+def _crop_window(box: Sequence[float], margin: float, h: int, w: int) -> tuple[int, int, int]:
+    """Square around ``box`` enlarged by ``margin`` of its longer side; may extend past the frame."""
+    bw, bh = max(box[2] - box[0], 1.0), max(box[3] - box[1], 1.0)
+    size = max(int(np.ceil(max(bw, bh) * (1.0 + 2.0 * margin))), 8)
+    size = min(size, max(h, w))
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    return int(round(cx - size / 2.0)), int(round(cy - size / 2.0)), size
+
+
+def _cut_and_resize(frame: np.ndarray, window: tuple[int, int, int], side: int, fill_rgb: np.ndarray) -> np.ndarray:
+    """Cut a square window (padding with ``fill_rgb`` outside the frame) and resize it to ``side``."""
+    x0, y0, size = window
+    h, w = frame.shape[:2]
+    patch = np.empty((size, size, 3), dtype=np.uint8)
+    patch[:] = fill_rgb
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
+    if fx1 > fx0 and fy1 > fy0:
+        patch[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = frame[fy0:fy1, fx0:fx1]
+    interpolation = cv2.INTER_AREA if size > side else cv2.INTER_LINEAR
+    return cv2.resize(patch, (side, side), interpolation=interpolation)
+
+
+# --------------------------------------------------------------------------- annotator previews
+
+
+def _outline(frame: np.ndarray, mask: np.ndarray, colour: Sequence[int], thickness: int) -> np.ndarray:
+    """Copy of ``frame`` with the boundary of ``mask`` (resized to the frame) drawn on it."""
+    mask = resize_mask(mask, *frame.shape[:2])
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = np.ascontiguousarray(frame.copy())
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), thickness)
+    return out
+
+
+def _fit(frame: np.ndarray, max_side: int | None) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return frame
+    scale = max_side / max(h, w)
+    return cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _thickness(frame: np.ndarray) -> int:
+    return max(1, round(max(frame.shape[:2]) / 128))
+
+
+def render_outlined_preview(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequence[np.ndarray], *,
+                            max_side: int = 256, colour: Sequence[int] = OUTLINE_RGB) -> np.ndarray:
+    """The tube's frames with the region outlined, for annotator previews.
+
+    ``frames`` ``(T, H, W, 3)`` uint8 indexed by ``tube_frames`` -> ``(len(tube_frames),
+    h, w, 3)`` uint8 with ``max(h, w) <= max_side`` (aspect kept).
+    """
+    out = []
+    for f, mask in zip(tube_frames, masks):
+        frame = _fit(frames[f], max_side)
+        out.append(_outline(frame, mask, colour, _thickness(frame)))
+    return np.stack(out)
+
+
+def highlight_full_video(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequence[np.ndarray], *,
+                         max_side: int | None = None, colour: Sequence[int] = OUTLINE_RGB) -> np.ndarray:
+    """The whole source video with the tube's region outlined on the frames where it exists.
+
+    ``(T, H, W, 3)`` uint8 -> ``(T, h, w, 3)`` uint8 (downscaled to ``max_side`` if given).
+    """
+    by_frame = dict(zip(tube_frames, masks))
+    out = []
+    for f in range(len(frames)):
+        frame = _fit(frames[f], max_side)
+        out.append(_outline(frame, by_frame[f], colour, _thickness(frame)) if f in by_frame else frame.copy())
+    return np.stack(out)

@@ -1,0 +1,261 @@
+"""Tracking: per-frame Detections -> Tubes (regions followed over consecutive frames).
+
+Recipe, per segmenter source:
+1. propagate every live track one frame by warping its mask along the optical flow;
+2. on frames the source looked at, match predictions to detections by Hungarian
+   assignment on mask IoU; a match replaces the prediction with the detection;
+3. unmatched detections start tracks (births); a track missed on more than
+   ``max_gap`` looked-at frames ends (death), losing the frames after its first miss;
+   shorter gaps are bridged with the warped predictions;
+Then all sources together: drop tubes shorter than ``min_length`` frames and
+remove duplicates (spatio-temporal IoU > ``dedup_iou``), keeping the higher score,
+then the longer tube.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .masks import iou_matrix, mask_box, mask_iou
+from .segment import Detection, optical_flow, warp_mask
+
+__all__ = ["Tube", "build_tubes", "track_detections", "dedup_tubes", "tube_iou_matrix"]
+
+
+@dataclass
+class Tube:
+    """A region over consecutive frames.
+
+    ``frames``: sorted source-video frame indices (consecutive); ``masks``: bool
+    ``(H, W)`` per frame; ``boxes``: ``[x0, y0, x1, y1]`` pixels per frame;
+    ``kind``: the segmenter that proposed it; ``score``: mean detection score in [0, 1].
+    """
+
+    frames: list[int]
+    masks: list[np.ndarray]
+    boxes: list[list[float]]
+    kind: str
+    score: float
+
+    @property
+    def start(self) -> int:
+        return self.frames[0]
+
+    @property
+    def end(self) -> int:
+        """One past the last frame."""
+        return self.frames[-1] + 1
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def mask_at(self, frame: int) -> np.ndarray | None:
+        i = frame - self.frames[0]
+        return self.masks[i] if 0 <= i < len(self.frames) else None
+
+    def mean_area(self) -> float:
+        """Mean mask area as a fraction of the frame."""
+        return float(np.mean([m.mean() for m in self.masks]))
+
+
+@dataclass
+class _Track:
+    frames: list[int]
+    masks: list[np.ndarray]
+    scores: list[float]
+    misses: int = 0
+    first_miss: int | None = None
+
+    def to_tube(self, kind: str) -> Tube | None:
+        keep = len(self.frames) if self.first_miss is None else self.frames.index(self.first_miss)
+        frames, masks = self.frames[:keep], self.masks[:keep]
+        while masks and not masks[-1].any():  # a prediction that drifted out of the frame
+            frames, masks = frames[:-1], masks[:-1]
+        if not frames:
+            return None
+        return Tube(frames, masks, [mask_box(m) for m in masks], kind, float(np.mean(self.scores)))
+
+
+@dataclass(frozen=True)
+class _Rules:
+    max_gap: int
+    match_iou: float
+    max_jump: float
+    shape_iou: float
+
+
+@dataclass
+class _TrackerState:
+    live: list[_Track] = field(default_factory=list)
+    done: list[_Track] = field(default_factory=list)
+
+
+def track_detections(detections: Sequence[Sequence[Detection]], flows: np.ndarray, *, kind: str,
+                     observed: set[int] | None = None, max_gap: int = 2, match_iou: float = 0.2,
+                     max_jump: float = 0.2, shape_iou: float = 0.6) -> list[Tube]:
+    """Track one source's detections.
+
+    ``detections``: one list per frame (all with ``source == kind``); ``flows``
+    ``(T-1, H, W, 2)`` forward flow; ``observed``: frames the source looked at
+    (default: every frame). ``match_iou``: least IoU between a warped prediction and
+    a detection to match; unmatched pairs whose centroids are within ``max_jump`` of
+    the frame diagonal still match if their centroid-aligned IoU reaches ``shape_iou``.
+    Returns all tubes, unfiltered.
+    """
+    num_frames = len(detections)
+    if observed is None:
+        observed = set(range(num_frames))
+    state = _TrackerState()
+    rules = _Rules(max_gap=max_gap, match_iou=match_iou, max_jump=max_jump, shape_iou=shape_iou)
+    for t in range(num_frames):
+        if t > 0:
+            _propagate(state, t, flows[t - 1])
+        if t in observed:
+            _associate(state, t, list(detections[t]), rules)
+    tubes = [tr.to_tube(kind) for tr in state.done + state.live]
+    return [tube for tube in tubes if tube is not None]
+
+
+def _propagate(state: _TrackerState, t: int, flow: np.ndarray) -> None:
+    still_live = []
+    for track in state.live:
+        predicted = warp_mask(track.masks[-1], flow)
+        track.frames.append(t)
+        track.masks.append(predicted)
+        (still_live if predicted.any() else state.done).append(track)
+    state.live = still_live
+
+
+def _associate(state: _TrackerState, t: int, dets: list[Detection], rules: "_Rules") -> None:
+    """Match live tracks to this frame's detections, then births and deaths."""
+    pairs = _match_by_overlap(state.live, dets, rules.match_iou)
+    pairs += _match_by_shape(state.live, dets, pairs, rules)
+    for r, c in pairs:
+        track = state.live[r]
+        track.masks[-1] = dets[c].mask
+        track.scores.append(dets[c].score)
+        track.misses, track.first_miss = 0, None
+    matched_tracks, matched_dets = {r for r, _ in pairs}, {c for _, c in pairs}
+    still_live = []
+    for r, track in enumerate(state.live):
+        if r not in matched_tracks:
+            track.misses += 1
+            track.first_miss = t if track.first_miss is None else track.first_miss
+        (state.done if track.misses > rules.max_gap else still_live).append(track)
+    state.live = still_live
+    for c, det in enumerate(dets):
+        if c not in matched_dets:
+            state.live.append(_Track([t], [det.mask], [det.score]))
+
+
+def _match_by_overlap(tracks: list[_Track], dets: list[Detection], min_iou: float) -> list[tuple[int, int]]:
+    """Hungarian assignment on IoU between warped predictions and detections."""
+    iou = iou_matrix([tr.masks[-1] for tr in tracks], [d.mask for d in dets])
+    if not iou.size:
+        return []
+    rows, cols = linear_sum_assignment(-iou)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= min_iou]
+
+
+def _match_by_shape(tracks: list[_Track], dets: list[Detection], taken: list[tuple[int, int]],
+                    rules: "_Rules") -> list[tuple[int, int]]:
+    """Second chance for fast objects that the flow under-estimated: leftover tracks and
+    detections whose centroids lie within ``max_jump`` (fraction of the frame diagonal)
+    and whose masks overlap by ``shape_iou`` once their centroids are aligned."""
+    free_r = [r for r in range(len(tracks)) if r not in {a for a, _ in taken}]
+    free_c = [c for c in range(len(dets)) if c not in {b for _, b in taken}]
+    if not free_r or not free_c:
+        return []
+    h, w = dets[0].mask.shape
+    reach = rules.max_jump * float(np.hypot(h, w))
+    # Compare with the mask before warping: a badly wrong flow also distorts the shape.
+    shapes = {r: tracks[r].masks[-2] if len(tracks[r].masks) > 1 else tracks[r].masks[-1] for r in free_r}
+    cents_r = [_centroid(shapes[r]) for r in free_r]
+    cents_c = [_centroid(dets[c].mask) for c in free_c]
+    score = np.zeros((len(free_r), len(free_c)))
+    for i, r in enumerate(free_r):
+        for j, c in enumerate(free_c):
+            shift = cents_c[j] - cents_r[i]
+            if np.hypot(*shift) <= reach:
+                score[i, j] = mask_iou(_translate(shapes[r], shift), dets[c].mask)
+    rows, cols = linear_sum_assignment(-score)
+    return [(free_r[i], free_c[j]) for i, j in zip(rows, cols) if score[i, j] >= rules.shape_iou]
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()]) if len(xs) else np.zeros(2)
+
+
+def _translate(mask: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Mask moved by ``shift`` = (dx, dy) pixels, rounded; pixels moved off the frame are lost."""
+    dx, dy = int(round(shift[0])), int(round(shift[1]))
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def tube_iou_matrix(tubes_a: Sequence[Tube], tubes_b: Sequence[Tube]) -> np.ndarray:
+    """Spatio-temporal IoU ``(N, M)``: per-frame mask IoU summed over shared frames,
+    divided by the number of frames in the union of the two spans."""
+    n, m = len(tubes_a), len(tubes_b)
+    total = np.zeros((n, m))
+    if n == 0 or m == 0:
+        return total
+    all_frames = sorted({f for tube in list(tubes_a) + list(tubes_b) for f in tube.frames})
+    for f in all_frames:
+        ia = [i for i, tube in enumerate(tubes_a) if tube.start <= f < tube.end]
+        ib = [j for j, tube in enumerate(tubes_b) if tube.start <= f < tube.end]
+        if ia and ib:
+            total[np.ix_(ia, ib)] += iou_matrix([tubes_a[i].mask_at(f) for i in ia], [tubes_b[j].mask_at(f) for j in ib])
+    span = np.array([[len(set(a.frames) | set(b.frames)) for b in tubes_b] for a in tubes_a], dtype=np.float64)
+    return total / span
+
+
+def dedup_tubes(tubes: Sequence[Tube], *, dedup_iou: float = 0.5) -> list[Tube]:
+    """Greedy non-maximum suppression: best (score, then length) first; a tube whose
+    spatio-temporal IoU with a kept tube exceeds ``dedup_iou`` is dropped."""
+    order = sorted(range(len(tubes)), key=lambda i: (-tubes[i].score, -len(tubes[i]), tubes[i].start, i))
+    ranked = [tubes[i] for i in order]
+    overlap = tube_iou_matrix(ranked, ranked)
+    kept: list[int] = []
+    for i in range(len(ranked)):
+        if all(overlap[i, j] <= dedup_iou for j in kept):
+            kept.append(i)
+    return [ranked[i] for i in kept]
+
+
+def build_tubes(frames: np.ndarray, detections: Sequence[Sequence[Detection]], *, flows: np.ndarray | None = None,
+                observed: Mapping[str, set[int]] | None = None, min_length: int = 4, max_gap: int = 2,
+                dedup_iou: float = 0.5, match_iou: float = 0.2, max_jump: float = 0.2,
+                shape_iou: float = 0.6) -> list[Tube]:
+    """Tubes from per-frame detections of one or more segmenters.
+
+    ``frames`` ``(T, H, W, 3)`` uint8; ``detections``: ``T`` lists (mixed sources);
+    ``flows`` ``(T-1, H, W, 2)``, computed from ``frames`` when not given;
+    ``observed``: per source, the frames it looked at (e.g. SAM keyframes; default:
+    every frame). Each source is tracked on its own, then
+    tubes shorter than ``min_length`` frames are dropped and duplicates across all
+    sources removed. Output is sorted by (start frame, kind, -score): deterministic.
+    """
+    if len(detections) != len(frames):
+        raise ValueError(f"need one detection list per frame: {len(detections)} lists for {len(frames)} frames")
+    if flows is None:
+        flows = optical_flow(frames)
+    by_source: dict[str, list[list[Detection]]] = defaultdict(lambda: [[] for _ in range(len(frames))])
+    for t, dets in enumerate(detections):
+        for det in dets:
+            by_source[det.source][t].append(det)
+    tubes: list[Tube] = []
+    for source in sorted(by_source):
+        seen = None if observed is None else observed.get(source)
+        tracked = track_detections(by_source[source], flows, kind=source, observed=seen, max_gap=max_gap,
+                                   match_iou=match_iou, max_jump=max_jump, shape_iou=shape_iou)
+        tubes.extend(tube for tube in tracked if len(tube) >= min_length)
+    tubes = dedup_tubes(tubes, dedup_iou=dedup_iou)
+    return sorted(tubes, key=lambda tube: (tube.start, tube.kind, -tube.score, tube.boxes[0]))
