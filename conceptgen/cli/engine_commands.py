@@ -1,5 +1,111 @@
-"""CLI commands (not yet implemented)."""
+"""`conceptgen ingest | extract | cluster | runs`: thin adapters over
+conceptgen.ingest, conceptgen.extract and conceptgen.cluster."""
+from __future__ import annotations
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("ingest", help="add videos (files, folders, globs) to the workspace")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders (recursive) or globs")
+    p.add_argument("--labels", metavar="FILE.csv",
+                   help="CSV with columns path|filename,label[,split] (default: parent folder name)")
+    p.add_argument("--split", metavar="NAME", help="split name for these videos (e.g. train, test)")
+    p.set_defaults(handler=_ingest)
+
+    p = sub.add_parser("extract", help="segment, track, embed and preview every video into a run (resumable)")
+    p.add_argument("--model", default="demo", help="registry model name (default demo)")
+    p.add_argument("--weights", metavar="PATH", help="checkpoint for the model")
+    p.add_argument("--segmenter", default=None,
+                   help="comma-separated: motion,supervoxel,sam (default motion,supervoxel; sam,motion with --sam-checkpoint)")
+    p.add_argument("--sam-checkpoint", metavar="PATH")
+    p.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
+    p.add_argument("--layers", default=None, help="comma-separated dotted layer names (default: the model's default)")
+    p.add_argument("--pooling", default="mean", choices=("mean", "time"))
+    p.add_argument("--mode", default=None, help="render mode: mask|crop|blur (default mask; recorded in the run for tcav)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-side", type=int, default=256, help="downscale frames so max(H, W) <= this (pixels)")
+    p.add_argument("--max-frames", type=int, default=None, help="process only the first N frames of each video")
+    p.add_argument("--videos", default="all", help="'all' or 'label=NAME'")
+    p.add_argument("--run", type=int, default=None, metavar="ID", help="resume this run (its stored config)")
+    p.set_defaults(handler=_extract)
+
+    p = sub.add_parser("cluster", help="cluster a run's tube embeddings into candidate concepts")
+    p.add_argument("--run", type=int, required=True, metavar="ID")
+    p.add_argument("--layer", default=None, help="layer to cluster (default: the run's first layer)")
+    p.add_argument("--k", default="auto", help="'auto' (best silhouette) or a number of clusters")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-size", type=int, default=5, help="clusters smaller than this are marked unsupported")
+    p.add_argument("--min-videos", type=int, default=3,
+                   help="clusters spanning fewer distinct videos are marked unsupported")
+    p.set_defaults(handler=_cluster)
+
+    p = sub.add_parser("runs", help="list extraction runs, or show one run's videos")
+    p.add_argument("run_id", nargs="?", type=int, metavar="ID")
+    p.set_defaults(handler=_runs)
+
+
+def _ingest(args, ctx):
+    from conceptgen.ingest import ingest
+
+    report = ingest(ctx.workspace, args.paths, labels_csv=args.labels, split=args.split)
+    for line in report.summary_lines():
+        ctx.echo(line)
+
+
+def _extract(args, ctx):
+    from conceptgen.extract import ExtractConfig, extract
+
+    if args.run is not None:
+        report = extract(ctx.workspace, None, run_id=args.run, batch_size=args.batch_size, device=args.device)
+    else:
+        config = ExtractConfig.from_options(
+            model=args.model, weights=args.weights, segmenter=args.segmenter,
+            sam_checkpoint=args.sam_checkpoint, sam_model=args.sam_model, layers=args.layers,
+            pooling=args.pooling, mode=args.mode, amp=args.amp, seed=args.seed,
+            max_side=args.max_side, max_frames=args.max_frames, videos=args.videos)
+        report = extract(ctx.workspace, config, batch_size=args.batch_size, device=args.device)
+    for line in report.summary_lines():
+        ctx.echo(line)
+    return 1 if report.n_failed and not report.n_done else 0
+
+
+def _cluster(args, ctx):
+    from conceptgen.cluster import cluster_run
+
+    k = args.k if args.k == "auto" else _int_option("--k", args.k)
+    rep = cluster_run(ctx.workspace, args.run, layer=args.layer, k=k, seed=args.seed,
+                      min_size=args.min_size, min_videos=args.min_videos)
+    ctx.echo(f"clustering {rep.clustering_id}: run {rep.run_id}, layer {rep.layer}, {rep.n_tubes} tubes, "
+             f"k={rep.k}, {rep.n_supported} supported")
+    ctx.echo(f"{'cluster':>7} {'size':>5} {'videos':>6} {'cohesion':>8} {'outliers':>8} supported")
+    for c in rep.clusters:
+        ctx.echo(f"{c.label:>7} {len(c.members):>5} {c.n_videos:>6} {c.cohesion:>8.3f} "
+                 f"{int(c.outliers.sum()):>8} {'yes' if c.supported else 'no'}")
+
+
+def _runs(args, ctx):
+    from conceptgen.extract import describe_run, list_runs
+
+    if args.run_id is not None:
+        for line in describe_run(ctx.workspace, args.run_id):
+            ctx.echo(line)
+        return
+    rows = list_runs(ctx.workspace)
+    if not rows:
+        ctx.echo("no runs yet; start one with `conceptgen extract`")
+        return
+    ctx.echo(f"{'run':>4} {'status':<9} {'model':<12} {'done':>5} {'failed':>6} {'tubes':>6} {'clusterings':>11} created")
+    for r in rows:
+        ctx.echo(f"{r.id:>4} {r.status:<9} {r.model_name:<12} {r.n_done:>5} {r.n_failed:>6} {r.n_tubes:>6} "
+                 f"{r.n_clusterings:>11} {r.created_at:%Y-%m-%d %H:%M}")
+
+
+def _int_option(name: str, value: str) -> int:
+    from conceptgen.errors import ConfigError
+
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be 'auto' or an integer, got {value!r}") from None

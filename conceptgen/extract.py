@@ -1,0 +1,459 @@
+"""Extraction runs: every ingested video -> region tubes -> embeddings + previews.
+
+Recipe per video (the method section, in order):
+  1. decode, downscaled so max(H, W) <= ``max_side``;
+  2. segment with the chosen segmenters (one optical flow shared by all);
+  3. track detections into tubes;
+  4. render each tube into a model-sized clip (``render_mode``) and embed it,
+     batch by batch, at the chosen layers;
+  5. write an H.264 preview with the region outlined, per tube;
+  6. commit the video's tubes, embeddings and RunVideo row in ONE transaction.
+
+A run is identified by the hash of everything that changes its results (config +
+model fingerprint). Running the same config again resumes that run and skips the
+videos already 'done'; failed videos are retried. Each video's randomness is seeded
+from (run seed, video sha256), so a killed-and-resumed run ends with exactly the
+tubes an uninterrupted run makes. One failing video is recorded on its RunVideo
+row with the reason and the run goes on.
+"""
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from functools import partial
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator, Sequence
+
+import cv2
+import numpy as np
+import sqlalchemy.exc
+import torch
+from sqlalchemy import delete, func, select
+
+import conceptgen
+from conceptgen.embed import POOLINGS, HookEmbedder, embed_clips, vector_to_blob
+from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
+from conceptgen.hashing import sha256_file, sha256_json
+from conceptgen.ingest import select_videos
+from conceptgen.masks import encode_rle
+from conceptgen.orm import Clustering, Embedding, Run, RunVideo, Tube, Video, utcnow
+from conceptgen.progress import progress
+from conceptgen.workspace import Workspace
+
+DEFAULT_RENDER_MODE = "mask"  # keeps position and scale, so motion survives (benchmarks/discovery.py)
+PREVIEW_MAX_SIDE = 256
+# Fields of the run config that do not change results: excluded from the run's identity.
+RUNTIME_FIELDS = ("batch_size", "device")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides a run's tubes and embeddings (units: pixels, frames)."""
+
+    model: str = "demo"
+    weights: str | None = None
+    segmenters: str = "motion,supervoxel"
+    sam_checkpoint: str | None = None
+    sam_model: str = "vit_b"
+    keyframe_every: int = 4
+    min_tube_length: int = 4
+    layers: tuple[str, ...] = ()  # empty: the model's default layer (see default_layers)
+    pooling: str = "mean"
+    render_mode: str = DEFAULT_RENDER_MODE
+    amp: bool = False
+    seed: int = 0
+    max_side: int = 256
+    max_frames: int | None = None  # process only the first N decoded frames (None: all)
+    videos: str = "all"
+
+    @classmethod
+    def from_options(cls, *, segmenter: str | None = None, layers: str | Sequence[str] | None = None,
+                     mode: str | None = None, **kwargs) -> "ExtractConfig":
+        """From CLI-style options: comma-separated strings, None meaning the default."""
+        from conceptgen.segment import default_segmenter_names
+
+        if isinstance(layers, str):
+            layers = [x.strip() for x in layers.split(",") if x.strip()]
+        segmenters = segmenter or default_segmenter_names(kwargs.get("sam_checkpoint"))
+        for key in ("weights", "sam_checkpoint"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = str(Path(kwargs[key]).resolve())
+        config = cls(segmenters=segmenters, layers=tuple(layers or ()),
+                     render_mode=mode or DEFAULT_RENDER_MODE, **kwargs)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtractConfig":
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["layers"] = tuple(kwargs.get("layers") or ())
+        return cls(**kwargs)
+
+    def validate(self) -> None:
+        from conceptgen.render import RENDER_MODES
+
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"--pooling {self.pooling!r} unknown; use one of {', '.join(POOLINGS)}")
+        if self.render_mode not in RENDER_MODES:
+            raise ConfigError(f"--mode {self.render_mode!r} unknown; use one of {', '.join(RENDER_MODES)}")
+        if self.max_side < 16:
+            raise ConfigError(f"--max-side {self.max_side} is too small; use at least 16 pixels")
+        if self.max_frames is not None and self.max_frames < 2:
+            raise ConfigError(f"--max-frames {self.max_frames} is too small; use at least 2 frames")
+        if self.min_tube_length < 1 or self.keyframe_every < 1:
+            raise ConfigError("min_tube_length and keyframe_every must be at least 1")
+
+
+@dataclass
+class ExtractReport:
+    run_id: int
+    resumed: bool
+    n_done: int = 0
+    n_failed: int = 0
+    n_skipped: int = 0  # already done before this call
+    n_tubes: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (video path, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (video path, note) for done videos
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    seconds: float = 0.0
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"run {self.run_id} ({'resumed' if self.resumed else 'new'}): {self.n_done} videos done, "
+                 f"{self.n_failed} failed, {self.n_skipped} already done; {self.n_tubes} tubes "
+                 f"in {self.seconds:.1f}s"]
+        lines += [f"  note: {p}: {n}" for p, n in self.notes]
+        lines += [f"  failed: {p}: {r}" for p, r in self.failures]
+        return lines
+
+
+@dataclass
+class VideoTubes:
+    """One video's extraction result, before it is stored. frames (T, H, W, 3) uint8 at
+    the processing size; embeddings {layer: (n_tubes, D) float32}."""
+
+    frames: np.ndarray
+    tubes: list  # track.Tube
+    embeddings: dict[str, np.ndarray]
+    note: str | None = None
+
+
+@contextmanager
+def _timed(totals: dict[str, float], stage: str) -> Iterator[None]:
+    """Adds the wall seconds of the block to ``totals[stage]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals[stage] += time.perf_counter() - t0
+
+
+# --- identity ------------------------------------------------------------------
+def code_version() -> str:
+    """Package version, plus the git commit when the code runs from a checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(conceptgen.__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{conceptgen.__version__}+g{sha}" if sha else conceptgen.__version__
+
+
+def run_identity(config: ExtractConfig, model_fingerprint: str) -> str:
+    """sha256 of the result-determining config and the model weights."""
+    return sha256_json({"config": asdict(config), "model_fingerprint": model_fingerprint})
+
+
+def video_seed(run_seed: int, video_sha256: str) -> int:
+    """Per-video seed: independent of processing order, so resume is exact."""
+    return int(sha256_json([int(run_seed), video_sha256])[:8], 16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    cv2.setRNGSeed(seed % (2**31))
+
+
+def default_layers(loaded) -> tuple[str, ...]:
+    """The model's own choice (checkpoint metadata ``concept_layers``), else the last
+    module, in execution order, whose output still has time and space (B, C, T, H, W)
+    with H, W > 1: the deepest spatiotemporal features, found by one probe forward."""
+    meta = getattr(loaded, "metadata", {}) or {}
+    if meta.get("concept_layers"):
+        return tuple(meta["concept_layers"])
+    finished: list[str] = []
+
+    def hook_for(name):
+        def hook(_module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 5 and min(output.shape[3:]) > 1:
+                finished.append(name)
+        return hook
+
+    model = loaded.model
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
+    try:
+        spec = loaded.spec
+        probe = np.zeros((1, spec.num_frames, spec.side, spec.side, 3), dtype=np.uint8)
+        with torch.inference_mode():
+            model(loaded.prepare(probe))
+    finally:
+        for h in handles:
+            h.remove()
+    if not finished:
+        raise ConfigError(f"cannot choose a layer for model {loaded.name}; pass --layers NAME")
+    # A container finishes after its children, so the last entry is the outermost module.
+    return (finished[-1],)
+
+
+# --- one video (pure of the database) ----------------------------------------------
+class VideoProcessor:
+    """Turns one video's frames into tubes and embeddings (steps 2-4 of the recipe)."""
+
+    def __init__(self, config: ExtractConfig, loaded, *, batch_size: int, clock: Callable[[str], ContextManager]):
+        from conceptgen.render import fill_from_mean
+        from conceptgen.segment import build_segmenters
+
+        self.config, self.loaded, self.batch_size, self.clock = config, loaded, batch_size, clock
+        self.segmenters = build_segmenters(config.segmenters, sam_checkpoint=config.sam_checkpoint,
+                                           sam_model=config.sam_model, device=str(loaded.device),
+                                           keyframe_every=config.keyframe_every, seed=config.seed)
+        self.embedder = HookEmbedder(loaded, config.layers, pooling=config.pooling, amp=config.amp)
+        self.fill = fill_from_mean(loaded.spec.mean)
+
+    def __call__(self, frames: np.ndarray) -> VideoTubes:
+        from conceptgen.segment import optical_flow, run_segmenters
+        from conceptgen.track import build_tubes
+
+        t = len(frames)
+        with self.clock("segment"):
+            flows = optical_flow(frames)
+            detections = run_segmenters(self.segmenters, frames, flows=flows)
+        observed = {s.name: set(s.keyframes(t)) for s in self.segmenters if len(s.keyframes(t)) < t}
+        # A video shorter than the minimum tube length still yields (shorter) tubes.
+        min_length = min(self.config.min_tube_length, t)
+        with self.clock("track"):
+            tubes = build_tubes(frames, detections, flows=flows, observed=observed or None,
+                                min_length=min_length)
+        with self.clock("embed"):
+            embeddings = embed_clips(self.embedder, (self.render(frames, tube) for tube in tubes),
+                                     batch_size=self.batch_size) if tubes else {}
+        n = self.loaded.spec.num_frames
+        note = f"short video: {t} frames < clip length {n}, frames repeated" if t < n else None
+        return VideoTubes(frames, tubes, embeddings, note)
+
+    def render(self, frames: np.ndarray, tube) -> np.ndarray:
+        from conceptgen.render import render_tube_clip
+
+        spec = self.loaded.spec
+        return render_tube_clip(frames, tube.frames, tube.masks, tube.boxes, mode=self.config.render_mode,
+                                num_frames=spec.num_frames, side=spec.side, fill=self.fill)
+
+
+# --- the run orchestrator ------------------------------------------------------------
+def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int | None = None,
+            batch_size: int = 16, device: str = "cpu", only_video_ids: Sequence[int] | None = None
+            ) -> ExtractReport:
+    """Create or resume a run and process every selected video not yet done.
+
+    ``config`` None with ``run_id``: resume that run with its stored config.
+    ``only_video_ids`` restricts this call to those videos (the run stays the same)."""
+    from conceptgen.registry import load_model
+
+    started = time.perf_counter()
+    if config is None:
+        if run_id is None:
+            raise ConfigError("give an extraction config or --run ID to resume")
+        config = _stored_config(workspace, run_id)
+    config.validate()
+    loaded = load_model(config.model, weights=config.weights, device=device, workspace=workspace)
+    if not config.layers:
+        config = replace(config, layers=default_layers(loaded))
+    run_id, resumed = _open_run(workspace, config, loaded.fingerprint, run_id,
+                                runtime={"batch_size": batch_size, "device": device})
+    report = ExtractReport(run_id=run_id, resumed=resumed)
+    clock = partial(_timed, report.stage_seconds)
+    processor = VideoProcessor(config, loaded, batch_size=batch_size, clock=clock)
+    todo, report.n_skipped = _videos_to_do(workspace, run_id, config.videos)
+    if only_video_ids is not None:
+        todo = [v for v in todo if v.id in set(only_video_ids)]
+    for video in progress(todo, desc=f"extract run {run_id}", unit="video"):
+        _process_video(workspace, run_id, video, config, processor, clock, report)
+    _finish_run(workspace, run_id)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _stored_config(workspace: Workspace, run_id: int) -> ExtractConfig:
+    with workspace.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFoundError(f"run {run_id} does not exist; list runs with `conceptgen runs`")
+        return ExtractConfig.from_dict(run.config)
+
+
+def _open_run(workspace: Workspace, config: ExtractConfig, fingerprint: str, run_id: int | None,
+              runtime: dict) -> tuple[int, bool]:
+    """The run with this identity (resumed), or a new one."""
+    identity = run_identity(config, fingerprint)
+    with workspace.session() as s:
+        if run_id is not None:
+            run = s.get(Run, run_id)
+            if run.config_hash != identity:
+                raise ConfigError(f"run {run_id} was made with other settings or model weights; "
+                                  "run `conceptgen extract` without --run to start a new run")
+        else:
+            run = s.scalars(select(Run).where(Run.config_hash == identity).order_by(Run.id.desc())).first()
+        resumed = run is not None
+        if run is None:
+            run = Run(config={**asdict(config), "layers": list(config.layers), **runtime,
+                              "model_fingerprint": fingerprint},
+                      config_hash=identity, model_name=config.model, model_fingerprint=fingerprint,
+                      code_version=code_version())
+            s.add(run)
+        run.status, run.finished_at = "running", None
+        s.flush()
+        return run.id, resumed
+
+
+def _videos_to_do(workspace: Workspace, run_id: int, selector: str) -> tuple[list[Video], int]:
+    with workspace.session() as s:
+        done = set(s.scalars(select(RunVideo.video_id).where(RunVideo.run_id == run_id,
+                                                             RunVideo.status == "done")))
+        videos = select_videos(s, selector)
+    if not videos:
+        raise ConfigError(f"no ingested videos match --videos {selector}; run `conceptgen ingest PATH` first")
+    return [v for v in videos if v.id not in done], sum(v.id in done for v in videos)
+
+
+def _process_video(workspace: Workspace, run_id: int, video: Video, config: ExtractConfig,
+                   processor: VideoProcessor, clock: Callable[[str], ContextManager], report: ExtractReport) -> None:
+    from conceptgen.videoio import read_frames
+
+    t0 = time.perf_counter()
+    seed_everything(video_seed(config.seed, video.sha256))
+    try:
+        with clock("decode"):
+            indices = None if config.max_frames is None else range(min(video.frame_count, config.max_frames))
+            frames = read_frames(video.path, indices=indices, max_side=config.max_side)
+        result = processor(frames)
+        with clock("store"):
+            _store_video(workspace, run_id, video, result, fps=video.fps, seconds=time.perf_counter() - t0)
+    except sqlalchemy.exc.IntegrityError:
+        report.n_skipped += 1  # another process committed this video first
+        return
+    except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
+        reason = str(err) if isinstance(err, ConceptgenError) else " ".join(f"{type(err).__name__}: {err}".split())
+        _store_failure(workspace, run_id, video.id, reason, time.perf_counter() - t0)
+        report.n_failed += 1
+        report.failures.append((video.path, reason))
+        return
+    report.n_done += 1
+    report.n_tubes += len(result.tubes)
+    if result.note:
+        report.notes.append((video.path, result.note))
+
+
+def preview_relpath(run_id: int, tube_id: int) -> str:
+    """Where a tube's preview lives, relative to WORKSPACE/media."""
+    return f"previews/run{run_id}/tube{tube_id}.mp4"
+
+
+def _store_video(workspace: Workspace, run_id: int, video: Video, result: VideoTubes, *, fps: float | None,
+                 seconds: float) -> None:
+    """Tubes, embeddings, previews and the RunVideo row of one video, in one transaction."""
+    from conceptgen.render import render_outlined_preview
+    from conceptgen.videoio import write_video
+
+    config_layers = list(result.embeddings)
+    h, w = result.frames.shape[1:3]
+    with workspace.session() as s:
+        s.execute(delete(RunVideo).where(RunVideo.run_id == run_id, RunVideo.video_id == video.id,
+                                         RunVideo.status == "failed"))
+        run = s.get(Run, run_id)
+        pooling, mode = run.config["pooling"], run.config["render_mode"]
+        for i, tube in enumerate(result.tubes):
+            row = Tube(run_id=run_id, video_id=video.id, track_index=i, start_frame=int(tube.frames[0]),
+                       end_frame=int(tube.frames[-1]) + 1, frame_indices=[int(f) for f in tube.frames],
+                       kind=tube.kind, mask_height=int(h), mask_width=int(w),
+                       masks_rle=[encode_rle(m) for m in tube.masks],
+                       boxes=[[float(v) for v in b] for b in tube.boxes],
+                       area=float(tube.mean_area()), score=float(tube.score))
+            s.add(row)
+            s.flush()
+            for layer in config_layers:
+                vec = result.embeddings[layer][i]
+                s.add(Embedding(tube_id=row.id, layer=layer, pooling=pooling, render_mode=mode,
+                                dim=int(vec.size), dtype="float16", vector=vector_to_blob(vec)))
+            # Written before the commit; if the commit never happens the next attempt
+            # reuses the id and overwrites the file with identical bytes.
+            rel = preview_relpath(run_id, row.id)
+            preview = render_outlined_preview(result.frames, tube.frames, tube.masks, max_side=PREVIEW_MAX_SIDE)
+            write_video(workspace.media / rel, preview, fps=float(fps or 8.0))
+            row.preview_path, row.preview_sha256 = rel, sha256_file(workspace.media / rel)
+        s.add(RunVideo(run_id=run_id, video_id=video.id, status="done", error=result.note,
+                       n_tubes=len(result.tubes), seconds=seconds))
+
+
+def _store_failure(workspace: Workspace, run_id: int, video_id: int, reason: str, seconds: float) -> None:
+    with workspace.session() as s:
+        s.execute(delete(RunVideo).where(RunVideo.run_id == run_id, RunVideo.video_id == video_id))
+        s.add(RunVideo(run_id=run_id, video_id=video_id, status="failed", error=reason, n_tubes=0,
+                       seconds=seconds))
+
+
+def _finish_run(workspace: Workspace, run_id: int) -> None:
+    with workspace.session() as s:
+        run = s.get(Run, run_id)
+        failed = s.scalar(select(func.count()).where(RunVideo.run_id == run_id, RunVideo.status == "failed"))
+        run.status, run.finished_at = "finished", utcnow()
+        run.error = f"{failed} video(s) failed; see `conceptgen runs {run_id}`" if failed else None
+
+
+# --- listing ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSummary:
+    id: int
+    status: str
+    model_name: str
+    n_done: int
+    n_failed: int
+    n_tubes: int
+    n_clusterings: int
+    created_at: object
+
+
+def list_runs(workspace: Workspace) -> list[RunSummary]:
+    with workspace.session() as s:
+        out = []
+        for run in s.scalars(select(Run).order_by(Run.id)):
+            counts = dict(s.execute(select(RunVideo.status, func.count()).where(RunVideo.run_id == run.id)
+                                    .group_by(RunVideo.status)).all())
+            out.append(RunSummary(
+                run.id, run.status, run.model_name, counts.get("done", 0), counts.get("failed", 0),
+                s.scalar(select(func.count()).where(Tube.run_id == run.id)),
+                s.scalar(select(func.count()).where(Clustering.run_id == run.id)), run.created_at))
+        return out
+
+
+def describe_run(workspace: Workspace, run_id: int) -> list[str]:
+    """Human-readable lines: the run's config, identity and per-video outcome."""
+    with workspace.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFoundError(f"run {run_id} does not exist; list runs with `conceptgen runs`")
+        lines = [f"run {run.id}: {run.status}, model {run.model_name} ({run.model_fingerprint[:12]}), "
+                 f"code {run.code_version}, config {run.config_hash[:12]}"]
+        lines += [f"  {k} = {v}" for k, v in sorted(run.config.items())]
+        rows = s.execute(select(RunVideo, Video.path).join(Video, Video.id == RunVideo.video_id)
+                         .where(RunVideo.run_id == run_id).order_by(RunVideo.video_id)).all()
+        for rv, path in rows:
+            extra = f": {rv.error}" if rv.error else ""
+            lines.append(f"  video {rv.video_id} {rv.status} {rv.n_tubes} tubes "
+                         f"{rv.seconds or 0:.1f}s {path}{extra}")
+        return lines
