@@ -1,0 +1,1 @@
+"""One blueprint per area: auth, runs, clusters, concepts, media, api, audit."""

@@ -1,0 +1,236 @@
+"""The JSON API: every action of the pages, with the same login, CSRF (header
+``X-CSRFToken``) and version checks. The pages' JavaScript uses it."""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from flask import Blueprint, g, jsonify, request
+
+from annotator import decisions, queries
+from annotator.db import db, workspace
+from annotator.views.auth import login_required
+from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
+from conceptgen.orm import Cluster, ClusterMember
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+SIMILAR_SHOWN = 8
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ConfigError("send a JSON object body with Content-Type: application/json")
+    return body
+
+
+def _int(body: dict[str, Any], key: str, what: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"include {what} as {key!r} (a whole number)")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key!r} must be a whole number, got {value!r}") from None
+
+
+def _version(body: dict[str, Any]) -> int:
+    return _int(body, "version", "the cluster version you saw")
+
+
+# Decisions in this process take turns: SQLite has one writer anyway, and a queue
+# here is fairer and faster than SQLite's sleeping busy-wait. Other processes are
+# still kept safe by the database lock and the version checks.
+_WRITE_LOCK = threading.Lock()
+
+
+def _decide(decision: Callable[..., decisions.DecisionResult], *args, **kwargs):
+    """Run one decision in this request's session and commit it; reply with its result."""
+    with _WRITE_LOCK:
+        result = decision(db(), g.user.id, *args, **kwargs)
+        db().commit()
+    return jsonify(ok=True, **result.to_json())
+
+
+# --- reads -----------------------------------------------------------------------
+@bp.get("/runs")
+@login_required
+def runs():
+    return jsonify(runs=[asdict(r) for r in queries.run_summaries(db())])
+
+
+@bp.get("/runs/<int:run_id>/clusters")
+@login_required
+def gallery(run_id: int):
+    clustering = request.args.get("clustering", type=int)
+    page = queries.gallery(db(), run_id, clustering_id=clustering, status=request.args.get("status", "open"),
+                           sort=request.args.get("sort", "size"), page=request.args.get("page", 1),
+                           per_page=_per_page("PER_PAGE_CLUSTERS"))
+    return jsonify(page.to_json())
+
+
+@bp.get("/clusters/<int:cluster_id>")
+@login_required
+def cluster(cluster_id: int):
+    detail = queries.cluster_detail(db(), cluster_id, page=request.args.get("page", 1),
+                                    per_page=_per_page("PER_PAGE_MEMBERS"))
+    return jsonify(detail.to_json())
+
+
+def _per_page(key: str) -> int:
+    from flask import current_app
+
+    return int(current_app.config[key])
+
+
+def seed_tube(cluster_id: int) -> int:
+    """The tube the 'similar tubes' search starts from: a representative, else the most central member."""
+    from sqlalchemy import select
+
+    tube_id = db().scalar(select(ClusterMember.tube_id)
+                          .where(ClusterMember.cluster_id == cluster_id, ClusterMember.excluded.is_(False))
+                          .order_by(ClusterMember.representative.desc(), ClusterMember.rank).limit(1))
+    if tube_id is None:
+        raise NotFoundError(f"cluster {cluster_id} has no members left to search from")
+    return tube_id
+
+
+@bp.get("/clusters/<int:cluster_id>/similar")
+@login_required
+def similar(cluster_id: int):
+    """Tubes of *other* clusters nearest to this cluster's representative (FAISS index)."""
+    from conceptgen.cluster import similar_tubes
+
+    cluster = db().get(Cluster, cluster_id)
+    if cluster is None:
+        raise NotFoundError(f"cluster {cluster_id} does not exist")
+    tube_id = seed_tube(cluster.id)
+    k = min(max(request.args.get("k", SIMILAR_SHOWN, type=int), 1), 50)
+    hits = similar_tubes(workspace(), cluster.clustering_id, tube_id, k=k + cluster.size + 1)
+    rows = queries.describe_similar(db(), cluster.clustering_id, hits, exclude_cluster=cluster.id)[:k]
+    return jsonify(query_tube_id=tube_id, similar=[asdict(r) for r in rows])
+
+
+@bp.get("/concepts")
+@login_required
+def concepts():
+    return jsonify(concepts=[c.to_json() for c in queries.concept_library(db())])
+
+
+@bp.get("/audit")
+@login_required
+def audit():
+    rows, page, n_pages = queries.audit_page(db(), page=request.args.get("page", 1))
+    return jsonify(entries=[asdict(r) for r in rows], page=page, n_pages=n_pages)
+
+
+# --- decisions -------------------------------------------------------------------
+@bp.post("/clusters/<int:cluster_id>/accept")
+@login_required
+def accept(cluster_id: int):
+    body = _body()
+    return _decide(decisions.accept, cluster_id, _version(body), name=body.get("name", ""),
+                   description=body.get("description", ""),
+                   as_new_version=bool(body.get("as_new_version", False)))
+
+
+@bp.post("/clusters/<int:cluster_id>/reject")
+@login_required
+def reject(cluster_id: int):
+    return _decide(decisions.reject, cluster_id, _version(_body()))
+
+
+@bp.post("/clusters/<int:cluster_id>/rename")
+@login_required
+def rename(cluster_id: int):
+    body = _body()
+    return _decide(decisions.rename, cluster_id, _version(body), name=body.get("name", ""))
+
+
+@bp.post("/clusters/<int:cluster_id>/split")
+@login_required
+def split(cluster_id: int):
+    body = _body()
+    seed = _int(body, "seed", "a random seed") if "seed" in body else 0
+    return _decide(decisions.split, cluster_id, _version(body), k=_int(body, "k", "the number of parts"),
+                   seed=seed)
+
+
+@bp.post("/clusters/merge")
+@login_required
+def merge():
+    body = _body()
+    items = body.get("clusters")
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ConfigError("send 'clusters': a list of {\"id\": cluster id, \"version\": version you saw}, "
+                          "the first one being the cluster to keep")
+    seen = {_int(i, "id", "each cluster id"): _version(i) for i in items}
+    return _decide(decisions.merge, seen)
+
+
+@bp.post("/members/<int:member_id>/remove")
+@login_required
+def remove_member(member_id: int):
+    return _decide(decisions.set_member_excluded, member_id, _version(_body()), excluded=True)
+
+
+@bp.post("/members/<int:member_id>/restore")
+@login_required
+def restore_member(member_id: int):
+    return _decide(decisions.set_member_excluded, member_id, _version(_body()), excluded=False)
+
+
+@bp.post("/members/<int:member_id>/representative")
+@login_required
+def representative(member_id: int):
+    body = _body()
+    return _decide(decisions.set_representative, member_id, _version(body),
+                   representative=bool(body.get("representative", True)))
+
+
+@bp.post("/members/<int:member_id>/move")
+@login_required
+def move_member(member_id: int):
+    body = _body()
+    return _decide(decisions.move_member, member_id, _version(body),
+                   target_cluster_id=_int(body, "target", "the target cluster id"))
+
+
+@bp.post("/undo")
+@login_required
+def undo():
+    return _decide(decisions.undo_last)
+
+
+@bp.post("/concepts/export")
+@login_required
+def export():
+    """Export concepts through the export command's own code (``conceptgen.export``)."""
+    try:
+        from conceptgen.export import export_concepts
+    except ImportError:
+        raise ConceptgenError("export is not available in this installation yet; "
+                              "use `conceptgen export` when it is") from None
+    body = _body()
+    names = body.get("names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError("send 'names': a non-empty list of concept names to export")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    out_dir = workspace().exports / f"annotator-{stamp}"
+    kwargs = {k: body[k] for k in ("mode", "static") if k in body}
+    result = export_concepts(workspace(), names, out_dir, **kwargs)
+    return jsonify(ok=True, out_dir=str(out_dir), summary=_jsonable(result))
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return _jsonable(asdict(value))
+    return str(value)

@@ -1,0 +1,259 @@
+"""Load benchmark of the annotator: the real waitress server on loopback, driven by
+concurrent reviewers; reports page and API latency and proves no update was lost.
+
+    python benchmarks/annotator_load.py            # 1,000 clusters, 100,000 tubes, 20 clients, 60 s
+    python benchmarks/annotator_load.py --quick    # 200 clusters, 20,000 tubes, 20 clients, 20 s
+
+Each client logs in as its own user and loops: gallery page (random status/sort/page),
+cluster detail page (random cluster/page), or a decision through the JSON API
+(accept, reject, rename, remove/restore member, representative, merge, undo) sent with
+the version it just read. 409 (stale version) and 400 (decision not applicable) are
+expected under contention; 5xx are errors. Afterwards the audit log is replayed over
+the initial state and compared with the final database: every differing record is a
+lost update. The last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import requests
+from sqlalchemy import select
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from annotator import decisions  # noqa: E402
+from annotator.testing import create_user, seed_bulk_workspace  # noqa: E402
+from conceptgen.orm import AuditLog  # noqa: E402
+from conceptgen.workspace import Workspace  # noqa: E402
+
+PASSWORD = "benchmark-password"
+TOKEN = re.compile(r'name="csrf-token" content="([^"]+)"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, port: int, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "CONCEPTGEN_QUIET": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "conceptgen", "--workspace", str(root), "serve",
+                             "--port", str(port), "--threads", str(threads)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.3)
+    proc.terminate()
+    raise SystemExit("server did not start within 120 s")
+
+
+class Client(threading.Thread):
+    """One reviewer: its own session, its own seeded choices, bounded by the deadline."""
+
+    def __init__(self, index: int, base: str, cluster_ids: list[int], run_id: int, deadline: float, seed: int):
+        super().__init__(daemon=True)
+        self.index, self.base, self.ids, self.run_id, self.deadline = index, base, cluster_ids, run_id, deadline
+        self.rng = random.Random(seed * 1000 + index)
+        self.http = requests.Session()
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.codes: dict[int, int] = defaultdict(int)
+        self.n_accepts = 0
+        self.failure: str | None = None
+
+    def timed(self, kind: str, method: str, url: str, **kw) -> requests.Response:
+        t = time.perf_counter()
+        r = self.http.request(method, self.base + url, timeout=60, **kw)
+        self.latency[kind].append((time.perf_counter() - t) * 1000)
+        self.codes[r.status_code] += 1
+        return r
+
+    def login(self) -> None:
+        token = TOKEN.search(self.http.get(self.base + "/login").text).group(1)
+        r = self.http.post(self.base + "/login", data={"username": f"bench{self.index}", "password": PASSWORD,
+                                                       "csrf_token": token}, allow_redirects=False)
+        if r.status_code != 302:
+            raise RuntimeError(f"login failed for bench{self.index}: {r.status_code}")
+        self.token = TOKEN.search(self.http.get(self.base + "/runs").text).group(1)
+
+    def run(self) -> None:
+        try:
+            self.login()
+            while time.monotonic() < self.deadline:
+                roll = self.rng.random()
+                if roll < 0.4:
+                    self.gallery()
+                elif roll < 0.7:
+                    self.detail()
+                else:
+                    self.decide()
+        except Exception as err:  # reported by the main thread; the benchmark must not hang
+            self.failure = f"{type(err).__name__}: {err}"
+
+    def gallery(self) -> None:
+        status = self.rng.choice(["open", "open", "candidate", "accepted", "rejected", "all"])
+        sort = self.rng.choice(["size", "cohesion", "support"])
+        page = self.rng.randint(1, 5) if self.rng.random() < 0.5 else self.rng.randint(1, 40)
+        self.timed("gallery", "GET", f"/runs/{self.run_id}/clusters?status={status}&sort={sort}&page={page}")
+
+    def detail(self) -> None:
+        cid = self.rng.choice(self.ids)
+        self.timed("detail", "GET", f"/clusters/{cid}?page={self.rng.randint(1, 3)}")
+
+    def post(self, url: str, body: dict) -> requests.Response:
+        return self.timed("api", "POST", url, json=body, headers={"X-CSRFToken": self.token})
+
+    def decide(self) -> None:
+        cid = self.rng.choice(self.ids[: max(20, len(self.ids) // 10)])  # a hot set, to create real contention
+        state = self.http.get(self.base + f"/api/clusters/{cid}", timeout=60)
+        if state.status_code != 200:
+            self.codes[state.status_code] += 1
+            return
+        info = state.json()
+        version = info["cluster"]["version"]
+        members = [m for m in info["members"]]
+        action = self.rng.choice(["accept", "reject", "rename", "member", "representative", "merge", "undo"])
+        if action == "accept":
+            self.n_accepts += 1
+            self.post(f"/api/clusters/{cid}/accept", {"version": version, "name": f"c{self.index}-{self.n_accepts}",
+                                                      "description": "benchmark concept"})
+        elif action == "reject":
+            self.post(f"/api/clusters/{cid}/reject", {"version": version})
+        elif action == "rename":
+            self.post(f"/api/clusters/{cid}/rename", {"version": version, "name": f"n{self.rng.randint(0, 10**6)}"})
+        elif action == "member" and members:
+            m = self.rng.choice(members)
+            verb = "restore" if m["excluded"] else "remove"
+            self.post(f"/api/members/{m['id']}/{verb}", {"version": version})
+        elif action == "representative" and members:
+            m = self.rng.choice([m for m in members if not m["excluded"]] or members)
+            self.post(f"/api/members/{m['id']}/representative",
+                      {"version": version, "representative": not m["representative"]})
+        elif action == "merge":
+            other = self.rng.choice(self.ids[: max(20, len(self.ids) // 10)])
+            other_state = self.http.get(self.base + f"/api/clusters/{other}", timeout=60).json()
+            self.post("/api/clusters/merge", {"clusters": [{"id": cid, "version": version},
+                                                           {"id": other, "version": other_state["cluster"]["version"]}]})
+        else:
+            self.post("/api/undo", {})
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller and shorter (within 3 minutes)")
+    ap.add_argument("--clusters", type=int, default=None)
+    ap.add_argument("--tubes", type=int, default=None)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workspace", default=None, help="folder to seed (default: a temporary one, deleted)")
+    args = ap.parse_args(argv)
+    n_clusters = args.clusters or (200 if args.quick else 1000)
+    n_tubes = args.tubes or (20_000 if args.quick else 100_000)
+    seconds = args.seconds or (20.0 if args.quick else 60.0)
+
+    tmp = tempfile.TemporaryDirectory(prefix="annotator-load-") if args.workspace is None else None
+    root = Path(args.workspace or tmp.name) / "ws"
+    ws = Workspace.resolve(root)
+    t = time.perf_counter()
+    info = seed_bulk_workspace(ws, n_clusters=n_clusters, n_tubes=n_tubes, n_videos=min(1000, n_tubes),
+                               seed=args.seed)
+    for i in range(args.clients):
+        create_user(ws, f"bench{i}", PASSWORD)
+    seed_s = time.perf_counter() - t
+    with ws.session() as s:
+        initial = decisions.snapshot_state(s)
+    print(f"seeded {n_clusters} clusters, {n_tubes} tubes, {args.clients} users in {seed_s:.1f} s", flush=True)
+
+    port = free_port()
+    server = start_server(root, port, args.threads)
+    try:
+        # one reviewer alone first: the service time without queueing behind 19 others
+        alone = Client(0, f"http://127.0.0.1:{port}", info.cluster_ids, info.run_id, 0.0, args.seed + 1)
+        alone.login()
+        for _ in range(15):
+            alone.gallery()
+            alone.detail()
+        deadline = time.monotonic() + seconds
+        clients = [Client(i, f"http://127.0.0.1:{port}", info.cluster_ids, info.run_id, deadline, args.seed)
+                   for i in range(args.clients)]
+        t = time.perf_counter()
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(timeout=seconds + 120)
+        wall = time.perf_counter() - t
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    failures = [c.failure for c in clients if c.failure]
+    latency: dict[str, list[float]] = defaultdict(list)
+    codes: dict[int, int] = defaultdict(int)
+    for c in clients:
+        for k, v in c.latency.items():
+            latency[k] += v
+        for k, v in c.codes.items():
+            codes[k] += v
+
+    with ws.session() as s:
+        final = decisions.snapshot_state(s)
+        afters = [row.after for row in s.scalars(select(AuditLog).order_by(AuditLog.id))]
+    lost = decisions.state_differences(decisions.replay(initial, afters), final)
+    ws.close()
+    if tmp is not None:
+        tmp.cleanup()
+
+    n_requests = sum(len(v) for v in latency.values())
+    print(f"one client alone: gallery p50={percentile(alone.latency['gallery'], 50):.1f} ms, "
+          f"detail p50={percentile(alone.latency['detail'], 50):.1f} ms", flush=True)
+    for kind in ("gallery", "detail", "api"):
+        v = latency[kind]
+        print(f"{kind:8s} n={len(v):6d}  p50={percentile(v, 50):7.1f} ms  p95={percentile(v, 95):7.1f} ms  "
+              f"max={max(v) if v else float('nan'):7.1f} ms", flush=True)
+    print(f"requests {n_requests} in {wall:.1f} s ({n_requests / wall:.1f}/s); status codes {dict(sorted(codes.items()))}; "
+          f"decisions logged {len(afters)}; client failures {len(failures)} {failures[:3]}", flush=True)
+    result = {
+        "clusters": n_clusters, "tubes": n_tubes, "clients": args.clients, "seconds": seconds,
+        "gallery_p50_ms": round(percentile(latency["gallery"], 50), 1),
+        "gallery_p95_ms": round(percentile(latency["gallery"], 95), 1),
+        "detail_p50_ms": round(percentile(latency["detail"], 50), 1),
+        "detail_p95_ms": round(percentile(latency["detail"], 95), 1),
+        "api_p50_ms": round(percentile(latency["api"], 50), 1),
+        "api_p95_ms": round(percentile(latency["api"], 95), 1),
+        "alone_gallery_p50_ms": round(percentile(alone.latency["gallery"], 50), 1),
+        "alone_detail_p50_ms": round(percentile(alone.latency["detail"], 50), 1),
+        "requests": n_requests, "conflicts_409": codes.get(409, 0),
+        "errors_5xx": sum(n for code, n in codes.items() if code >= 500),
+        "decisions": len(afters), "lost_updates": len(lost), "client_failures": len(failures),
+    }
+    print(json.dumps(result), flush=True)
+    return 0 if result["errors_5xx"] == 0 and not lost and not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
