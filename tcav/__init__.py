@@ -1,0 +1,14 @@
+"""Video-TCAV: concept scores for video models, with honest statistics.
+
+Modules, in the order the method uses them:
+  examples     where clips come from (DB concepts, export/plain folders, class videos, random pool)
+  activations  the one activation/gradient cache (content-hashed; one forward + backward per batch)
+  classifiers  CavClassifier ABC: sgd (default), logistic, svm, mean-diff; seeded, held-out accuracy
+  cav          the CAV dataclass (saves/loads itself)
+  scoring      directional derivatives, TCAV / magnitude / temporal TCAV (pure)
+  stats        permutation / t-test against the random-vs-random null, Bonferroni / Holm, power (pure)
+  diagnostics  degenerate layers, the CAV quality gate, null health (pure)
+  experiment   run_tcav: the orchestrator
+  results      database rows, CSV and JSON;  plots: matplotlib PNGs;  workflow: the CLI's one call
+  gradcam      the Grad-CAM baseline;  toy: a tiny trained 3D CNN world for tests
+"""

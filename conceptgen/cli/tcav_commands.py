@@ -1,5 +1,116 @@
-"""CLI commands (not yet implemented)."""
+"""`conceptgen tcav` and `conceptgen gradcam`: glue over tcav.workflow and tcav.gradcam."""
+from __future__ import annotations
+
+from conceptgen.errors import ConfigError
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("tcav", help="score concepts for a class with Video-TCAV, with significance tests")
+    p.add_argument("--model", required=True, help="model name (`conceptgen models`), demo, or checkpoint path")
+    p.add_argument("--weights", default=None, help="weights file for an architecture name")
+    p.add_argument("--layers", required=True, help="comma-separated layer names (`conceptgen models --layers`)")
+    p.add_argument("--target", required=True, help="class name(s) or index(es), comma-separated")
+    p.add_argument("--concepts", required=True,
+                   help="comma-separated approved concept names, all-approved, or a folder "
+                        "(one sub-folder of clips per concept, or a `conceptgen export` folder)")
+    p.add_argument("--random-sets", default="10", help="N random sets (2-500, default 10) or auto")
+    p.add_argument("--random-set-size", type=int, default=20, help="clips per random set (default 20)")
+    p.add_argument("--random-pool", default=None,
+                   help="folder of random clips (default: random* sub-folders of --concepts DIR, else "
+                        "every database tube that is in no concept)")
+    p.add_argument("--class-examples", default=None,
+                   help="folder of class videos (DIR/<class>/*.mp4 or DIR/*.mp4; default: labelled videos in the DB)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    p.add_argument("--classifier", default="sgd", choices=("sgd", "logistic", "svm", "mean-diff"),
+                   help="CAV classifier (default sgd: hinge loss, as TF TCAV and Captum)")
+    p.add_argument("--test", default="permutation", choices=("permutation", "ttest"),
+                   help="test against the random-vs-random null (default permutation; ttest as the paper)")
+    p.add_argument("--correction", default="bonferroni", choices=("bonferroni", "holm"),
+                   help="family-wise correction over every hypothesis (default bonferroni)")
+    p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per forward/backward (default 8)")
+    p.set_defaults(handler=_tcav)
+
+    p = sub.add_parser("gradcam", help="Grad-CAM overlay video and per-frame heat curve for one video")
+    p.add_argument("--video", required=True, help="video file")
+    p.add_argument("--model", required=True, help="model name, demo, or checkpoint path")
+    p.add_argument("--weights", default=None, help="weights file for an architecture name")
+    p.add_argument("--layer", required=True, help="a layer with time and space (C, T, H, W)")
+    p.add_argument("--target", required=True, help="class name or index")
+    p.add_argument("--out", default=None, help="output folder (default WORKSPACE/media/gradcam)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(handler=_gradcam)
+
+
+def _split(value: str, flag: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise ConfigError(f"{flag} is empty: give at least one name")
+    return items
+
+
+def _random_sets(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--random-sets must be a number or auto, got {value!r}") from None
+
+
+def _tcav(args, ctx) -> int:
+    from tcav.workflow import TcavRequest, run_experiment
+
+    request = TcavRequest(
+        model=args.model, layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
+        concepts=args.concepts, random_sets=_random_sets(args.random_sets), seed=args.seed, device=args.device,
+        classifier=args.classifier, test=args.test, correction=args.correction, mode=args.mode,
+        class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
+        weights=args.weights, amp=args.amp, batch_size=args.batch_size)
+    outcome = run_experiment(ctx.workspace, request)
+    for line in format_table(outcome.report):
+        ctx.echo(line)
+    for warning in outcome.report.warnings:
+        ctx.echo(f"warning: {warning}")
+    ctx.echo(f"experiment {outcome.experiment_id}: {outcome.report.n_random_sets} random sets, "
+             f"{len(outcome.report.tested())} hypotheses, {outcome.report.config.correction} correction")
+    ctx.echo(f"results: {', '.join(str(p) for p in outcome.files)}")
+    ctx.echo(f"plots: {', '.join(str(p) for p in outcome.plots)}")
+    return 0
+
+
+def format_table(report) -> list[str]:
+    """The CLI's result table: one line per concept variant, class and layer."""
+    nulls = {(lr.layer, lr.target): lr for lr in report.layer_reports}
+    head = (f"{'concept':<24} {'variant':<8} {'layer':<20} {'class':<14} {'TCAV':>5} {'±':>5} "
+            f"{'null':>5} {'CAVacc':>6} {'p':>8} {'p_corr':>8}  verdict")
+    lines = [head, "-" * len(head)]
+    for r in report.tested():
+        null = nulls[(r.layer, r.target)]
+        layer = r.layer + (" (degenerate)" if null.diagnosis.degenerate else "")
+        lines.append(f"{r.concept[:24]:<24} {r.variant:<8} {layer:<20} {r.target[:14]:<14} "
+                     f"{r.tcav_mean:5.2f} {r.tcav_std:5.2f} {null.null_mean:5.2f} "
+                     f"{float(r.cav_accuracies.mean()):6.2f} {r.p_value:8.2g} {r.p_corrected:8.2g}  {r.verdict}")
+    relative = [r for r in report.results if r.comparison == "relative"]
+    if relative:
+        lines.append("relative TCAV (concept vs the other concepts):")
+        lines += [f"  {r.concept} [{r.variant}] {r.layer} {r.target}: {r.tcav_mean:.2f}" for r in relative]
+    return lines
+
+
+def _gradcam(args, ctx) -> int:
+    from pathlib import Path
+
+    from conceptgen.registry import load_model
+    from tcav.gradcam import gradcam_video
+    from tcav.workflow import check_devices
+
+    check_devices(args.device, False)
+    loaded = load_model(args.model, weights=args.weights, device=args.device, workspace=ctx.workspace)
+    out = Path(args.out) if args.out else Path(ctx.workspace.media) / "gradcam"
+    files = gradcam_video(args.video, loaded, args.layer, args.target, out)
+    ctx.echo(f"overlay video: {files.video}")
+    ctx.echo(f"heat curve: {files.curve_csv}, {files.curve_png}")
+    return 0

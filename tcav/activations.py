@@ -1,0 +1,193 @@
+"""The one owner of TCAV's activation and gradient cache.
+
+Layout: ``WORKSPACE/cache/tcav/<kk>/<key>.npy``, one array per (example, layer,
+kind[, target class]), where ``key`` is the sha256 of
+
+    model weights fingerprint (hashed from the live state_dict, not a name),
+    model input spec, layer, example content key, render mode, dtype,
+    kind ("act" or "grad") and target class index.
+
+A changed weight, layer, clip or render mode therefore hashes to a different
+file, so a stale entry is impossible by construction. Files are written per
+batch through a temporary name and an atomic rename, so an interrupted run
+resumes where it stopped and never duplicates work.
+
+All requested layers come from ONE forward per batch (forward hooks) and ONE
+backward per target class (``torch.autograd.grad`` w.r.t. every hooked output
+at once). Work stays on the model's device; AMP (float16 autocast) is opt-in and
+CUDA-only.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from conceptgen.embed import batched
+from conceptgen.errors import ConceptgenError, ConfigError, DataError
+from conceptgen.hashing import sha256_json
+from conceptgen.progress import progress
+
+STORAGE_DTYPES = ("float32", "float16")
+
+
+class ClipExample(Protocol):
+    """What the store needs from an example: a content ``key`` (sha256 of the clip's
+    source bytes and how it was cut), its ``render_mode`` and ``load()`` ->
+    uint8 (T, S, S, 3) at the model's input spec."""
+
+    key: str
+    render_mode: str
+
+    def load(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """One batch's layer outputs: ``activations[layer]`` (B, *shape) and
+    ``gradients[(layer, target)]`` (B, *shape) = d logit_target / d activation."""
+
+    activations: dict[str, torch.Tensor]
+    gradients: dict[tuple[str, int], torch.Tensor]
+
+
+def forward_backward(loaded, modules: dict[str, torch.nn.Module], clips: np.ndarray,
+                     targets: Sequence[int], *, amp: bool = False) -> BatchOutputs:
+    """One forward with hooks on every module in ``modules`` and, per target class,
+    one backward to all of them. ``clips`` uint8 (B, T, S, S, 3)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook_for(name):
+        def hook(_module, _inputs, output):
+            captured[name] = output[0] if isinstance(output, (list, tuple)) else output
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    device_type = torch.device(loaded.device).type
+    try:
+        with torch.set_grad_enabled(bool(targets)), torch.autocast(device_type, dtype=torch.float16, enabled=amp):
+            inputs = loaded.prepare(clips)
+            logits = loaded.model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    names = list(modules)
+    outputs = [captured[n] for n in names]
+    gradients: dict[tuple[str, int], torch.Tensor] = {}
+    for i, target in enumerate(targets):
+        # Examples are independent in eval mode, so the gradient of the summed
+        # logit w.r.t. each example's activation is that example's gradient.
+        grads = torch.autograd.grad(logits[:, target].float().sum(), outputs,
+                                    retain_graph=i < len(targets) - 1, allow_unused=True)
+        for name, out, g in zip(names, outputs, grads):
+            gradients[(name, target)] = (torch.zeros_like(out) if g is None else g).detach()
+    return BatchOutputs({n: o.detach() for n, o in zip(names, outputs)}, gradients)
+
+
+class ActivationStore:
+    """Activations and class-logit gradients of examples at some layers of one model.
+
+    ``loaded`` is a :class:`conceptgen.registry.LoadedModel` (``model``, ``spec``,
+    ``prepare``, ``device``). ``layers`` are dotted module names."""
+
+    def __init__(self, cache_dir: str | Path, loaded, layers: Sequence[str], *, amp: bool = False,
+                 dtype: str = "float32", batch_size: int = 8):
+        from conceptgen.registry import get_layer, model_fingerprint  # keeps model zoo imports lazy
+
+        if dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"unknown cache dtype {dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
+        if amp and torch.device(loaded.device).type != "cuda":
+            raise ConfigError("--amp needs --device cuda: drop --amp on CPU")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.root = Path(cache_dir)
+        self.loaded = loaded
+        self.layers = list(dict.fromkeys(layers))
+        self.modules = {name: get_layer(loaded.model, name) for name in self.layers}
+        self.amp, self.dtype, self.batch_size = amp, dtype, batch_size
+        # Hashed from the live weights, not trusted from a name or an earlier load.
+        self.fingerprint = model_fingerprint(loaded.model)
+        self._spec = repr(loaded.spec)
+        self.computed = 0  # examples run through the model by this store (cache misses)
+        self.failed: dict[str, str] = {}  # example key -> "origin: reason" (skipped, not fatal)
+
+    # --- keys and files -----------------------------------------------------
+    def _path(self, example: ClipExample, layer: str, kind: str, target: int | None) -> Path:
+        key = sha256_json({"model": self.fingerprint, "spec": self._spec, "layer": layer,
+                           "example": example.key, "render": example.render_mode,
+                           "dtype": self.dtype, "amp": self.amp, "kind": kind, "target": target})
+        return self.root / key[:2] / f"{key}.npy"
+
+    def _wanted(self, example, targets) -> list[Path]:
+        paths = [self._path(example, layer, "act", None) for layer in self.layers]
+        paths += [self._path(example, layer, "grad", t) for layer in self.layers for t in targets]
+        return paths
+
+    def _write(self, path: Path, array: torch.Tensor) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, array.float().cpu().numpy().astype(self.dtype))
+        tmp.replace(path)
+
+    # --- computing ----------------------------------------------------------
+    def ensure(self, examples: Sequence[ClipExample], targets: Sequence[int] = (), *,
+               desc: str = "activations") -> None:
+        """Computes and writes whatever is missing, batch by batch (resumable)."""
+        targets = sorted(set(int(t) for t in targets))
+        missing = [e for e in dict((e.key + e.render_mode, e) for e in examples).values()
+                   if e.key not in self.failed and not all(p.is_file() for p in self._wanted(e, targets))]
+        if not missing:
+            return
+        batches = list(batched(missing, self.batch_size))
+        for batch in progress(batches, desc=desc, unit="batch"):
+            clips, batch = self._load_batch(batch)
+            if not batch:
+                continue
+            out = forward_backward(self.loaded, self.modules, clips, targets, amp=self.amp)
+            for i, example in enumerate(batch):
+                for layer in self.layers:
+                    self._write(self._path(example, layer, "act", None), out.activations[layer][i])
+                    for t in targets:
+                        self._write(self._path(example, layer, "grad", t), out.gradients[(layer, t)][i])
+            self.computed += len(batch)
+
+    def _load_batch(self, batch):
+        """Decoded clips of a batch; a clip that fails is recorded in ``failed`` and skipped."""
+        clips, kept = [], []
+        for example in batch:
+            try:
+                clips.append(_checked_clip(example, self.loaded.spec))
+                kept.append(example)
+            except ConceptgenError as err:
+                reason = str(err)
+                self.failed[example.key] = reason if example.origin in reason else f"{example.origin}: {reason}"
+        return (np.stack(clips) if clips else None), kept
+
+    # --- reading ------------------------------------------------------------
+    def activations(self, examples: Sequence[ClipExample], layer: str) -> np.ndarray:
+        """(N, D) float32 flattened activations (computed if missing)."""
+        self.ensure(examples)
+        return self._stack([self._path(e, layer, "act", None) for e in examples]).reshape(len(examples), -1)
+
+    def gradients(self, examples: Sequence[ClipExample], layer: str, target: int) -> np.ndarray:
+        """(N, *layer shape) float32 gradients of logit ``target`` (computed if missing)."""
+        self.ensure(examples, [target])
+        return self._stack([self._path(e, layer, "grad", int(target)) for e in examples])
+
+    @staticmethod
+    def _stack(paths: list[Path]) -> np.ndarray:
+        return np.stack([np.load(p).astype(np.float32) for p in paths]) if paths else np.zeros((0,), np.float32)
+
+
+def _checked_clip(example: ClipExample, spec) -> np.ndarray:
+    clip = example.load()
+    want = (spec.num_frames, spec.side, spec.side, 3)
+    if clip.shape != want or clip.dtype != np.uint8:
+        raise DataError(f"example {example.key[:12]} loads as {clip.shape} {clip.dtype}, "
+                        f"not {want} uint8: re-render it at the model's input spec")
+    return clip
+

@@ -1,0 +1,386 @@
+"""Video-TCAV, the orchestrator: :func:`run_tcav` reads like the method section.
+
+1. Draw N random sets from the random pool (stream "random-sets") and N disjoint
+   random-versus-random pairs for the null (stream "null"): O(N) pairs, each set
+   drawn from its own seed, so raising N or changing the concepts moves nothing.
+2. Add the static counterpart of every dynamic concept.
+3. Compute activations of every clip and class-logit gradients of every class
+   example at all layers (one forward + one backward per batch, cached); clips
+   that fail to load are skipped and reported, the rest go on.
+4. Per layer: train CAVs (concept vs each random set; random vs random; concept
+   vs each other concept for relative TCAV), recording held-out accuracies.
+5. Per layer and class: directional derivatives, TCAV and magnitude scores,
+   temporal profiles, the gradient-consistency diagnosis and the null's health.
+6. Test every concept score set against the null, correct over all hypotheses,
+   and give verdicts (degenerate layers and unlearnable concepts are never
+   significant).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from conceptgen.errors import ConfigError, DataError
+from tcav import diagnostics, scoring, stats
+from tcav.activations import ActivationStore
+from tcav.cav import CAV
+from tcav.classifiers import make_classifier
+from tcav.examples import ConceptExamples, Example, check_enough, static_counterpart
+
+DEFAULT_RANDOM_SETS = 10   # as the Video-TCAV paper
+MAX_RANDOM_SETS = 500
+AUTO_START = 10
+
+
+@dataclass(frozen=True)
+class TcavConfig:
+    """Everything that decides an experiment's numbers (stored with it)."""
+
+    layers: tuple[str, ...]
+    targets: tuple[str, ...]
+    random_sets: int | str = DEFAULT_RANDOM_SETS   # an int, or "auto"
+    seed: int = 0
+    classifier: str = "sgd"
+    test: str = "permutation"
+    correction: str = "bonferroni"
+    alpha: float = stats.DEFAULT_ALPHA
+    random_set_size: int = 20
+    render_mode: str = "crop"
+    with_static: bool = True
+    relative: bool = True
+    max_random_sets: int = 80       # cap for "auto"
+    n_resamples: int = stats.DEFAULT_RESAMPLES
+
+    def validate(self) -> None:
+        if not self.layers:
+            raise ConfigError("no layers given: pass --layers NAME[,NAME...]")
+        if not self.targets:
+            raise ConfigError("no target class given: pass --target CLASS")
+        if self.test not in stats.TESTS:
+            raise ConfigError(f"unknown test {self.test!r}: use one of {', '.join(stats.TESTS)}")
+        if self.correction not in stats.CORRECTIONS:
+            raise ConfigError(f"unknown correction {self.correction!r}: use one of {', '.join(stats.CORRECTIONS)}")
+        make_classifier(self.classifier)
+        if self.random_sets != "auto" and not (2 <= int(self.random_sets) <= MAX_RANDOM_SETS):
+            raise ConfigError(f"--random-sets must be between 2 and {MAX_RANDOM_SETS} or auto, got {self.random_sets}")
+        if self.random_set_size < 2:
+            raise ConfigError(f"--random-set-size must be at least 2, got {self.random_set_size}")
+
+
+@dataclass(frozen=True)
+class TcavInputs:
+    concepts: list[ConceptExamples]
+    class_examples: dict[str, list[Example]]   # target class name -> example videos
+    random_pool: list[Example]
+
+
+@dataclass
+class HypothesisResult:
+    """One concept variant for one class at one layer, against random sets (or relative).
+
+    Arrays have one entry per random set (or per other concept for relative)."""
+
+    concept: str
+    variant: str
+    layer: str
+    target: str
+    comparison: str
+    scores: np.ndarray
+    magnitudes: np.ndarray
+    cav_accuracies: np.ndarray
+    concept_id: int | None = None
+    p_value: float | None = None
+    p_corrected: float | None = None
+    significant: bool = False
+    verdict: str = ""
+    flags: list[str] = field(default_factory=list)
+    temporal: scoring.TemporalProfile | None = None
+    against: list[str] = field(default_factory=list)
+
+    @property
+    def tcav_mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def tcav_std(self) -> float:
+        return float(np.std(self.scores))
+
+
+@dataclass
+class LayerReport:
+    """The null and the gradient diagnosis for one (layer, class)."""
+
+    layer: str
+    target: str
+    diagnosis: diagnostics.LayerDiagnosis
+    null_scores: np.ndarray
+    null_accuracies: np.ndarray
+    warning: str | None
+
+    @property
+    def null_mean(self) -> float:
+        return float(np.mean(self.null_scores))
+
+
+@dataclass
+class TcavReport:
+    config: TcavConfig
+    n_random_sets: int
+    results: list[HypothesisResult]
+    layer_reports: list[LayerReport]
+    power: stats.PowerCheck
+    warnings: list[str]
+    auto_history: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)   # example key -> "origin: reason"
+    experiment_id: int | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def tested(self) -> list[HypothesisResult]:
+        return [r for r in self.results if r.comparison == "random"]
+
+    def find(self, concept: str, layer: str, target: str, variant: str = "dynamic",
+             comparison: str = "random") -> HypothesisResult:
+        for r in self.results:
+            if (r.concept, r.layer, r.target, r.variant, r.comparison) == (concept, layer, target, variant, comparison):
+                return r
+        raise KeyError((concept, layer, target, variant, comparison))
+
+    def degenerate_layers(self) -> list[str]:
+        return sorted({lr.layer for lr in self.layer_reports if lr.diagnosis.degenerate})
+
+
+# --- the method ------------------------------------------------------------------
+def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str | Path,
+             amp: bool = False, batch_size: int = 8) -> TcavReport:
+    """Scores every concept (and its static counterpart) for every target class at
+    every layer against random sets, with the null, tests and diagnostics."""
+    config.validate()
+    targets = {name: loaded.class_index(name) for name in config.targets}
+    store = ActivationStore(cache_dir, loaded, config.layers, amp=amp, batch_size=batch_size)
+    concepts = _with_static_variants(inputs.concepts, config)
+    for name in config.targets:  # fail fast, before any model work
+        check_enough(concepts, inputs.class_examples.get(name, []), inputs.random_pool,
+                     random_set_size=config.random_set_size, target=name)
+    concepts, inputs = _compute_concepts_and_classes(store, concepts, inputs, targets)
+    for name in config.targets:  # again, without the clips that failed to load
+        check_enough(concepts, inputs.class_examples[name], inputs.random_pool,
+                     random_set_size=config.random_set_size, target=name)
+    pool = sorted(inputs.random_pool, key=lambda e: e.key)  # order-independent sampling
+    if config.random_sets != "auto":
+        report = _score(store, concepts, inputs, pool, targets, config, int(config.random_sets))
+    else:
+        report = _score_auto(store, concepts, inputs, pool, targets, config)
+    report.skipped = dict(store.failed)
+    if store.failed:
+        report.warnings.append(f"skipped {len(store.failed)} clip(s) that failed to load, e.g. "
+                               f"{next(iter(store.failed.values()))}")
+    return report
+
+
+def _compute_concepts_and_classes(store, concepts, inputs: TcavInputs, targets):
+    """Step 3 for concept clips (forward only) and class examples (forward + backward);
+    drops clips that failed to load (recorded in ``store.failed``)."""
+    store.ensure([e for c in concepts for e in c.examples], desc="concept clips")
+    store.ensure([e for name in targets for e in inputs.class_examples[name]], list(targets.values()),
+                 desc="class examples")
+    ok = lambda examples: [e for e in examples if e.key not in store.failed]  # noqa: E731
+    concepts = [replace(c, examples=ok(c.examples)) for c in concepts]
+    inputs = replace(inputs, class_examples={k: ok(v) for k, v in inputs.class_examples.items()})
+    return concepts, inputs
+
+
+def _with_static_variants(concepts: list[ConceptExamples], config: TcavConfig) -> list[ConceptExamples]:
+    have = {(c.name, c.variant) for c in concepts}
+    out = list(concepts)
+    if config.with_static:
+        out += [static_counterpart(c) for c in concepts
+                if c.variant == "dynamic" and (c.name, "static") not in have]
+    return sorted(out, key=lambda c: (c.name, c.variant))
+
+
+def draw_random_sets(pool: Sequence[Example], n: int, size: int, seed: int) -> list[list[int]]:
+    """N random sets of ``size`` pool indices; set i depends only on (seed, i)."""
+    return [sorted(np.random.default_rng(stats.derive_seed(seed, "random-sets", i))
+                   .choice(len(pool), size, replace=False).tolist()) for i in range(n)]
+
+
+def draw_null_pairs(pool: Sequence[Example], n: int, size: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """N disjoint (A, B) pairs of pool indices for random-vs-random CAVs, own stream."""
+    pairs = []
+    for i in range(n):
+        order = np.random.default_rng(stats.derive_seed(seed, "null", i)).permutation(len(pool))
+        pairs.append((sorted(order[:size].tolist()), sorted(order[size:2 * size].tolist())))
+    return pairs
+
+
+def random_set_plan(pool: Sequence[Example], n: int, size: int, seed: int):
+    """(random sets, null pairs, sorted pool indices used by either)."""
+    random_sets = draw_random_sets(pool, n, size, seed)
+    null_pairs = draw_null_pairs(pool, n, size, seed)
+    used = sorted({i for s in random_sets for i in s} | {i for a, b in null_pairs for i in a + b})
+    return random_sets, null_pairs, used
+
+
+def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: dict[str, int],
+           config: TcavConfig, n_sets: int, *, seed: int | None = None) -> TcavReport:
+    seed = config.seed if seed is None else seed
+    pool, random_sets, null_pairs = _draw_usable_sets(store, pool, n_sets, config.random_set_size, seed)
+
+    results: list[HypothesisResult] = []
+    layer_reports: list[LayerReport] = []
+    classifier = make_classifier(config.classifier)
+    for layer in config.layers:
+        # One set's activations in RAM at a time (read back from the cache).
+        acts_of = lambda idx: store.activations([pool[j] for j in idx], layer)  # noqa: E731
+        null_cavs = [_fit(classifier, f"null:{i}a", f"null:{i}b", layer, acts_of(a), acts_of(b),
+                          stats.derive_seed(seed, "null-cav", layer, i))
+                     for i, (a, b) in enumerate(null_pairs)]
+        concept_cavs = {}
+        for c in concepts:
+            acts = store.activations(c.examples, layer)
+            concept_cavs[c.label] = [
+                _fit(classifier, c.label, f"random:{i}", layer, acts, acts_of(rs),
+                     stats.derive_seed(seed, "cav", c.label, layer, i))
+                for i, rs in enumerate(random_sets)]
+        relative_cavs = _relative_cavs(store, classifier, concepts, layer, seed) if config.relative else {}
+        for target, k in targets.items():
+            grads = store.gradients(inputs.class_examples[target], layer, k)
+            report, layer_results = _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs,
+                                                 relative_cavs, config)
+            layer_reports.append(report)
+            results += layer_results
+    power = _test_and_correct(results, layer_reports, config, n_sets, seed,
+                              grid=max(len(inputs.class_examples[t]) for t in targets))
+    warnings = [w for w in [power.warning] + [lr.diagnosis.message for lr in layer_reports]
+                + [lr.warning for lr in layer_reports] if w]
+    return TcavReport(config, n_sets, results, layer_reports, power, list(dict.fromkeys(warnings)))
+
+
+def _draw_usable_sets(store, pool, n_sets: int, size: int, seed: int):
+    """Steps 1 and 3 for the random pool: draw, compute the drawn clips, and redraw
+    without any that failed to load until every set is usable."""
+    while True:
+        if len(pool) < 2 * size:
+            raise DataError(f"the random pool has {len(pool)} usable clips, fewer than two random sets "
+                            f"of {size}: add clips or lower --random-set-size")
+        random_sets, null_pairs, used = random_set_plan(pool, n_sets, size, seed)
+        store.ensure([pool[i] for i in used], desc="random clips")
+        if not any(pool[i].key in store.failed for i in used):
+            return pool, random_sets, null_pairs
+        pool = [e for e in pool if e.key not in store.failed]
+
+
+def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, other: np.ndarray, seed: int) -> CAV:
+    fit = classifier.fit(x, other, seed=seed)
+    return CAV(concept, against, layer, fit.vector, fit.accuracy, classifier.name, seed)
+
+
+def _relative_cavs(store, classifier, concepts, layer, seed) -> dict[str, list[CAV]]:
+    """Concept vs each other concept of the same variant (the paper's relative sign-count)."""
+    out: dict[str, list[CAV]] = {}
+    for c in concepts:
+        others = [d for d in concepts if d.variant == c.variant and d.name != c.name]
+        if not others:
+            continue
+        acts = store.activations(c.examples, layer)
+        out[c.label] = [_fit(classifier, c.label, d.label, layer, acts, store.activations(d.examples, layer),
+                             stats.derive_seed(seed, "relative", c.label, d.label, layer)) for d in others]
+    return out
+
+
+def _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs, relative_cavs, config
+                 ) -> tuple[LayerReport, list[HypothesisResult]]:
+    """Step 5 for one (layer, class)."""
+    flat = grads.reshape(len(grads), -1)
+    earlier = list(config.layers[:config.layers.index(layer)])
+    diagnosis = diagnostics.diagnose_layer(layer, target, flat, earlier)
+    null_s = scoring.directional_derivatives(flat, np.stack([c.vector for c in null_cavs]))
+    null_scores = scoring.tcav_score(null_s)
+    report = LayerReport(layer, target, diagnosis, null_scores, np.array([c.accuracy for c in null_cavs]),
+                         diagnostics.null_warning(layer, target, null_scores))
+    results = []
+    for c in concepts:
+        for comparison, cavs in (("random", concept_cavs[c.label]), ("relative", relative_cavs.get(c.label))):
+            if not cavs:
+                continue
+            s = scoring.directional_derivatives(flat, np.stack([v.vector for v in cavs]))
+            result = HypothesisResult(
+                c.name, c.variant, layer, target, comparison, scoring.tcav_score(s),
+                scoring.magnitude_score(s), np.array([v.accuracy for v in cavs]), c.concept_id,
+                against=[v.against for v in cavs])
+            if grads.ndim == 5 and grads.shape[2] > 1:  # (N, C, T, H, W) with time left
+                result.temporal = _temporal(grads, cavs)
+            results.append(result)
+    return report, results
+
+
+def _temporal(grads: np.ndarray, cavs: list[CAV]) -> scoring.TemporalProfile:
+    """Temporal TCAV averaged over the CAVs (random sets)."""
+    profiles = [scoring.temporal_profile(scoring.temporal_derivatives(grads, v.vector)) for v in cavs]
+    return scoring.TemporalProfile(np.mean([p.contribution for p in profiles], axis=0),
+                                   np.mean([p.fraction_positive for p in profiles], axis=0))
+
+
+def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, seed: int, *,
+                      grid: int) -> stats.PowerCheck:
+    """Step 6: p-values against the null, corrected over every hypothesis, verdicts."""
+    nulls = {(lr.layer, lr.target): lr for lr in layer_reports}
+    tested = [r for r in results if r.comparison == "random"]
+    for r in tested:
+        null = nulls[(r.layer, r.target)]
+        r.p_value = stats.compare_to_null(r.scores, null.null_scores, test=config.test,
+                                          seed=stats.derive_seed(seed, "test", r.concept, r.variant, r.layer, r.target),
+                                          n_resamples=config.n_resamples).p_value
+    corrected = stats.correct_p_values(np.array([r.p_value for r in tested]), config.correction) if tested else []
+    for r, p in zip(tested, corrected):
+        null = nulls[(r.layer, r.target)]
+        r.p_corrected = float(p)
+        quality = diagnostics.cav_quality(r.cav_accuracies, null.null_accuracies)
+        if null.diagnosis.degenerate:
+            r.flags.append("degenerate layer")
+            r.verdict = "degenerate layer: scores are all-or-nothing; not significant"
+        elif not quality.learnable:
+            r.flags.append("unreliable CAV")
+            r.verdict = (f"not a learnable concept at this layer (CAV accuracy {quality.concept_accuracy:.2f} "
+                         f"vs random {quality.null_accuracy:.2f})")
+        elif p <= config.alpha:
+            r.significant = True
+            direction = "raises" if r.tcav_mean > null.null_mean else "lowers"
+            r.verdict = f"significant: {direction} {r.target} (TCAV {r.tcav_mean:.2f} vs null {null.null_mean:.2f})"
+        else:
+            r.verdict = "not significant"
+    for r in results:
+        if r.comparison == "relative":
+            r.verdict = "relative to " + ", ".join(r.against)
+    return stats.power_check(n_sets, len(tested), test=config.test, alpha=config.alpha,
+                             grid=grid, n_resamples=config.n_resamples)
+
+
+def _verdicts(report: TcavReport) -> dict[tuple, bool]:
+    return {(r.concept, r.variant, r.layer, r.target): r.significant for r in report.tested()}
+
+
+def _score_auto(store, concepts, inputs, pool, targets, config: TcavConfig) -> TcavReport:
+    """--random-sets auto: double N from AUTO_START until the verdicts agree across
+    two seeds (config.seed and a derived one), up to config.max_random_sets."""
+    n, history = AUTO_START, []
+    check_seed = stats.derive_seed(config.seed, "auto-check")
+    while True:
+        main = _score(store, concepts, inputs, pool, targets, config, n)
+        other = _score(store, concepts, inputs, pool, targets, config, n, seed=check_seed)
+        stable = _verdicts(main) == _verdicts(other)
+        history.append({"n": n, "stable": stable})
+        if stable or n >= config.max_random_sets:
+            if not stable:
+                main.warnings.append(f"verdicts still differ between two seeds at the cap of {n} random sets: "
+                                     "treat borderline results as inconclusive")
+            main.auto_history = history
+            return main
+        n = min(2 * n, config.max_random_sets)
+
+
+def config_dict(config: TcavConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}

@@ -1,0 +1,132 @@
+"""Matplotlib PNGs of a TCAV report (Agg backend; no display needed).
+
+* ``scores_<class>.png``: per layer, a bar per concept (dynamic) with the std over
+  random sets as error bars, the null mean as a dashed line, ``*`` on significant
+  bars, hatching on unreliable CAVs, and a grey panel titled "degenerate" for
+  degenerate layers.
+* ``static_dynamic_<class>.png``: dynamic and static bars side by side.
+* ``temporal_<class>.png``: the temporal TCAV curve over the layer's time slices.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tcav.experiment import TcavReport
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def plot_report(report: TcavReport, folder: str | Path) -> list[Path]:
+    """Writes every plot for every target class into ``folder``; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for target in report.config.targets:
+        out.append(plot_scores(report, target, folder / f"scores_{_safe(target)}.png"))
+        if any(r.variant == "static" for r in report.tested()):
+            out.append(plot_static_dynamic(report, target, folder / f"static_dynamic_{_safe(target)}.png"))
+        if any(r.temporal is not None for r in report.tested()):
+            out.append(plot_temporal(report, target, folder / f"temporal_{_safe(target)}.png"))
+    return out
+
+
+def _panels(plt, n: int, title: str):
+    fig, axes = plt.subplots(1, n, figsize=(max(4.0, 3.6 * n), 3.8), squeeze=False, sharey=True)
+    fig.suptitle(title)
+    return fig, axes[0]
+
+
+def _layer_state(report: TcavReport, layer: str, target: str):
+    return next(lr for lr in report.layer_reports if lr.layer == layer and lr.target == target)
+
+
+def plot_scores(report: TcavReport, target: str, path: Path) -> Path:
+    plt = _pyplot()
+    layers = list(report.config.layers)
+    fig, axes = _panels(plt, len(layers), f"TCAV for {target} ({report.n_random_sets} random sets)")
+    axes[0].set_ylim(0, 1.15)
+    for ax, layer in zip(axes, layers):
+        state = _layer_state(report, layer, target)
+        results = [r for r in report.tested() if r.layer == layer and r.target == target and r.variant == "dynamic"]
+        x = np.arange(len(results))
+        for i, r in enumerate(results):
+            unreliable = "unreliable CAV" in r.flags
+            ax.bar(i, r.tcav_mean, yerr=r.tcav_std, capsize=3, color="#4c72b0" if r.significant else "#a6bddb",
+                   hatch="//" if unreliable else None, edgecolor="black")
+            if r.significant:
+                ax.text(i, min(1.02, r.tcav_mean + r.tcav_std + 0.02), "*", ha="center", fontsize=14)
+        ax.axhline(state.null_mean, ls="--", color="red", lw=1, label=f"null {state.null_mean:.2f}")
+        ax.set_xticks(x, [r.concept for r in results], rotation=40, ha="right", fontsize=8)
+        title = layer
+        if state.diagnosis.degenerate:
+            ax.set_facecolor("#e5e5e5")
+            title += "\n(degenerate: all-or-nothing)"
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("TCAV score")
+    fig.text(0.01, 0.01, "* significant after correction; // unreliable CAV", fontsize=7)
+    return _save(plt, fig, path)
+
+
+def plot_static_dynamic(report: TcavReport, target: str, path: Path) -> Path:
+    plt = _pyplot()
+    layers = list(report.config.layers)
+    fig, axes = _panels(plt, len(layers), f"dynamic vs static concepts for {target}")
+    for ax, layer in zip(axes, layers):
+        pairs = {}
+        for r in report.tested():
+            if r.layer == layer and r.target == target:
+                pairs.setdefault(r.concept, {})[r.variant] = r
+        names = sorted(n for n, v in pairs.items() if {"dynamic", "static"} <= set(v))
+        x = np.arange(len(names))
+        for offset, variant, colour in ((-0.2, "dynamic", "#4c72b0"), (0.2, "static", "#dd8452")):
+            vals = [pairs[n][variant] for n in names]
+            ax.bar(x + offset, [v.tcav_mean for v in vals], width=0.4, yerr=[v.tcav_std for v in vals],
+                   capsize=2, color=colour, label=variant, edgecolor="black")
+        ax.set_xticks(x, names, rotation=40, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.1)
+        degenerate = _layer_state(report, layer, target).diagnosis.degenerate
+        ax.set_title(layer + ("\n(degenerate)" if degenerate else ""), fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("TCAV score")
+    return _save(plt, fig, path)
+
+
+def plot_temporal(report: TcavReport, target: str, path: Path) -> Path:
+    plt = _pyplot()
+    layers = [l for l in report.config.layers
+              if any(r.temporal is not None and r.layer == l for r in report.tested())]
+    fig, axes = _panels(plt, len(layers), f"temporal TCAV for {target}: when the concept drives the class")
+    for ax, layer in zip(axes, layers):
+        for r in report.tested():
+            if r.layer == layer and r.target == target and r.temporal is not None and r.variant == "dynamic":
+                t = np.arange(len(r.temporal.contribution))
+                line, = ax.plot(t, r.temporal.contribution, marker="o", label=r.concept)
+                ax.plot(t, r.temporal.fraction_positive, ls=":", color=line.get_color())
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel("time slice at this layer")
+        ax.set_title(layer, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("share of S (solid), fraction S_t>0 (dotted)")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
