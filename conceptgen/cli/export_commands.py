@@ -1,5 +1,67 @@
-"""CLI commands (not yet implemented)."""
+"""`conceptgen export`, `verify` and `import-concepts`: glue over conceptgen.export
+and conceptgen.import_concepts."""
+from __future__ import annotations
+
+from conceptgen.errors import IntegrityError
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("export", help="write approved concepts as a self-describing, checksummed dataset folder")
+    p.add_argument("--concepts", required=True,
+                   help="comma-separated concept names, or all-approved")
+    p.add_argument("--out", required=True, help="folder to create (must not exist unless --overwrite)")
+    p.add_argument("--mode", default="crop",
+                   help="how clips show the region: mask (rest filled), crop (box, default) or blur (rest blurred)")
+    p.add_argument("--static", action="store_true", help="also write a static variant of every example")
+    p.add_argument("--num-frames", type=int, default=16, help="frames per clip (default 16)")
+    p.add_argument("--side", type=int, default=112, help="clip width and height in pixels (default 112)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out atomically if it exists")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("verify", help="check every checksum of an export folder")
+    p.add_argument("dir", help="folder written by `conceptgen export`")
+    p.set_defaults(handler=_verify)
+
+    p = sub.add_parser("import-concepts",
+                       help="import an export folder, or a folder with one sub-folder of clips per concept")
+    p.add_argument("dir", help="export folder (has manifest.json) or folder of concept sub-folders")
+    p.add_argument("--user", default=None, help="record this existing user as the importer")
+    p.add_argument("--min-clips", type=int, default=2,
+                   help="fewest readable clips a plain-folder concept needs (default 2)")
+    p.set_defaults(handler=_import)
+
+
+def _export(args, ctx) -> int:
+    from conceptgen.export import export_concepts
+
+    report = export_concepts(ctx.workspace, args.concepts, args.out, mode=args.mode, static=args.static,
+                             num_frames=args.num_frames, side=args.side, overwrite=args.overwrite)
+    ctx.echo(f"exported {len(report.concepts)} concept(s), {report.n_clips} clip(s), "
+             f"{report.n_files} file(s) to {report.out_dir}")
+    for item in report.skipped:
+        ctx.echo(f"skipped {item.item}: {item.reason}")
+    return 0
+
+
+def _verify(args, ctx) -> int:
+    from conceptgen.export import verify_export
+
+    report = verify_export(args.dir)
+    for problem in report.problems:
+        ctx.echo(f"{problem.problem}: {problem.path}")
+    if not report.ok:
+        raise IntegrityError(f"{len(report.problems)} problem(s) in {report.export_dir}; "
+                             "re-export the concepts or restore the listed files")
+    ctx.echo(f"ok: {report.n_files} files verified in {report.export_dir}")
+    return 0
+
+
+def _import(args, ctx) -> int:
+    from conceptgen.import_concepts import import_concepts
+
+    report = import_concepts(ctx.workspace, args.dir, user=args.user, min_clips=args.min_clips)
+    ctx.echo(f"imported {len(report.concepts)} concept(s) with {report.n_examples} clip(s) "
+             f"from {report.kind} {report.source_dir}")
+    for item in report.skipped:
+        ctx.echo(f"skipped {item.item}: {item.reason}")
+    return 0

@@ -1,0 +1,621 @@
+"""Concept dataset export and verification.
+
+An export is a self-describing folder that outlives the tool that made it::
+
+    OUT/
+      FORMAT.md              the format, for people (written into every export)
+      manifest.json          schema version, concepts, provenance, examples, sha256 of every file
+      manifest.json.sha256   the manifest's own checksum (``sha256sum -c`` format)
+      <concept folder>/
+        clips/0000_dynamic.mp4   H.264 clip rendered from the tube and its source video
+        clips/0001_static.mp4    its static variant (one frame repeated), with ``--static``
+        masks/0000.json          per-frame COCO RLE masks and boxes of the example's tube
+
+Export is atomic (a temporary sibling folder, fsync, then one rename) and
+deterministic (sorted JSON keys, fixed encoder options, dates only from the DB),
+so exporting the same concepts twice gives byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sqlalchemy import or_, select
+
+import conceptgen
+from conceptgen.errors import ConceptgenError, ConfigError, IntegrityError, NotFoundError
+from conceptgen.hashing import sha256_bytes, sha256_file
+from conceptgen.orm import AuditLog, Cluster, Clustering, Concept, ConceptExample, ConceptVersion, Run, Tube, User, Video
+from conceptgen.progress import progress
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "conceptgen-concept-dataset"
+MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.json.sha256"
+FORMAT_DOC = "FORMAT.md"
+ALL_APPROVED = "all-approved"
+VARIANTS = ("dynamic", "static")
+CLIP_FPS = 8.0  # exported clips are frame sequences; a fixed rate keeps the bytes reproducible
+
+#: Called with each file's path relative to the export root right after it is written.
+FileHook = Callable[[str], None]
+
+
+# --- small typed records ------------------------------------------------------
+@dataclass(frozen=True)
+class SkippedItem:
+    """One item of a batch that failed; the rest of the batch went on."""
+
+    item: str
+    reason: str
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    concepts: list[str]
+    n_clips: int
+    n_files: int
+    manifest_sha256: str
+    skipped: list[SkippedItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str  # relative to the export root
+    problem: str  # missing | checksum mismatch | unexpected file | unreadable manifest | path outside the export
+
+
+@dataclass
+class VerifyReport:
+    export_dir: Path
+    n_files: int
+    problems: list[FileProblem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class ExampleRecord:
+    """One ConceptExample read out of the DB, detached from the session.
+
+    Tube-based examples carry the tube's frames/masks/boxes and the source video;
+    clip-based ones (imported earlier) carry the clip file and whatever metadata
+    the import kept (``meta``)."""
+
+    position: int
+    variant: str
+    tube: dict[str, Any] | None
+    video: dict[str, Any] | None
+    clip_path: Path | None
+    clip_sha256: str | None
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConceptRecord:
+    name: str
+    description: str | None
+    source: str
+    status: str
+    version: int
+    versions: list[dict[str, Any]]
+    approval_history: list[dict[str, Any]]
+    discovery: dict[str, Any]
+    examples: list[ExampleRecord]
+
+
+# --- public API ------------------------------------------------------------------
+def export_concepts(
+    workspace,
+    names: Sequence[str] | str,
+    out_dir: str | Path,
+    *,
+    mode: str = "crop",
+    static: bool = False,
+    num_frames: int = 16,
+    side: int = 112,
+    overwrite: bool = False,
+    on_file: FileHook | None = None,
+) -> ExportReport:
+    """Export concepts (names, or ``"all-approved"``) of ``workspace`` to ``out_dir``.
+
+    Clips are ``num_frames`` x ``side`` x ``side`` RGB rendered at ``mode``
+    (mask | crop | blur); ``static`` adds a static variant per dynamic example.
+    ``on_file`` is a hook called after every file write (tests use it to
+    interrupt the export). Nothing appears at ``out_dir`` unless the export completes.
+    """
+    from conceptgen.render import RENDER_MODES
+
+    if mode not in RENDER_MODES:
+        raise ConfigError(f"unknown render mode '{mode}'; use one of {', '.join(RENDER_MODES)}")
+    if num_frames < 1 or side < 8:
+        raise ConfigError("--num-frames must be >= 1 and --side >= 8")
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+
+    concepts = load_concept_records(workspace, names)
+    render = {"mode": mode, "static": static, "num_frames": num_frames, "side": side, "fps": CLIP_FPS}
+    with _AtomicFolder(out_dir, on_file=on_file) as folder:
+        entries, skipped, n_clips = [], [], 0
+        for concept, sub in zip(concepts, _concept_folders([c.name for c in concepts])):
+            entry, concept_skips = _write_concept(folder, concept, sub, render, workspace.media)
+            entries.append(entry)
+            skipped += concept_skips
+            n_clips += len(entry["examples"])
+        folder.write_text(FORMAT_DOC, FORMAT_TEXT)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "format": FORMAT_NAME,
+            "generator": {"name": "conceptgen", "version": conceptgen.__version__},
+            "render": render,
+            "concepts": entries,
+            "files": dict(sorted(folder.checksums.items())),
+        }
+        manifest_bytes = _json_bytes(manifest)
+        folder.write_bytes(MANIFEST, manifest_bytes)
+        folder.write_text(MANIFEST_SUM, f"{sha256_bytes(manifest_bytes)}  {MANIFEST}\n")
+        n_files = len(folder.checksums)
+    return ExportReport(out_dir, [c.name for c in concepts], n_clips, n_files,
+                        sha256_bytes(manifest_bytes), skipped)
+
+
+def verify_export(export_dir: str | Path) -> VerifyReport:
+    """Check the manifest's own checksum and every file's sha256; list what is wrong."""
+    root = Path(export_dir)
+    if not (root / MANIFEST).is_file():
+        raise NotFoundError(f"{root} has no {MANIFEST}; pass the folder written by `conceptgen export`")
+    problems: list[FileProblem] = []
+    manifest_bytes = (root / MANIFEST).read_bytes()
+    sum_file = root / MANIFEST_SUM
+    if not sum_file.is_file():
+        problems.append(FileProblem(MANIFEST_SUM, "missing"))
+    elif sum_file.read_text().split()[:1] != [sha256_bytes(manifest_bytes)]:
+        problems.append(FileProblem(MANIFEST, "checksum mismatch"))
+    try:
+        files: dict[str, str] = json.loads(manifest_bytes)["files"]
+    except (ValueError, KeyError, TypeError):
+        problems.append(FileProblem(MANIFEST, "unreadable manifest"))
+        return VerifyReport(root, 0, problems)
+    for rel, expected in progress(sorted(files.items()), desc="verify", unit="file"):
+        path = root / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:  # a manifest must not point outside
+            problems.append(FileProblem(rel, "path outside the export"))
+        elif not path.is_file():
+            problems.append(FileProblem(rel, "missing"))
+        elif sha256_file(path) != expected:
+            problems.append(FileProblem(rel, "checksum mismatch"))
+    listed = set(files) | {MANIFEST, MANIFEST_SUM}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel not in listed:
+            problems.append(FileProblem(rel, "unexpected file"))
+    return VerifyReport(root, len(files) + 2, problems)
+
+
+def read_manifest(export_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The parsed manifest of an export; with ``verify`` raises IntegrityError on corruption."""
+    root = Path(export_dir)
+    if verify:
+        report = verify_export(root)
+        if not report.ok:
+            listed = ", ".join(f"{p.path} ({p.problem})" for p in report.problems[:5])
+            raise IntegrityError(f"{root} is corrupt: {listed}; run `conceptgen verify {root}` "
+                                 "and re-export or restore the files")
+    elif not (root / MANIFEST).is_file():
+        raise NotFoundError(f"{root} has no {MANIFEST}; pass the folder written by `conceptgen export`")
+    try:
+        manifest = json.loads((root / MANIFEST).read_bytes())
+    except ValueError as err:
+        raise IntegrityError(f"{root / MANIFEST} is not valid JSON ({err}); re-export the concepts") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME or manifest.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ConfigError(f"{root} is not a {FORMAT_NAME} of schema <= {SCHEMA_VERSION}; "
+                          "upgrade conceptgen to read it")
+    return manifest
+
+
+def load_concept_records(workspace, names: Sequence[str] | str) -> list[ConceptRecord]:
+    """Read concepts (by name, or all approved) with their current version's examples."""
+    wanted = _parse_names(names)
+    with workspace.session() as s:
+        if wanted is None:
+            concepts = s.scalars(select(Concept).where(Concept.status == "approved").order_by(Concept.name)).all()
+            if not concepts:
+                raise NotFoundError("no approved concepts to export; accept clusters in the annotator "
+                                    "or run `conceptgen import-concepts` first")
+        else:
+            found = {c.name: c for c in s.scalars(select(Concept).where(Concept.name.in_(wanted)))}
+            missing = [n for n in wanted if n not in found]
+            if missing:
+                known = ", ".join(s.scalars(select(Concept.name).order_by(Concept.name)).all()[:20]) or "none"
+                raise NotFoundError(f"unknown concept(s) {', '.join(missing)}; known concepts: {known}")
+            concepts = [found[n] for n in wanted]
+        return [_concept_record(s, c) for c in concepts]
+
+
+# --- reading the DB into records ---------------------------------------------------
+def _parse_names(names: Sequence[str] | str) -> list[str] | None:
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    names = [n for n in dict.fromkeys(n.strip() for n in names) if n]
+    if not names:
+        raise ConfigError(f"no concept names given; pass --concepts NAME[,NAME...] or {ALL_APPROVED}")
+    return None if names == [ALL_APPROVED] else names
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _concept_record(s, concept: Concept) -> ConceptRecord:
+    versions = list(concept.versions)
+    current = next((v for v in versions if v.version == concept.current_version), None)
+    if current is None and versions:
+        current = versions[-1]
+    users = {u.id: u.name for u in s.scalars(select(User))}
+    version_rows = [
+        {"version": v.version, "description": v.description, "created_at": _iso(v.created_at),
+         "created_by": users.get(v.created_by), "cluster_id": v.cluster_id,
+         "provenance": v.provenance or {}}
+        for v in versions
+    ]
+    cluster_ids = [v.cluster_id for v in versions if v.cluster_id is not None]
+    audit = s.scalars(
+        select(AuditLog).where(or_(
+            (AuditLog.target_type == "concept") & (AuditLog.target_id == concept.id),
+            (AuditLog.target_type == "cluster") & (AuditLog.target_id.in_(cluster_ids)),
+        )).order_by(AuditLog.at, AuditLog.id)
+    ).all()
+    history = [
+        {"at": _iso(a.at), "by": users.get(a.user_id), "action": a.action, "target_type": a.target_type,
+         "target_id": a.target_id, "undone": bool(a.undone)}
+        for a in audit
+    ]
+    examples = [_example_record(ex) for ex in (current.examples if current else [])]
+    return ConceptRecord(
+        name=concept.name, description=concept.description, source=concept.source, status=concept.status,
+        version=current.version if current else concept.current_version, versions=version_rows,
+        approval_history=history, discovery=_discovery(s, current), examples=examples,
+    )
+
+
+def _discovery(s, version: ConceptVersion | None) -> dict[str, Any]:
+    """The model, layer and run that discovered the concept (from the cluster, else provenance)."""
+    if version is None:
+        return {}
+    prov = version.provenance or {}
+    found: dict[str, Any] = {k: prov[k] for k in ("model", "layer", "run", "run_id") if k in prov}
+    cluster = s.get(Cluster, version.cluster_id) if version.cluster_id is not None else None
+    if cluster is not None:
+        clustering = s.get(Clustering, cluster.clustering_id)
+        run = s.get(Run, clustering.run_id)
+        found.update({
+            "cluster_id": cluster.id, "cluster_label": cluster.label_index, "clustering_id": clustering.id,
+            "layer": clustering.layer, "run_id": run.id, "model": run.model_name,
+            "model_fingerprint": run.model_fingerprint, "run_config_hash": run.config_hash,
+            "code_version": run.code_version,
+        })
+    elif "import" in prov and isinstance(prov["import"], dict):
+        found.update(prov["import"].get("discovery") or {})
+    return found
+
+
+def _example_record(ex: ConceptExample) -> ExampleRecord:
+    tube = video = None
+    if ex.tube is not None:
+        t: Tube = ex.tube
+        tube = {"id": t.id, "run_id": t.run_id, "kind": t.kind, "start_frame": t.start_frame,
+                "end_frame": t.end_frame, "frame_indices": list(t.frame_indices),
+                "mask_size": [t.mask_height, t.mask_width], "masks_rle": list(t.masks_rle),
+                "boxes": [list(map(float, b)) for b in t.boxes], "score": t.score}
+        v: Video = t.video
+        video = {"path": v.path, "sha256": v.sha256, "fps": v.fps, "frame_count": v.frame_count,
+                 "width": v.width, "height": v.height, "label": v.label}
+    clip = Path(ex.clip_path) if ex.clip_path else None
+    return ExampleRecord(ex.position, ex.variant, tube, video, clip, ex.clip_sha256, dict(ex.meta or {}))
+
+
+# --- writing ----------------------------------------------------------------------
+def _concept_folders(names: list[str]) -> list[str]:
+    """Filesystem-safe, unique folder names in the order of ``names``."""
+    used: set[str] = set()
+    out = []
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "concept"
+        folder, i = base, 2
+        while folder.lower() in used or folder.lower() in {MANIFEST.lower(), FORMAT_DOC.lower()}:
+            folder, i = f"{base}-{i}", i + 1
+        used.add(folder.lower())
+        out.append(folder)
+    return out
+
+
+def _write_concept(folder: "_AtomicFolder", concept: ConceptRecord, sub: str, render: dict,
+                   media: Path) -> tuple[dict[str, Any], list[SkippedItem]]:
+    entries: list[dict[str, Any]] = []
+    skipped: list[SkippedItem] = []
+    plan = _plan_examples(concept.examples, render["static"])
+    for k, (example, variant, sibling) in enumerate(progress(plan, desc=f"export {concept.name}", unit="clip")):
+        try:
+            entries.append(_write_example(folder, example, variant, sibling, k, sub, render, media))
+        except (ConceptgenError, OSError, ValueError) as err:  # recorded; the rest go on
+            skipped.append(SkippedItem(f"{concept.name}#{k} ({variant})", str(err)))
+    entry = {
+        "name": concept.name, "description": concept.description, "folder": sub,
+        "source": concept.source, "status": concept.status, "version": concept.version,
+        "versions": concept.versions, "approval_history": concept.approval_history,
+        "discovery": concept.discovery, "examples": entries,
+        "skipped": [{"item": s.item, "reason": s.reason} for s in skipped],
+    }
+    return entry, skipped
+
+
+def _plan_examples(examples: list[ExampleRecord], static: bool) -> list[tuple[ExampleRecord, str, int | None]]:
+    """(example, variant to write, export position of its dynamic sibling), in export order.
+
+    Every stored example is written as its own variant. With ``static``, a dynamic
+    example without a stored static sibling also gets a rendered static variant.
+    Static siblings are matched by tube id, or for imported clips by ``meta["static_of"]``."""
+    def tube_id(e: ExampleRecord):
+        return e.tube["id"] if e.tube else None
+
+    stored = [e for e in examples if e.variant == "static"]
+    static_tubes = {tube_id(e) for e in stored if e.tube}
+    static_of = {e.meta.get("static_of") for e in stored if not e.tube}
+    plan: list[tuple[ExampleRecord, str, int | None]] = []
+    k_of_tube: dict[int, int] = {}
+    k_of_position: dict[int, int] = {}
+    for e in examples:
+        if e.variant != "static":
+            k_of_position[e.position] = len(plan)
+            if e.tube:
+                k_of_tube.setdefault(tube_id(e), len(plan))
+            plan.append((e, e.variant, None))
+            has_static = (e.tube and tube_id(e) in static_tubes) or (not e.tube and e.position in static_of)
+            if static and not has_static:
+                plan.append((e, "static", len(plan) - 1))
+        else:
+            sibling = k_of_tube.get(tube_id(e)) if e.tube else k_of_position.get(e.meta.get("static_of"))
+            plan.append((e, "static", sibling))
+    return plan
+
+
+def _write_example(folder: "_AtomicFolder", ex: ExampleRecord, variant: str, sibling: int | None,
+                   k: int, sub: str, render: dict, media: Path) -> dict[str, Any]:
+    clip_rel = f"{sub}/clips/{k:04d}_{variant}.mp4"
+    track = _track_of(ex)
+    if ex.tube is not None:
+        frames = _tube_frames(ex)
+        folder.write_video(clip_rel, _render(frames, track, variant == "static", render))
+        rendered = True
+    elif ex.clip_path is not None and variant == ex.variant:
+        folder.copy_file(clip_rel, _clip_file(ex, media))  # keep imported bytes as they are
+        rendered = False
+    elif ex.clip_path is not None:
+        folder.write_video(clip_rel, _static_of_clip(_clip_file(ex, media), render))
+        rendered = True
+    else:
+        raise ValueError("example has neither a tube nor a clip file")
+    masks_rel = None
+    if track.get("masks_rle"):
+        masks_rel = f"{sub}/masks/{(sibling if sibling is not None else k):04d}.json"  # shared by variants
+        folder.write_bytes(masks_rel, _json_bytes(
+            {"format": "coco-rle", "size": track["mask_size"], "frames": track["frame_indices"],
+             "boxes": track["boxes"], "rle": track["masks_rle"]}), skip_if_same=True)
+    return {
+        "position": k, "variant": variant, "clip": clip_rel, "rendered": rendered,
+        "derived_from": sibling, "masks": masks_rel,
+        "source_video": ex.video or ex.meta.get("source_video"),
+        "frame_range": track["frame_range"],
+        "frame_indices": track["frame_indices"], "boxes": track["boxes"], "mask_size": track["mask_size"],
+        "tube": {k2: ex.tube[k2] for k2 in ("id", "run_id", "kind", "score")} if ex.tube else ex.meta.get("tube"),
+    }
+
+
+def _track_of(ex: ExampleRecord) -> dict[str, Any]:
+    """Frame indices, boxes and RLE masks of an example (tube, else imported metadata)."""
+    if ex.tube is not None:
+        src, frame_range = ex.tube, [ex.tube["start_frame"], ex.tube["end_frame"]]
+    else:
+        src, frame_range = ex.meta, ex.meta.get("frame_range")
+    return {"frame_indices": list(src.get("frame_indices") or []), "boxes": list(src.get("boxes") or []),
+            "masks_rle": list(src.get("masks_rle") or []), "mask_size": src.get("mask_size"),
+            "frame_range": frame_range}
+
+
+def _clip_file(ex: ExampleRecord, media: Path) -> Path:
+    path = ex.clip_path if ex.clip_path.is_absolute() else media / ex.clip_path
+    if not path.is_file():
+        raise FileNotFoundError(f"clip {path} is missing; re-import the concept")
+    if ex.clip_sha256 and sha256_file(path) != ex.clip_sha256:
+        raise IntegrityError(f"clip {path} changed since import (sha256 mismatch); re-import the concept")
+    return path
+
+
+def _tube_frames(ex: ExampleRecord) -> np.ndarray:
+    """The tube's frames, (len(frame_indices), H, W, 3) uint8, decoded at the processing
+    resolution (max side = the masks' max side), as extraction saw them."""
+    from conceptgen.videoio import read_frames
+
+    video_path = Path(ex.video["path"])
+    if not video_path.is_file():
+        raise FileNotFoundError(f"source video {video_path} is missing; restore it to export this example")
+    h, w = ex.tube["mask_size"]
+    return read_frames(video_path, indices=ex.tube["frame_indices"], max_side=max(h, w))
+
+
+def _static_of_clip(path: Path, render: dict) -> np.ndarray:
+    """A plain clip's static variant exactly as tcav/ makes it: uniformly sampled to
+    ``num_frames``, resized to ``side``, middle frame repeated. (num_frames, side, side, 3) uint8."""
+    from conceptgen.registry import InputSpec
+    from conceptgen.render import DEFAULT_MEAN
+    from tcav.examples import clip_from_file
+
+    # only the frame count and side matter for sampling; the mean/std are never applied here
+    spec = InputSpec(num_frames=render["num_frames"], side=render["side"], mean=DEFAULT_MEAN, std=(1.0, 1.0, 1.0))
+    return clip_from_file(path, spec, static=True)
+
+
+def _render(frames: np.ndarray, track: dict[str, Any], static: bool, render: dict) -> np.ndarray:
+    """(num_frames, side, side, 3) uint8 clip of ``frames`` (the track's frames, in order;
+    render_tube_clip rescales masks and boxes when they are at another resolution)."""
+    from conceptgen.masks import decode_rle
+    from conceptgen.render import render_tube_clip
+
+    masks = [decode_rle(r) for r in track["masks_rle"]]
+    return render_tube_clip(frames, list(range(len(frames))), masks, track["boxes"], mode=render["mode"],
+                            static=static, num_frames=render["num_frames"], side=render["side"])
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class _AtomicFolder:
+    """Writes files into a hidden sibling of ``target`` and renames it into place
+    only when every file is written and fsynced; on any error it removes itself."""
+
+    def __init__(self, target: Path, *, on_file: FileHook | None = None):
+        self.target = target
+        self.on_file = on_file
+        self.checksums: dict[str, str] = {}
+        self.tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+
+    def __enter__(self) -> "_AtomicFolder":
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(self.target)
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            for d in sorted({p.parent for p in self.tmp.rglob("*")} | {self.tmp}):
+                _fsync_dir(d)
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            if self.target.exists():
+                os.replace(self.target, old)
+            os.replace(self.tmp, self.target)
+            _fsync_dir(self.target.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _path(self, rel: str) -> Path:
+        path = self.tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _done(self, rel: str, path: Path) -> None:
+        _fsync_file(path)
+        self.checksums[rel] = sha256_file(path)
+        if self.on_file is not None:
+            self.on_file(rel)
+
+    def write_bytes(self, rel: str, data: bytes, *, skip_if_same: bool = False) -> None:
+        if skip_if_same and rel in self.checksums:
+            return
+        path = self._path(rel)
+        path.write_bytes(data)
+        self._done(rel, path)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_video(self, rel: str, frames: np.ndarray) -> None:
+        from conceptgen.videoio import write_video
+
+        path = self._path(rel)
+        write_video(path, frames, fps=CLIP_FPS)
+        self._done(rel, path)
+
+    def copy_file(self, rel: str, src: Path) -> None:
+        path = self._path(rel)
+        shutil.copyfile(src, path)
+        self._done(rel, path)
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Delete temporary folders left by exports to ``target`` whose process died."""
+    for p in target.parent.glob(f".{target.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+FORMAT_TEXT = f"""# conceptgen concept dataset (format `{FORMAT_NAME}`, schema {SCHEMA_VERSION})
+
+A folder of human-approved spatiotemporal concepts for explaining video models,
+written by `conceptgen export` and readable without conceptgen.
+
+## Layout
+- `manifest.json`: UTF-8 JSON, keys sorted. Top level: `schema_version`, `format`,
+  `generator`, `render` (mode mask|crop|blur, static, num_frames, side, fps),
+  `concepts` (list) and `files` (relative path -> sha256 hex of every other file).
+- `manifest.json.sha256`: the manifest's sha256 in `sha256sum -c` format.
+- `<folder>/clips/NNNN_<variant>.mp4`: H.264 (yuv420p) clips of `num_frames` frames,
+  `side` x `side` pixels. `dynamic` follows the region as it moves; `static` repeats
+  one frame of it (for static-vs-dynamic comparisons).
+- `<folder>/masks/NNNN.json`: the example's region per source frame:
+  `{{"format": "coco-rle", "size": [h, w], "frames": [source frame indices],
+  "boxes": [[x0, y0, x1, y1], ...], "rle": [{{"size": [h, w], "counts": "..."}}, ...]}}`.
+  RLE is COCO's compressed run-length encoding (pycocotools `mask.decode`, column-major);
+  masks and boxes are in pixels of the `size` frame (the source frame scaled so that
+  its longer side equals max(h, w)). Boxes are float, x1/y1 exclusive.
+
+## A concept entry
+`name`, `description`, `folder`, `source` (cluster | import | folder), `status`, `version`,
+`versions` (each: version, description, created_at UTC ISO-8601, created_by, cluster_id,
+provenance), `approval_history` (each: at, by, action, target_type, target_id, undone),
+`discovery` (model, model_fingerprint, layer, run_id, cluster_id, ... as known),
+`examples` and `skipped` (examples that could not be exported, with the reason).
+
+## An example entry
+`position`, `variant` (dynamic | static), `clip`, `rendered` (false: an imported clip copied
+as-is), `derived_from` (position of the dynamic example a static one was made from),
+`masks` (path or null), `source_video` (path, sha256, fps, frame_count, width, height, label),
+`frame_range` ([first, last + 1] source frames), `frame_indices`, `boxes`, `mask_size`, `tube`.
+
+## Checking
+`conceptgen verify DIR`, or `sha256sum -c manifest.json.sha256` and the `files` map.
+"""
