@@ -1,5 +1,56 @@
-"""CLI commands (not yet implemented)."""
+"""`conceptgen demo [--headless]`: a thin adapter over conceptgen.demo."""
+from __future__ import annotations
+
+HEADLESS_HELP = (
+    "run the loop without a person and exit: accept the top clusters automatically (candidate, "
+    "supported clusters with >= {min_videos} distinct videos and >= {min_examples} members, ranked by "
+    "cohesion x ln(size), until --top clusters are accepted, leaving >= {min_pool} tubes for TCAV's "
+    "random sets; named auto-1, auto-2, ...), run TCAV with static/dynamic comparison, store it and write "
+    "the plots, and export the concepts to WORKSPACE/exports/demo")
 
 
 def register(sub) -> None:
-    pass
+    from conceptgen.demo import DEFAULT_TOP_K, DEFAULT_VIDEOS, MIN_RANDOM_POOL, MIN_VIDEOS, DemoConfig
+    from tcav.examples import MIN_CONCEPT_EXAMPLES
+
+    p = sub.add_parser(
+        "demo", help="the whole loop on a synthetic set: discover concepts, review them, score and export",
+        description="Generate a synthetic set in WORKSPACE/synth, train or reuse the demo model, ingest, "
+                    "extract and cluster, create the user 'demo' (password in WORKSPACE/demo_login.txt), "
+                    "then start the annotator. Every step reuses what an earlier run made.")
+    p.add_argument("--videos", type=int, default=DEFAULT_VIDEOS,
+                   help=f"synthetic videos (default {DEFAULT_VIDEOS}, at least {MIN_VIDEOS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
+    p.add_argument("--port", type=int, default=8000, help="annotator TCP port on 127.0.0.1 (default 8000)")
+    p.add_argument("--headless", action="store_true", help=HEADLESS_HELP.format(
+        min_videos=DemoConfig.min_videos, min_examples=MIN_CONCEPT_EXAMPLES, min_pool=MIN_RANDOM_POOL))
+    p.add_argument("--top", type=int, default=DEFAULT_TOP_K, metavar="K",
+                   help=f"clusters to accept with --headless (default {DEFAULT_TOP_K})")
+    p.add_argument("--epochs", type=int, default=None, help="demo model training epochs (default: the model's)")
+    p.add_argument("--segmenter", default=DemoConfig.segmenters,
+                   help=f"region proposals for extraction (default {DemoConfig.segmenters}; "
+                        "motion,supervoxel gives more, slower)")
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args, ctx) -> int:
+    import argparse
+
+    from conceptgen import demo
+    from conceptgen.cli.annotator_commands import _serve
+    from conceptgen.errors import ConfigError
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is not a TCP port; use 1-65535")
+    config = demo.DemoConfig(n_videos=args.videos, seed=args.seed, top_k=args.top, epochs=args.epochs,
+                             segmenters=args.segmenter)
+    if args.headless:
+        for line in demo.summary_lines(demo.run_headless(ctx.workspace, config, log=ctx.echo)):
+            ctx.echo(line)
+        return 0
+    prepared = demo.prepare_demo(ctx.workspace, config, log=ctx.echo)
+    login = prepared.login
+    ctx.echo(f"log in as user {login.name!r} with password {login.password!r} (kept in {login.path})")
+    _serve(argparse.Namespace(host="127.0.0.1", port=args.port, threads=8), ctx)  # blocks until Ctrl-C
+    ctx.echo("annotator stopped; run `conceptgen demo` again to resume where you left off")
+    return 0
