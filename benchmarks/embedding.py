@@ -7,7 +7,8 @@ not timed). The pipeline stage = render each tube clip (render.render_tube_clip)
 LoadedModel.prepare + forward with hooks + pooling, batch by batch (embed.embed_clips).
 The bare model = the same network's forward on the same, already prepared batches.
 The demo network is used (trained weights when ``--workspace`` holds demo.pt, else
-random weights: throughput does not depend on the weights). CPU, 2 threads.
+random weights: throughput does not depend on the weights), or ``--model ARCH``, a
+registry architecture with random weights. CPU, 2 threads.
 Overhead = pipeline seconds / bare seconds - 1 (target <= 0.30). Last line is JSON.
 """
 from __future__ import annotations
@@ -44,13 +45,15 @@ def ground_truth_tubes(n_tubes: int, seed: int, work: Path):
     return tubes
 
 
-def load_demo(workspace: Path | None):
+def load_demo(workspace: Path | None, name: str = "demo"):
     import torch
 
     from conceptgen.demo_model import DEMO_SPEC, build_demo_network
     from conceptgen.registry import LoadedModel, load_model, model_fingerprint
     from conceptgen.workspace import Workspace
 
+    if name != "demo":
+        return load_model(name)  # a registry architecture with random weights
     if workspace is not None and (workspace / "models" / "demo.pt").is_file():
         return load_model("demo", workspace=Workspace.resolve(workspace))
     torch.manual_seed(0)
@@ -66,6 +69,7 @@ def main(argv=None) -> dict:
     p.add_argument("--mode", default=None, help="render mode (default: extract's default)")
     p.add_argument("--layers", default=None, help="layers (default: the model's default layer)")
     p.add_argument("--workspace", type=Path, default=None)
+    p.add_argument("--model", default="demo", help="demo, or a registry architecture (random weights), e.g. x3d_xs")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -79,7 +83,7 @@ def main(argv=None) -> dict:
 
     set_quiet(True)
     torch.set_num_threads(2)
-    loaded = load_demo(args.workspace)
+    loaded = load_demo(args.workspace, args.model)
     layers = tuple(args.layers.split(",")) if args.layers else default_layers(loaded)
     mode = args.mode or DEFAULT_RENDER_MODE
     spec = loaded.spec

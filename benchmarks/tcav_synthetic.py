@@ -19,8 +19,12 @@ What it builds (from a synthetic set *not* used to train the demo model):
   discovered  (full run only, with the engine) clusters of extracted tubes matched to
               the actor class that dominates them, scored the same way.
 
-Every hypothesis (concepts x variants x classes x layers) is tested and Bonferroni-
-corrected together. Figures:
+Hypotheses are stated before the run (TcavConfig.hypotheses), as the ground truth
+makes claims: each planted concept for its own class, each distractor for every
+class, both variants. Every concept is still scored for every class (the table),
+but only stated hypotheses at non-degenerate layers form the Bonferroni family.
+Static variants are compared with the random clips rendered static (tcav.experiment).
+Figures:
   planted_tcav / planted_p_corrected / planted_significant: the planted concept for
       its class at the first non-degenerate layer, worst class (min TCAV, max p).
   distractors_significant = false_discoveries: distractor hypotheses called
@@ -59,7 +63,7 @@ from conceptgen.render import render_tube_clip  # noqa: E402
 from conceptgen.videoio import read_clip, read_frames  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
 from tcav.examples import ConceptExamples, Example  # noqa: E402
-from tcav.experiment import TcavConfig, TcavInputs, random_set_plan, run_tcav  # noqa: E402
+from tcav.experiment import TcavConfig, TcavInputs, random_set_plan, run_tcav, variant_pools  # noqa: E402
 
 TEXTURED = ("noise", "stripes", "checker")
 DISTRACTORS = ("static_distractor", "background_texture")
@@ -136,6 +140,7 @@ def captum_same_work(loaded, inputs, config, save_dir) -> tuple[float, dict]:
 
     pool = sorted(inputs.random_pool, key=lambda e: e.key)
     random_sets, null_pairs, _ = random_set_plan(pool, int(config.random_sets), config.random_set_size, config.seed)
+    pools = variant_pools(pool, ("dynamic", "static"))   # static concepts get static random clips, as ours
     t = time.perf_counter()
     cid = iter(range(10 ** 6))
 
@@ -145,10 +150,16 @@ def captum_same_work(loaded, inputs, config, save_dir) -> tuple[float, dict]:
         return Concept(next(cid), name, batches)
 
     concepts = {c.label: concept(c.label, c.examples) for c in inputs.concepts}
-    randoms = [concept(f"random{i}", [pool[j] for j in rs]) for i, rs in enumerate(random_sets)]
-    null_a = [concept(f"nullA{i}", [pool[j] for j in a]) for i, (a, _) in enumerate(null_pairs)]
-    null_b = [concept(f"nullB{i}", [pool[j] for j in b]) for i, (_, b) in enumerate(null_pairs)]
-    sets = [[c, r] for c in concepts.values() for r in randoms] + [[a, b] for a, b in zip(null_a, null_b)]
+    variant_of = {c.label: c.variant for c in inputs.concepts}
+    variants = sorted(set(variant_of.values()))
+    randoms = {v: [concept(f"random{v}{i}", [pools[v][j] for j in rs]) for i, rs in enumerate(random_sets)]
+               for v in variants}
+    null_a = {v: [concept(f"nullA{v}{i}", [pools[v][j] for j in a]) for i, (a, _) in enumerate(null_pairs)]
+              for v in variants}
+    null_b = {v: [concept(f"nullB{v}{i}", [pools[v][j] for j in b]) for i, (_, b) in enumerate(null_pairs)]
+              for v in variants}
+    sets = [[c, r] for label, c in concepts.items() for r in randoms[variant_of[label]]] + \
+        [[a, b] for v in variants for a, b in zip(null_a[v], null_b[v])]
     tcav = TCAV(loaded.model, list(config.layers), model_id="bench", save_path=str(save_dir))
     scores = {}
     for target in config.targets:
@@ -158,7 +169,7 @@ def captum_same_work(loaded, inputs, config, save_dir) -> tuple[float, dict]:
         for label, c in concepts.items():
             for layer in config.layers:
                 scores[(label, layer, target)] = [float(out[f"{c.id}-{r.id}"][layer]["sign_count"][0])
-                                                  for r in randoms]
+                                                  for r in randoms[variant_of[label]]]
     return time.perf_counter() - t, scores
 
 
@@ -169,7 +180,8 @@ def bare_model_seconds(loaded, inputs, config, batch_size: int) -> float:
 
     pool = sorted(inputs.random_pool, key=lambda e: e.key)
     _, _, used = random_set_plan(pool, int(config.random_sets), config.random_set_size, config.seed)
-    forward_only = [e for c in inputs.concepts for e in c.examples] + [pool[i] for i in used]
+    forward_only = [e for c in inputs.concepts for e in c.examples] + \
+        [clips[i] for clips in variant_pools(pool, ("dynamic", "static")).values() for i in used]
     t = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(forward_only), batch_size):
@@ -191,10 +203,16 @@ def extraction_seconds(loaded, inputs, config, cache_dir, batch_size: int) -> fl
     _, _, used = random_set_plan(pool, int(config.random_sets), config.random_set_size, config.seed)
     store = ActivationStore(cache_dir, loaded, config.layers, batch_size=batch_size)
     t = time.perf_counter()
-    store.ensure([e for c in inputs.concepts for e in c.examples] + [pool[i] for i in used])
+    store.ensure([e for c in inputs.concepts for e in c.examples] +
+                 [clips[i] for clips in variant_pools(pool, ("dynamic", "static")).values() for i in used])
     targets = [loaded.class_index(c) for c in config.targets]
     store.ensure([e for c in config.targets for e in inputs.class_examples[c]], targets)
     return time.perf_counter() - t
+
+
+def stated_hypotheses(class_names) -> tuple[tuple[str, str], ...]:
+    """The ground truth's claims: planted concept for its class, distractors for all."""
+    return tuple([(f"actor_{c}", c) for c in class_names] + [(d, c) for d in DISTRACTORS for c in class_names])
 
 
 # --- figures -------------------------------------------------------------------------
@@ -219,16 +237,15 @@ def figures(report, class_names) -> dict:
 
 
 def print_table(report):
-    nulls = {(lr.layer, lr.target): lr for lr in report.layer_reports}
     print(f"{'concept':<20} {'var':<7} {'layer':<10} {'class':<13} {'TCAV':>5} {'null':>5} {'acc':>5} "
           f"{'p_corr':>8}  verdict")
     for r in report.tested():
-        lr = nulls[(r.layer, r.target)]
+        lr = report.null_for(r)
         print(f"{r.concept:<20} {r.variant:<7} {r.layer:<10} {r.target:<13} {r.tcav_mean:5.2f} "
               f"{lr.null_mean:5.2f} {r.cav_accuracies.mean():5.2f} {r.p_corrected:8.2g}  {r.verdict}")
     print()
     for lr in report.layer_reports:
-        print(f"layer {lr.layer:<10} class {lr.target:<13} gradient cosine {lr.diagnosis.gradient_cosine:6.3f} "
+        print(f"layer {lr.layer:<10} class {lr.target:<13} {lr.variant:<7} gradient cosine {lr.diagnosis.gradient_cosine:6.3f} "
               f"null mean {lr.null_mean:.2f} null CAV acc {lr.null_accuracies.mean():.2f}"
               + ("  DEGENERATE" if lr.diagnosis.degenerate else ""))
     for w in report.warnings:
@@ -284,7 +301,8 @@ def main(argv=None) -> dict:
     inputs = ground_truth_inputs(tcav_set, loaded.spec, class_names, max_per_concept=10 if args.quick else 20)
     timings["render concepts"] = time.perf_counter() - t
     config = TcavConfig(layers=layers, targets=tuple(class_names), random_sets=args.random_sets, seed=args.seed,
-                        classifier=args.classifier, random_set_size=20, relative=False)
+                        classifier=args.classifier, random_set_size=20, relative=False,
+                        hypotheses=stated_hypotheses(class_names))
     batch_size = 8
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -315,7 +333,7 @@ def main(argv=None) -> dict:
         "captum_seconds": None if captum_s is None else round(captum_s, 2),
         "speedup_vs_captum": None if captum_s is None else round(captum_s / ours_s, 3),
         "overhead_vs_bare_model": round(extract_s / bare_s - 1, 3),
-        "n_hypotheses": len(report.tested()),
+        "n_hypotheses": report.power.n_hypotheses,
         "n_random_sets": report.n_random_sets,
         "layers": list(layers),
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),

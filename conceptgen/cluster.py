@@ -4,7 +4,8 @@ Recipe (ACE/VTCD style, with human review downstream):
   1. load the run's embeddings at one layer, L2-normalise them (cosine geometry);
   2. pick k: fixed, or ``auto`` = best silhouette over k in 2..min(30, n // 5) on a
      seeded sample of at most 2,000 vectors (ties go to the smaller k);
-  3. FAISS k-means (seeded, ``niter`` iterations, best of ``nredo`` restarts);
+  3. FAISS k-means: greedy k-means++ seeding on a sample, then FAISS Lloyd iterations
+     (seeded, ``niter`` iterations, best of ``nredo`` restarts);
   4. per cluster: members ranked by cosine distance to the centroid direction,
      outliers flagged, cohesion, distinct videos, ACE-style support filters;
   5. store a Clustering with its clusters and a FAISS similarity index.
@@ -41,6 +42,7 @@ MAD_TO_SIGMA = 1.4826
 AUTO_K_MAX = 30
 AUTO_K_SAMPLE = 2000
 N_REPRESENTATIVES = 5
+KMEANS_PP_SAMPLE_PER_CENTROID = 80  # greedy k-means++ seeds from at most 80 * k points
 
 
 # --- pure maths ---------------------------------------------------------------
@@ -109,8 +111,6 @@ def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, nredo
             best = result
     return best
 
-
-KMEANS_PP_SAMPLE_PER_CENTROID = 80
 
 
 def greedy_kmeanspp(x: np.ndarray, k: int, *, seed: int) -> np.ndarray:

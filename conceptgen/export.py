@@ -280,7 +280,7 @@ def _concept_record(s, concept: Concept) -> ConceptRecord:
          "target_id": a.target_id, "undone": bool(a.undone)}
         for a in audit
     ]
-    examples = [_example_record(ex) for ex in (current.examples if current else [])]
+    examples = [example_record(ex) for ex in (current.examples if current else [])]
     return ConceptRecord(
         name=concept.name, description=concept.description, source=concept.source, status=concept.status,
         version=current.version if current else concept.current_version, versions=version_rows,
@@ -309,7 +309,7 @@ def _discovery(s, version: ConceptVersion | None) -> dict[str, Any]:
     return found
 
 
-def _example_record(ex: ConceptExample) -> ExampleRecord:
+def example_record(ex: ConceptExample) -> ExampleRecord:
     tube = video = None
     if ex.tube is not None:
         t: Tube = ex.tube
@@ -392,16 +392,16 @@ def _plan_examples(examples: list[ExampleRecord], static: bool) -> list[tuple[Ex
 def _write_example(folder: "_AtomicFolder", ex: ExampleRecord, variant: str, sibling: int | None,
                    k: int, sub: str, render: dict, media: Path) -> dict[str, Any]:
     clip_rel = f"{sub}/clips/{k:04d}_{variant}.mp4"
-    track = _track_of(ex)
+    track = track_of(ex)
     if ex.tube is not None:
-        frames = _tube_frames(ex)
-        folder.write_video(clip_rel, _render(frames, track, variant == "static", render))
+        frames = tube_frames(ex)
+        folder.write_video(clip_rel, render_example(frames, track, variant == "static", render))
         rendered = True
     elif ex.clip_path is not None and variant == ex.variant:
-        folder.copy_file(clip_rel, _clip_file(ex, media))  # keep imported bytes as they are
+        folder.copy_file(clip_rel, clip_file(ex, media))  # keep imported bytes as they are
         rendered = False
     elif ex.clip_path is not None:
-        folder.write_video(clip_rel, _static_of_clip(_clip_file(ex, media), render))
+        folder.write_video(clip_rel, _static_of_clip(clip_file(ex, media), render))
         rendered = True
     else:
         raise ValueError("example has neither a tube nor a clip file")
@@ -421,7 +421,7 @@ def _write_example(folder: "_AtomicFolder", ex: ExampleRecord, variant: str, sib
     }
 
 
-def _track_of(ex: ExampleRecord) -> dict[str, Any]:
+def track_of(ex: ExampleRecord) -> dict[str, Any]:
     """Frame indices, boxes and RLE masks of an example (tube, else imported metadata)."""
     if ex.tube is not None:
         src, frame_range = ex.tube, [ex.tube["start_frame"], ex.tube["end_frame"]]
@@ -432,7 +432,7 @@ def _track_of(ex: ExampleRecord) -> dict[str, Any]:
             "frame_range": frame_range}
 
 
-def _clip_file(ex: ExampleRecord, media: Path) -> Path:
+def clip_file(ex: ExampleRecord, media: Path) -> Path:
     path = ex.clip_path if ex.clip_path.is_absolute() else media / ex.clip_path
     if not path.is_file():
         raise FileNotFoundError(f"clip {path} is missing; re-import the concept")
@@ -441,7 +441,7 @@ def _clip_file(ex: ExampleRecord, media: Path) -> Path:
     return path
 
 
-def _tube_frames(ex: ExampleRecord) -> np.ndarray:
+def tube_frames(ex: ExampleRecord) -> np.ndarray:
     """The tube's frames, (len(frame_indices), H, W, 3) uint8, decoded at the processing
     resolution (max side = the masks' max side), as extraction saw them."""
     from conceptgen.videoio import read_frames
@@ -465,7 +465,7 @@ def _static_of_clip(path: Path, render: dict) -> np.ndarray:
     return clip_from_file(path, spec, static=True)
 
 
-def _render(frames: np.ndarray, track: dict[str, Any], static: bool, render: dict) -> np.ndarray:
+def render_example(frames: np.ndarray, track: dict[str, Any], static: bool, render: dict) -> np.ndarray:
     """(num_frames, side, side, 3) uint8 clip of ``frames`` (the track's frames, in order;
     render_tube_clip rescales masks and boxes when they are at another resolution)."""
     from conceptgen.masks import decode_rle

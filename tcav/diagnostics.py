@@ -17,6 +17,7 @@ import numpy as np
 DEGENERATE_COSINE = 0.98   # mean pairwise cosine of gradients above this: input-independent
 ACCURACY_MARGIN = 0.10     # concept CAVs must beat null CAVs by at least this much mean accuracy
 NULL_TOLERANCE = 0.15      # |null mean - 0.5| above this is a warning
+NULL_EXTREME_FRACTION = 0.5  # this share of null scores at exactly 0 or 1 is a warning
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,18 @@ def cav_quality(concept_accuracies: np.ndarray, null_accuracies: np.ndarray,
 
 
 def null_warning(layer: str, target: str, null_scores: np.ndarray) -> str | None:
-    """A warning when the random-versus-random mean sits far from 0.5."""
-    mean = float(np.mean(null_scores))
-    if abs(mean - 0.5) <= NULL_TOLERANCE:
+    """A warning when the random-versus-random mean sits far from 0.5, or when most
+    null scores are exactly 0 or 1: then the class gradients are so alike (though
+    below DEGENERATE_COSINE) that a random direction scores all-or-nothing, a
+    concept's 1.0 is within what random sets reach, and the test has little power."""
+    scores = np.asarray(null_scores, float)
+    mean, extreme = float(scores.mean()), float(np.mean((scores == 0) | (scores == 1)))
+    problems = []
+    if abs(mean - 0.5) > NULL_TOLERANCE:
+        problems.append(f"has mean {mean:.2f}, far from 0.5 (random directions are not neutral here)")
+    if extreme >= NULL_EXTREME_FRACTION:
+        problems.append(f"is all-or-nothing ({extreme:.0%} of random-vs-random scores are 0 or 1; "
+                        f"prefer an earlier layer)")
+    if not problems:
         return None
-    return (f"null baseline at {layer} for {target} has mean {mean:.2f}, far from 0.5: "
-            f"random directions are not neutral here, so treat its verdicts with caution")
+    return f"null baseline at {layer} for {target} " + " and ".join(problems) + ": treat its verdicts with caution"

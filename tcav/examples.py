@@ -162,11 +162,12 @@ def concepts_from_db(workspace, names: Sequence[str] | str, spec, *, render_mode
 def static_counterpart(concept: ConceptExamples) -> ConceptExamples:
     """The same examples rendered with one frame repeated (the paper's static concepts):
     DB tubes re-rendered with ``static=True``, other clips' middle frame repeated."""
-    statics = [_static_of(e) for e in concept.examples]
+    statics = [static_example(e) for e in concept.examples]
     return ConceptExamples(concept.name, "static", statics, concept.concept_id, concept.source)
 
 
-def _static_of(example: Example) -> Example:
+def static_example(example: Example) -> Example:
+    """``example`` with one frame repeated over time (a DB tube re-rendered static)."""
     if hasattr(example.loader, "static_loader"):
         key, loader = example.loader.static_loader()
         return Example(key, example.render_mode, example.origin, loader)
@@ -194,8 +195,8 @@ class _TubeLoader:
         r = self.record
         render = {"mode": self.mode, "num_frames": self.spec.num_frames, "side": self.spec.side}
         if r.tube is not None:
-            return export._render(export._tube_frames(r), export._track_of(r), self.static, render)
-        return clip_from_file(export._clip_file(r, self.media), self.spec, static=self.static)
+            return export.render_example(export.tube_frames(r), export.track_of(r), self.static, render)
+        return clip_from_file(export.clip_file(r, self.media), self.spec, static=self.static)
 
     def static_loader(self):
         twin = _TubeLoader(self.record, self.spec, self.mode, self.media, True)
@@ -236,13 +237,13 @@ def _video_example(path: Path, sha: str | None, spec) -> Example:
 # --- random pool --------------------------------------------------------------
 def random_pool_from_db(workspace, spec, *, render_mode: str) -> list[Example]:
     """Every tube that is an example of no concept, rendered with ``render_mode``."""
-    from conceptgen.export import _example_record
+    from conceptgen.export import example_record
     from conceptgen.orm import ConceptExample, Tube
 
     with workspace.session() as s:
         used = select(ConceptExample.tube_id).where(ConceptExample.tube_id.is_not(None))
         tubes = s.scalars(select(Tube).where(Tube.id.not_in(used)).order_by(Tube.id)).all()
-        records = [_example_record(ConceptExample(position=0, variant="dynamic", meta={}, tube=t))
+        records = [example_record(ConceptExample(position=0, variant="dynamic", meta={}, tube=t))
                    for t in tubes]
         s.expunge_all()
         s.rollback()

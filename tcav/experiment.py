@@ -3,6 +3,9 @@
 1. Draw N random sets from the random pool (stream "random-sets") and N disjoint
    random-versus-random pairs for the null (stream "null"): O(N) pairs, each set
    drawn from its own seed, so raising N or changing the concepts moves nothing.
+   Random sets and the null follow the concept's variant: static concepts are
+   compared with the same random clips rendered static, otherwise their CAV
+   learns "frozen versus moving" rather than the concept.
 2. Add the static counterpart of every dynamic concept.
 3. Compute activations of every clip and class-logit gradients of every class
    example at all layers (one forward + one backward per batch, cached); clips
@@ -11,9 +14,11 @@
    vs each other concept for relative TCAV), recording held-out accuracies.
 5. Per layer and class: directional derivatives, TCAV and magnitude scores,
    temporal profiles, the gradient-consistency diagnosis and the null's health.
-6. Test every concept score set against the null, correct over all hypotheses,
-   and give verdicts (degenerate layers and unlearnable concepts are never
-   significant).
+6. Test every concept score set against the null of its variant, correct over
+   the family of testable hypotheses (those in ``config.hypotheses``, at layers
+   not diagnosed degenerate from the class gradients alone, so the filter is
+   independent of the concept scores), and give verdicts (degenerate layers and
+   unlearnable concepts are never significant).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from tcav import diagnostics, scoring, stats
 from tcav.activations import ActivationStore
 from tcav.cav import CAV
 from tcav.classifiers import make_classifier
-from tcav.examples import ConceptExamples, Example, check_enough, static_counterpart
+from tcav.examples import ConceptExamples, Example, check_enough, static_counterpart, static_example
 
 DEFAULT_RANDOM_SETS = 10   # as the Video-TCAV paper
 MAX_RANDOM_SETS = 500
@@ -53,6 +58,9 @@ class TcavConfig:
     relative: bool = True
     max_random_sets: int = 80       # cap for "auto"
     n_resamples: int = stats.DEFAULT_RESAMPLES
+    # (concept name, target class) pairs to test, stated before the run; empty: every pair.
+    # Pairs outside it are still scored and reported, but neither tested nor counted.
+    hypotheses: tuple[tuple[str, str], ...] = ()
 
     def validate(self) -> None:
         if not self.layers:
@@ -119,6 +127,7 @@ class LayerReport:
     null_scores: np.ndarray
     null_accuracies: np.ndarray
     warning: str | None
+    variant: str = "dynamic"   # the random clips' rendering, as the concepts it is the null of
 
     @property
     def null_mean(self) -> float:
@@ -148,6 +157,11 @@ class TcavReport:
                 return r
         raise KeyError((concept, layer, target, variant, comparison))
 
+    def null_for(self, result: HypothesisResult) -> LayerReport:
+        """The null (and layer diagnosis) that ``result`` was tested against."""
+        return next(lr for lr in self.layer_reports
+                    if (lr.layer, lr.target, lr.variant) == (result.layer, result.target, result.variant))
+
     def degenerate_layers(self) -> list[str]:
         return sorted({lr.layer for lr in self.layer_reports if lr.diagnosis.degenerate})
 
@@ -161,6 +175,11 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
     targets = {name: loaded.class_index(name) for name in config.targets}
     store = ActivationStore(cache_dir, loaded, config.layers, amp=amp, batch_size=batch_size)
     concepts = _with_static_variants(inputs.concepts, config)
+    unknown = sorted({(c, t) for c, t in config.hypotheses
+                      if c not in {k.name for k in concepts} or t not in targets})
+    if unknown:
+        raise ConfigError(f"stated hypotheses name unknown concepts or classes: {unknown[:3]}; "
+                          "use concept names being scored and classes in --target")
     for name in config.targets:  # fail fast, before any model work
         check_enough(concepts, inputs.class_examples.get(name, []), inputs.random_pool,
                      random_set_size=config.random_set_size, target=name)
@@ -227,30 +246,31 @@ def random_set_plan(pool: Sequence[Example], n: int, size: int, seed: int):
 def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: dict[str, int],
            config: TcavConfig, n_sets: int, *, seed: int | None = None) -> TcavReport:
     seed = config.seed if seed is None else seed
-    pool, random_sets, null_pairs = _draw_usable_sets(store, pool, n_sets, config.random_set_size, seed)
+    variants = sorted({c.variant for c in concepts})
+    pools, random_sets, null_pairs = _draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed)
 
     results: list[HypothesisResult] = []
     layer_reports: list[LayerReport] = []
     classifier = make_classifier(config.classifier)
     for layer in config.layers:
         # One set's activations in RAM at a time (read back from the cache).
-        acts_of = lambda idx: store.activations([pool[j] for j in idx], layer)  # noqa: E731
-        null_cavs = [_fit(classifier, f"null:{i}a", f"null:{i}b", layer, acts_of(a), acts_of(b),
-                          stats.derive_seed(seed, "null-cav", layer, i))
-                     for i, (a, b) in enumerate(null_pairs)]
+        acts_of = lambda variant, idx: store.activations([pools[variant][j] for j in idx], layer)  # noqa: E731
+        null_cavs = {v: [_fit(classifier, f"null:{i}a", f"null:{i}b", layer, acts_of(v, a), acts_of(v, b),
+                              stats.derive_seed(seed, "null-cav", layer, i, *([v] if v != "dynamic" else [])))
+                         for i, (a, b) in enumerate(null_pairs)] for v in variants}
         concept_cavs = {}
         for c in concepts:
             acts = store.activations(c.examples, layer)
             concept_cavs[c.label] = [
-                _fit(classifier, c.label, f"random:{i}", layer, acts, acts_of(rs),
+                _fit(classifier, c.label, f"random:{i}", layer, acts, acts_of(c.variant, rs),
                      stats.derive_seed(seed, "cav", c.label, layer, i))
                 for i, rs in enumerate(random_sets)]
         relative_cavs = _relative_cavs(store, classifier, concepts, layer, seed) if config.relative else {}
         for target, k in targets.items():
             grads = store.gradients(inputs.class_examples[target], layer, k)
-            report, layer_results = _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs,
-                                                 relative_cavs, config)
-            layer_reports.append(report)
+            reports, layer_results = _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs,
+                                                  relative_cavs, config)
+            layer_reports += reports
             results += layer_results
     power = _test_and_correct(results, layer_reports, config, n_sets, seed,
                               grid=max(len(inputs.class_examples[t]) for t in targets))
@@ -259,18 +279,28 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
     return TcavReport(config, n_sets, results, layer_reports, power, list(dict.fromkeys(warnings)))
 
 
-def _draw_usable_sets(store, pool, n_sets: int, size: int, seed: int):
-    """Steps 1 and 3 for the random pool: draw, compute the drawn clips, and redraw
-    without any that failed to load until every set is usable."""
+def variant_pools(pool: Sequence[Example], variants: Sequence[str]) -> dict[str, list[Example]]:
+    """The random pool rendered as each concept variant: index i is the same clip in
+    every variant (static: one frame repeated, as the static concepts)."""
+    return {v: list(pool) if v == "dynamic" else [static_example(e) for e in pool] for v in variants}
+
+
+def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int):
+    """Steps 1 and 3 for the random pool: draw, compute the drawn clips in every
+    variant, and redraw without any that failed to load until every set is usable.
+    Returns ({variant: pool}, random sets, null pairs)."""
     while True:
         if len(pool) < 2 * size:
             raise DataError(f"the random pool has {len(pool)} usable clips, fewer than two random sets "
                             f"of {size}: add clips or lower --random-set-size")
         random_sets, null_pairs, used = random_set_plan(pool, n_sets, size, seed)
-        store.ensure([pool[i] for i in used], desc="random clips")
-        if not any(pool[i].key in store.failed for i in used):
-            return pool, random_sets, null_pairs
-        pool = [e for e in pool if e.key not in store.failed]
+        pools = variant_pools(pool, variants)
+        for variant, clips in pools.items():
+            store.ensure([clips[i] for i in used], desc=f"random clips ({variant})")
+        bad = {i for clips in pools.values() for i in used if clips[i].key in store.failed}
+        if not bad:
+            return pools, random_sets, null_pairs
+        pool = [e for i, e in enumerate(pool) if i not in bad]
 
 
 def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, other: np.ndarray, seed: int) -> CAV:
@@ -291,16 +321,19 @@ def _relative_cavs(store, classifier, concepts, layer, seed) -> dict[str, list[C
     return out
 
 
-def _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs, relative_cavs, config
-                 ) -> tuple[LayerReport, list[HypothesisResult]]:
-    """Step 5 for one (layer, class)."""
+def _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs: dict[str, list[CAV]],
+                 relative_cavs, config) -> tuple[list[LayerReport], list[HypothesisResult]]:
+    """Step 5 for one (layer, class): one null per variant, then every concept."""
     flat = grads.reshape(len(grads), -1)
     earlier = list(config.layers[:config.layers.index(layer)])
     diagnosis = diagnostics.diagnose_layer(layer, target, flat, earlier)
-    null_s = scoring.directional_derivatives(flat, np.stack([c.vector for c in null_cavs]))
-    null_scores = scoring.tcav_score(null_s)
-    report = LayerReport(layer, target, diagnosis, null_scores, np.array([c.accuracy for c in null_cavs]),
-                         diagnostics.null_warning(layer, target, null_scores))
+    reports = []
+    for variant, cavs in null_cavs.items():
+        null_scores = scoring.tcav_score(scoring.directional_derivatives(flat, np.stack([c.vector for c in cavs])))
+        warning = diagnostics.null_warning(layer, target, null_scores)
+        reports.append(LayerReport(layer, target, diagnosis, null_scores, np.array([c.accuracy for c in cavs]),
+                                   warning and (warning if variant == "dynamic" else f"{variant} {warning}"),
+                                   variant))
     results = []
     for c in concepts:
         for comparison, cavs in (("random", concept_cavs[c.label]), ("relative", relative_cavs.get(c.label))):
@@ -314,7 +347,7 @@ def _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs, relati
             if grads.ndim == 5 and grads.shape[2] > 1:  # (N, C, T, H, W) with time left
                 result.temporal = _temporal(grads, cavs)
             results.append(result)
-    return report, results
+    return reports, results
 
 
 def _temporal(grads: np.ndarray, cavs: list[CAV]) -> scoring.TemporalProfile:
@@ -326,22 +359,32 @@ def _temporal(grads: np.ndarray, cavs: list[CAV]) -> scoring.TemporalProfile:
 
 def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, seed: int, *,
                       grid: int) -> stats.PowerCheck:
-    """Step 6: p-values against the null, corrected over every hypothesis, verdicts."""
-    nulls = {(lr.layer, lr.target): lr for lr in layer_reports}
+    """Step 6: p-values against the variant's null, corrected over the family of
+    testable hypotheses (stated pairs at non-degenerate layers), verdicts.
+    Hypotheses outside the family keep their raw p and get p_corrected 1.0."""
+    nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
     tested = [r for r in results if r.comparison == "random"]
+    stated = set(config.hypotheses)
     for r in tested:
-        null = nulls[(r.layer, r.target)]
+        null = nulls[(r.layer, r.target, r.variant)]
         r.p_value = stats.compare_to_null(r.scores, null.null_scores, test=config.test,
                                           seed=stats.derive_seed(seed, "test", r.concept, r.variant, r.layer, r.target),
                                           n_resamples=config.n_resamples).p_value
-    corrected = stats.correct_p_values(np.array([r.p_value for r in tested]), config.correction) if tested else []
-    for r, p in zip(tested, corrected):
-        null = nulls[(r.layer, r.target)]
-        r.p_corrected = float(p)
+    in_family = lambda r: ((not stated or (r.concept, r.target) in stated)  # noqa: E731
+                           and not nulls[(r.layer, r.target, r.variant)].diagnosis.degenerate)
+    family = [r for r in tested if in_family(r)]
+    corrected = dict(zip(map(id, family), stats.correct_p_values(np.array([r.p_value for r in family]),
+                                                                   config.correction))) if family else {}
+    for r in tested:
+        null = nulls[(r.layer, r.target, r.variant)]
+        p = r.p_corrected = float(corrected.get(id(r), 1.0))
         quality = diagnostics.cav_quality(r.cav_accuracies, null.null_accuracies)
         if null.diagnosis.degenerate:
             r.flags.append("degenerate layer")
-            r.verdict = "degenerate layer: scores are all-or-nothing; not significant"
+            r.verdict = "degenerate layer: scores are all-or-nothing; not tested"
+        elif id(r) not in corrected:
+            r.flags.append("not tested")
+            r.verdict = "not tested (not a stated hypothesis)"
         elif not quality.learnable:
             r.flags.append("unreliable CAV")
             r.verdict = (f"not a learnable concept at this layer (CAV accuracy {quality.concept_accuracy:.2f} "
@@ -355,7 +398,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
     for r in results:
         if r.comparison == "relative":
             r.verdict = "relative to " + ", ".join(r.against)
-    return stats.power_check(n_sets, len(tested), test=config.test, alpha=config.alpha,
+    return stats.power_check(n_sets, len(family), test=config.test, alpha=config.alpha,
                              grid=grid, n_resamples=config.n_resamples)
 
 

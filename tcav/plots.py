@@ -51,7 +51,8 @@ def _panels(plt, n: int, title: str):
 
 
 def _layer_state(report: TcavReport, layer: str, target: str):
-    return next(lr for lr in report.layer_reports if lr.layer == layer and lr.target == target)
+    return next(lr for lr in report.layer_reports
+                if (lr.layer, lr.target, lr.variant) == (layer, target, "dynamic"))
 
 
 def plot_scores(report: TcavReport, target: str, path: Path) -> Path:

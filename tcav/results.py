@@ -49,7 +49,7 @@ def summary(report: TcavReport) -> dict[str, Any]:
         "warnings": list(report.warnings),
         "n_random_sets": report.n_random_sets,
         "layers": [{
-            "layer": lr.layer, "target": lr.target, "gradient_cosine": lr.diagnosis.gradient_cosine,
+            "layer": lr.layer, "target": lr.target, "variant": lr.variant, "gradient_cosine": lr.diagnosis.gradient_cosine,
             "degenerate": lr.diagnosis.degenerate, "null_mean": lr.null_mean,
             "null_scores": [float(x) for x in lr.null_scores],
             "null_cav_accuracy_mean": float(lr.null_accuracies.mean()), "warning": lr.warning,
@@ -62,8 +62,7 @@ def summary(report: TcavReport) -> dict[str, Any]:
 
 
 def rows(report: TcavReport) -> list[dict[str, Any]]:
-    nulls = {(lr.layer, lr.target): lr.null_mean for lr in report.layer_reports}
-    return [result_row(r, nulls.get((r.layer, r.target)) if r.comparison == "random" else None)
+    return [result_row(r, report.null_for(r).null_mean if r.comparison == "random" else None)
             for r in report.results]
 
 

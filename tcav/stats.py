@@ -17,8 +17,19 @@ Which test, and why:
   t statistic is infinite or undefined there, which is exactly the
   all-or-nothing regime of degenerate layers.
 
-Every hypothesis of an experiment (concepts x classes x layers) is corrected
+Every testable hypothesis of an experiment (concepts x classes x layers, less
+degenerate layers and pairs outside ``TcavConfig.hypotheses``) is corrected
 together, Bonferroni by default or Holm (step-down, same family-wise error).
+
+Known limit (both tests, and tensorflow/tcav's and Captum's protocol): the N
+concept scores share one concept set, while the N null scores come from N
+independent random pairs, so under "the concept is just pool clips" the two are
+not exchangeable. Where the class gradients are alike (cosine ~0.9), a set of
+pool clips used as a concept scores 0 or 1 on most random sets, and the test is
+anti-conservative: on the synthetic benchmark's demo model 12 of 48 such
+pseudo-concept hypotheses had raw p < 0.05 at N = 10. The diagnostics' all-or-
+nothing null warning marks such layers. A fully valid null scores M pool sets
+against the same N random sets (M x N CAVs).
 """
 from __future__ import annotations
 

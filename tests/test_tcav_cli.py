@@ -19,9 +19,9 @@ W = ToyWorld()
 
 
 @pytest.fixture
-def toy_checkpoint(tcav_toy, tmp_path, monkeypatch):
-    """The toy network saved as a conceptgen checkpoint that load_model reads back."""
-    monkeypatch.setitem(registry.PROJECT_BUILDERS, "tcav_toy", "tcav.toy:build_toy_network")
+def toy_checkpoint(tcav_toy, tmp_path):
+    """The toy network saved as a conceptgen checkpoint that load_model reads back
+    (registry.PROJECT_BUILDERS names the "tcav_toy" builder)."""
     path = tmp_path / "toy.pt"
     registry.save_checkpoint(path, builder="tcav_toy", builder_kwargs={}, model=tcav_toy.model,
                              spec=tcav_toy.spec, class_names=tcav_toy.class_names)

@@ -115,6 +115,9 @@ def test_cav_quality_gate_separates_learnable_from_chance():
     assert not diagnostics.cav_quality(null[::-1] + 0.02, null).learnable
 
 
-def test_null_far_from_half_warns():
+def test_null_far_from_half_or_all_or_nothing_warns():
     assert diagnostics.null_warning("l", "k", np.full(10, 0.5)) is None
     assert "far from 0.5" in diagnostics.null_warning("l", "k", np.full(10, 0.1))
+    all_or_nothing = diagnostics.null_warning("l", "k", np.array([0.0, 1.0] * 4 + [0.4, 0.6]))
+    assert "all-or-nothing" in all_or_nothing and "far from 0.5" not in all_or_nothing
+    assert diagnostics.null_warning("l", "k", np.array([0.0, 1.0, 0.3, 0.7, 0.4, 0.6])) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from conceptgen.registry import get_layer
 from tcav import diagnostics, scoring
 from tcav.activations import ActivationStore
 from tcav.classifiers import make_classifier
-from tcav.examples import ConceptExamples, Example, file_example
+from tcav.examples import ConceptExamples, Example, file_example, static_example
 from tcav.experiment import TcavConfig, TcavInputs, draw_random_sets, run_tcav
 from tcav.toy import ToyWorld, class_clips, moving_square_clip, noise_clip, toy_tcav_inputs
 
@@ -139,6 +140,44 @@ def test_power_warning_reaches_the_report_when_n_is_too_small(tcav_toy, inputs, 
     rep = run_tcav(tcav_toy, inputs, config, cache_dir=tmp_path)
     assert not rep.power.possible and any(w.startswith("power:") for w in rep.warnings)
     assert not any(r.significant for r in rep.tested())
+
+
+def test_static_concepts_are_compared_with_random_clips_rendered_static(tcav_toy, tmp_path):
+    # Frozen moving squares against moving squares differ by motion alone ("frozen vs
+    # moving"); against the same kind of random clips frozen, they are no concept at all.
+    pool = _arrays(class_clips("right", 24, seed=11))
+    frozen = [static_example(e) for e in _arrays(class_clips("right", 10, seed=12))]
+    outcome = {}
+    for variant in ("static", "dynamic"):
+        inputs = TcavInputs([ConceptExamples("noise", variant, frozen)], {"right": _arrays(class_clips("right", 8, 2))},
+                            pool)
+        config = TcavConfig(layers=("conv1",), targets=("right",), random_sets=4, seed=0, classifier="mean-diff",
+                            random_set_size=10, with_static=False, relative=False)
+        rep = run_tcav(tcav_toy, inputs, config, cache_dir=tmp_path)
+        r = rep.find("noise", "conv1", "right", variant)
+        assert rep.null_for(r).variant == variant
+        outcome[variant] = r
+    assert outcome["dynamic"].cav_accuracies.mean() > 0.9
+    assert outcome["static"].cav_accuracies.mean() < 0.8
+    assert not outcome["static"].significant and "unreliable CAV" in outcome["static"].flags
+
+
+def test_correction_family_leaves_out_degenerate_layers_and_unstated_hypotheses(tcav_toy, inputs, report, tmp_path):
+    healthy = [r for r in report.tested() if r.layer != "pool"]
+    assert report.power.n_hypotheses == len(healthy) < len(report.tested())
+    for r in healthy:
+        assert r.p_corrected == pytest.approx(min(1.0, r.p_value * len(healthy)))
+    stated = TcavConfig(layers=("conv2",), targets=("right",), random_sets=6, seed=3, classifier="mean-diff",
+                        hypotheses=(("rightward", "right"),))
+    rep = run_tcav(tcav_toy, inputs, stated, cache_dir=tmp_path)
+    assert rep.power.n_hypotheses == 2       # rightward, dynamic and static
+    for r in rep.tested():
+        if r.concept == "rightward":
+            assert r.p_corrected == pytest.approx(min(1.0, 2 * r.p_value))
+        else:
+            assert "not tested" in r.flags and not r.significant and r.p_corrected == 1.0
+    with pytest.raises(ConfigError, match="unknown concepts or classes"):
+        run_tcav(tcav_toy, inputs, replace(stated, hypotheses=(("nope", "right"),)), cache_dir=tmp_path)
 
 
 # --- bad input -----------------------------------------------------------------------

@@ -83,12 +83,11 @@ def _tcav(args, ctx) -> int:
 
 def format_table(report) -> list[str]:
     """The CLI's result table: one line per concept variant, class and layer."""
-    nulls = {(lr.layer, lr.target): lr for lr in report.layer_reports}
     head = (f"{'concept':<24} {'variant':<8} {'layer':<20} {'class':<14} {'TCAV':>5} {'±':>5} "
             f"{'null':>5} {'CAVacc':>6} {'p':>8} {'p_corr':>8}  verdict")
     lines = [head, "-" * len(head)]
     for r in report.tested():
-        null = nulls[(r.layer, r.target)]
+        null = report.null_for(r)
         layer = r.layer + (" (degenerate)" if null.diagnosis.degenerate else "")
         lines.append(f"{r.concept[:24]:<24} {r.variant:<8} {layer:<20} {r.target[:14]:<14} "
                      f"{r.tcav_mean:5.2f} {r.tcav_std:5.2f} {null.null_mean:5.2f} "
