@@ -20,7 +20,7 @@ from typing import Sequence
 
 from sqlalchemy import select
 
-from conceptgen.errors import ConceptgenError, ConfigError, VideoReadError
+from conceptgen.errors import ConceptgenError, ConfigError
 from conceptgen.hashing import sha256_file
 from conceptgen.orm import Video
 from conceptgen.progress import progress
@@ -31,9 +31,6 @@ from conceptgen.workspace import Workspace
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ogv", ".ts", ".gif"})
 _GLOB_CHARS = set("*?[")
-# FFmpeg decodes any text file as "ANSI art" video (tty demuxer); those are not videos.
-# TODO(videoio owner): move this check into videoio.probe_video.
-_TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
 
 @dataclass(frozen=True)
@@ -153,9 +150,7 @@ def _ingest_one(workspace: Workspace, path: Path, label: LabelInfo, report: Inge
             return
         video = Video(path=str(path), sha256=sha, label=label.label, split=label.split)
         try:
-            info = probe_video(path)
-            if info.codec in _TEXT_CODECS:
-                raise VideoReadError(f"{path}: is a text file, not a video; remove it from the inputs")
+            info = probe_video(path)  # refuses text files that FFmpeg would read as "ANSI art"
             video.fps, video.frame_count = info.fps, info.frame_count
             video.width, video.height, video.status = info.width, info.height, "ok"
         except ConceptgenError as err:
