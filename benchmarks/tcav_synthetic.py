@@ -85,8 +85,12 @@ def _background_clip(frames, full_masks, spec, *, static: bool):
                             mode="mask", static=static, num_frames=spec.num_frames, side=spec.side)
 
 
-def ground_truth_inputs(dataset, spec, class_names, *, max_per_concept: int):
-    """Concepts (both variants), class examples and the random pool, all in memory."""
+def ground_truth_inputs(dataset, spec, class_names, *, max_per_concept: int, object_mode: str = "crop"):
+    """Concepts (both variants), class examples and the random pool, all in memory.
+    ``object_mode``: how object tubes are rendered. ``crop`` (the paper's tracked
+    crops) keeps context, so a static distractor's crop also shows the actor when
+    it passes nearby (4 of 10 quick-set static_distractor clips move); ``mask``
+    keeps the object alone."""
     clips: dict[tuple[str, str], list[np.ndarray]] = {}
     classes: dict[str, list[Example]] = {c: [] for c in class_names}
     pool: list[Example] = []
@@ -107,10 +111,10 @@ def ground_truth_inputs(dataset, spec, class_names, *, max_per_concept: int):
             else:
                 name = None
             if name:
-                add(name, _object_clip(frames, masks[obj.index], spec, static=False),
-                    _object_clip(frames, masks[obj.index], spec, static=True))
+                add(name, _object_clip(frames, masks[obj.index], spec, static=False, mode=object_mode),
+                    _object_clip(frames, masks[obj.index], spec, static=True, mode=object_mode))
             else:  # a drifting distractor: in no concept
-                clip = _object_clip(frames, masks[obj.index], spec, static=False)
+                clip = _object_clip(frames, masks[obj.index], spec, static=False, mode=object_mode)
                 if clip is not None:
                     pool.append(Example.from_array(clip, origin=f"{video.id} drifting distractor"))
         if video.background in TEXTURED:
@@ -264,6 +268,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", help="cpu or cuda (see benchmarks/tcav_gpu.py)")
     p.add_argument("--amp", action="store_true", help="float16 autocast for our run (CUDA only)")
     p.add_argument("--no-captum", action="store_true")
+    p.add_argument("--object-mode", default="crop", choices=("crop", "mask"),
+                   help="render object tubes as tracked crops (the paper) or masked objects alone")
     p.add_argument("--checkpoint", default=None,
                    help="a trained demo checkpoint to use instead of training one (first run trains ~10+ min)")
     args = p.parse_args(argv)
@@ -298,7 +304,8 @@ def main(argv=None) -> dict:
     layers = tuple(args.layers.split(",")) if args.layers else \
         (("stage2", "stage3", "head.pool") if args.quick else ("stage1", "stage2", "stage3", "head.pool"))
     t = time.perf_counter()
-    inputs = ground_truth_inputs(tcav_set, loaded.spec, class_names, max_per_concept=10 if args.quick else 20)
+    inputs = ground_truth_inputs(tcav_set, loaded.spec, class_names, max_per_concept=10 if args.quick else 20,
+                                 object_mode=args.object_mode)
     timings["render concepts"] = time.perf_counter() - t
     config = TcavConfig(layers=layers, targets=tuple(class_names), random_sets=args.random_sets, seed=args.seed,
                         classifier=args.classifier, random_set_size=20, relative=False,
@@ -338,7 +345,7 @@ def main(argv=None) -> dict:
         "layers": list(layers),
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),
         "discovered_concepts": "not run (--quick)" if args.quick else "not done: see report",
-        "quick": args.quick, "device": str(loaded.device), "amp": args.amp,
+        "object_mode": args.object_mode, "quick": args.quick, "device": str(loaded.device), "amp": args.amp,
     })
     print(f"\n{'stage':<26} {'seconds':>9}")
     for stage, sec in timings.items():

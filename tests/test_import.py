@@ -212,5 +212,5 @@ def test_imported_concepts_load_through_tcav_like_any_other(concept_ws, fresh_ws
     # the imported clip is the exported one, resized: same content as reading the export directly
     direct = read_frames(out / read_manifest(out)["concepts"][0]["examples"][0]["clip"])
     assert abs(float(clips[0].mean()) - float(direct.mean())) < 3
-    static = static_counterpart(concept, spec)
+    static = static_counterpart(concept)
     assert np.abs(np.diff(static.examples[0].load().astype(int), axis=0)).max() == 0
