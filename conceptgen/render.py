@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .masks import resize_mask, scale_box, union_box
+from .videoio import fit_max_side
 
 __all__ = [
     "RENDER_MODES",
@@ -159,14 +160,6 @@ def _outline(frame: np.ndarray, mask: np.ndarray, colour: Sequence[int], thickne
     return out
 
 
-def _fit(frame: np.ndarray, max_side: int | None) -> np.ndarray:
-    h, w = frame.shape[:2]
-    if max_side is None or max(h, w) <= max_side:
-        return frame
-    scale = max_side / max(h, w)
-    return cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
-
 def _thickness(frame: np.ndarray) -> int:
     return max(1, round(max(frame.shape[:2]) / 128))
 
@@ -180,7 +173,7 @@ def render_outlined_preview(frames: np.ndarray, tube_frames: Sequence[int], mask
     """
     out = []
     for f, mask in zip(tube_frames, masks):
-        frame = _fit(frames[f], max_side)
+        frame = fit_max_side(frames[f], max_side)
         out.append(_outline(frame, mask, colour, _thickness(frame)))
     return np.stack(out)
 
@@ -194,6 +187,6 @@ def highlight_full_video(frames: np.ndarray, tube_frames: Sequence[int], masks: 
     by_frame = dict(zip(tube_frames, masks))
     out = []
     for f in range(len(frames)):
-        frame = _fit(frames[f], max_side)
+        frame = fit_max_side(frames[f], max_side)
         out.append(_outline(frame, by_frame[f], colour, _thickness(frame)) if f in by_frame else frame.copy())
     return np.stack(out)

@@ -138,7 +138,7 @@ def iter_frames(path: str | Path, *, max_side: int | None = None) -> Iterator[np
     """Stream decoded frames one by one: each (H, W, 3) uint8 RGB, downscaled so that
     max(H, W) <= max_side when given."""
     for frame in _decode(path):
-        yield _fit_max_side(frame, max_side)
+        yield fit_max_side(frame, max_side)
 
 
 def read_frames(path: str | Path, *, indices: Iterable[int] | None = None,
@@ -149,7 +149,7 @@ def read_frames(path: str | Path, *, indices: Iterable[int] | None = None,
     after the largest one. ``max_side`` downscales so that max(H, W) <= max_side.
     """
     if indices is None:
-        frames = [_fit_max_side(f, max_side) for f in _decode(path)]
+        frames = [fit_max_side(f, max_side) for f in _decode(path)]
         if len(frames) < min_frames:
             raise VideoReadError(f"{path}: has only {len(frames)} frame(s); a video needs at "
                                  f"least {min_frames} frames, use a longer clip")
@@ -166,7 +166,7 @@ def read_frames(path: str | Path, *, indices: Iterable[int] | None = None,
     for i, frame in enumerate(_decode(path)):
         count = i + 1
         if i in needed:
-            kept[i] = _fit_max_side(frame, max_side)
+            kept[i] = fit_max_side(frame, max_side)
         if i >= last:
             break
     if last not in kept:
@@ -223,7 +223,8 @@ def resize_clip(frames: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
-def _fit_max_side(frame: np.ndarray, max_side: int | None) -> np.ndarray:
+def fit_max_side(frame: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale ``frame`` (H, W, 3) so that max(H, W) <= ``max_side``; unchanged when it fits."""
     h, w = frame.shape[:2]
     if max_side is None or max(h, w) <= max_side:
         return frame
