@@ -264,6 +264,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-sets", type=int, default=10)
     p.add_argument("--classifier", default="sgd")
+    p.add_argument("--test", default="permutation", help="permutation | ttest | pseudo (pseudo-concept null)")
+    p.add_argument("--null-sets", type=int, default=0, help="pseudo test: M pseudo-concepts (0 = auto)")
     p.add_argument("--layers", default=None, help="comma-separated (default stage2,stage3,head.pool; full adds stage1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (see benchmarks/tcav_gpu.py)")
     p.add_argument("--amp", action="store_true", help="float16 autocast for our run (CUDA only)")
@@ -308,7 +310,8 @@ def main(argv=None) -> dict:
                                  object_mode=args.object_mode)
     timings["render concepts"] = time.perf_counter() - t
     config = TcavConfig(layers=layers, targets=tuple(class_names), random_sets=args.random_sets, seed=args.seed,
-                        classifier=args.classifier, random_set_size=20, relative=False,
+                        classifier=args.classifier, test=args.test, null_sets=args.null_sets,
+                        random_set_size=20, relative=False,
                         hypotheses=stated_hypotheses(class_names))
     batch_size = 8
     with tempfile.TemporaryDirectory() as tmp:
@@ -341,6 +344,8 @@ def main(argv=None) -> dict:
         "speedup_vs_captum": None if captum_s is None else round(captum_s / ours_s, 3),
         "overhead_vs_bare_model": round(extract_s / bare_s - 1, 3),
         "n_hypotheses": report.power.n_hypotheses,
+        "test": config.test, "classifier": config.classifier, "null_sets": config.null_sets,
+        "min_p": report.power.min_p,
         "n_random_sets": report.n_random_sets,
         "layers": list(layers),
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),

@@ -140,6 +140,28 @@ class MeanDifferenceClassifier(CavClassifier):
     def _threshold(self, x, y, vector):
         return float(0.5 * (x[y == 1].mean(axis=0) + x[y == 0].mean(axis=0)) @ vector)
 
+    @staticmethod
+    def train_weights(n_concept: int, n_other: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weights w_c (Nc,), w_o (No,) with w_c . x_c + w_o . x_o = mean of the train
+        concept clips - mean of the train other clips, for :meth:`fit`'s split at ``seed``
+        (held-out clips weigh 0): the CAV is this combination, up to its norm."""
+        y = np.concatenate([np.ones(n_concept, np.int64), np.zeros(n_other, np.int64)])
+        train, _ = stratified_split(y, seed)
+        w = np.zeros(len(y))
+        for label, sign in ((1, 1.0), (0, -1.0)):
+            chosen = train[y[train] == label]
+            w[chosen] = sign / len(chosen)
+        return w[:n_concept], w[n_concept:]
+
+    @classmethod
+    def tcav_from_projections(cls, concept: np.ndarray, other: np.ndarray, *, seed: int) -> float:
+        """The TCAV score that :meth:`fit` (same ``seed``, so the same split) followed by
+        sign counting gives, from projections alone: ``concept`` (n, Nc) and ``other``
+        (n, No) hold grad . activation for each class example (row) and clip (column).
+        S = g . (mean_c - mean_o) is linear in the clips, so no D-sized vector is needed."""
+        w_c, w_o = cls.train_weights(concept.shape[1], other.shape[1], seed=seed)
+        return float(np.mean(concept @ w_c + other @ w_o > 0))
+
 
 CLASSIFIERS: dict[str, type[CavClassifier]] = {
     cls.name: cls for cls in (SgdHingeClassifier, LogisticClassifier, LinearSvmClassifier,

@@ -14,6 +14,9 @@
    vs each other concept for relative TCAV), recording held-out accuracies.
 5. Per layer and class: directional derivatives, TCAV and magnitude scores,
    temporal profiles, the gradient-consistency diagnosis and the null's health.
+   With ``test="pseudo"`` also M pseudo-concepts (pool sets of each concept's size,
+   stream "pseudo-concepts") against the same N random sets: the calibrated null
+   (see :mod:`tcav.stats`).
 6. Test every concept score set against the null of its variant, correct over
    the family of testable hypotheses (those in ``config.hypotheses``, at layers
    not diagnosed degenerate from the class gradients alone, so the filter is
@@ -32,7 +35,7 @@ from conceptgen.errors import ConfigError, DataError
 from tcav import diagnostics, scoring, stats
 from tcav.activations import ActivationStore
 from tcav.cav import CAV
-from tcav.classifiers import make_classifier
+from tcav.classifiers import MeanDifferenceClassifier, make_classifier
 from tcav.examples import ConceptExamples, Example, check_enough, static_counterpart, static_example
 
 DEFAULT_RANDOM_SETS = 10   # as the Video-TCAV paper
@@ -58,6 +61,7 @@ class TcavConfig:
     relative: bool = True
     max_random_sets: int = 80       # cap for "auto"
     n_resamples: int = stats.DEFAULT_RESAMPLES
+    null_sets: int = 0              # test "pseudo": M pseudo-concepts; 0 = auto (Bonferroni reachable)
     # (concept name, target class) pairs to test, stated before the run; empty: every pair.
     # Pairs outside it are still scored and reported, but neither tested nor counted.
     hypotheses: tuple[tuple[str, str], ...] = ()
@@ -74,6 +78,8 @@ class TcavConfig:
         make_classifier(self.classifier)
         if self.random_sets != "auto" and not (2 <= int(self.random_sets) <= MAX_RANDOM_SETS):
             raise ConfigError(f"--random-sets must be between 2 and {MAX_RANDOM_SETS} or auto, got {self.random_sets}")
+        if self.null_sets < 0:
+            raise ConfigError(f"--null-sets must be 0 (auto) or a positive count, got {self.null_sets}")
         if self.random_set_size < 2:
             raise ConfigError(f"--random-set-size must be at least 2, got {self.random_set_size}")
 
@@ -128,6 +134,8 @@ class LayerReport:
     null_accuracies: np.ndarray
     warning: str | None
     variant: str = "dynamic"   # the random clips' rendering, as the concepts it is the null of
+    # test "pseudo": concept size -> (M,) mean TCAV score of each pseudo-concept over the N random sets
+    pseudo_means: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def null_mean(self) -> float:
@@ -243,11 +251,36 @@ def random_set_plan(pool: Sequence[Example], n: int, size: int, seed: int):
     return random_sets, null_pairs, used
 
 
+def draw_pseudo_concepts(n_pool: int, m: int, size: int, seed: int) -> list[list[int]]:
+    """M pseudo-concepts of ``size`` pool indices; set j depends only on (seed, size, j),
+    so the null does not move when the concept list changes."""
+    return [sorted(np.random.default_rng(stats.derive_seed(seed, "pseudo-concepts", size, j))
+                   .choice(n_pool, size, replace=False).tolist()) for j in range(m)]
+
+
+def null_set_count(config: TcavConfig, n_hypotheses: int) -> int:
+    """M for the pseudo null: ``config.null_sets``, or auto from the family's size."""
+    if config.null_sets:
+        return int(config.null_sets)
+    cap = (stats.MAX_AUTO_NULL_SETS if config.classifier == MeanDifferenceClassifier.name
+           else stats.MAX_AUTO_NULL_SETS_FITTED)
+    return stats.auto_null_sets(n_hypotheses, config.alpha, cap=cap)
+
+
+def _in_family(r: HypothesisResult, null: LayerReport, config: TcavConfig) -> bool:
+    """Tested and corrected together: stated pairs (all if none stated) at non-degenerate layers."""
+    return ((not config.hypotheses or (r.concept, r.target) in set(config.hypotheses))
+            and not null.diagnosis.degenerate)
+
+
 def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: dict[str, int],
            config: TcavConfig, n_sets: int, *, seed: int | None = None) -> TcavReport:
     seed = config.seed if seed is None else seed
     variants = sorted({c.variant for c in concepts})
-    pools, random_sets, null_pairs = _draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed)
+    pseudo = config.test == "pseudo"
+    pools, random_sets, null_pairs = _draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed,
+                                                       whole_pool=pseudo)
+    sizes = {(c.name, c.variant): len(c.examples) for c in concepts}
 
     results: list[HypothesisResult] = []
     layer_reports: list[LayerReport] = []
@@ -272,9 +305,31 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
                                                   relative_cavs, config)
             layer_reports += reports
             results += layer_results
+    n_null_sets = 0
+    if pseudo:  # after the diagnosis: only (layer, class) cells with hypotheses to test
+        nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
+        family = [r for r in results if r.comparison == "random"
+                  and _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
+        n_null_sets = null_set_count(config, len(family))
+        pseudo_sets = {size: draw_pseudo_concepts(len(pools[variants[0]]), n_null_sets, size, seed)
+                       for size in sorted({sizes[(r.concept, r.variant)] for r in family})}
+        for layer in config.layers:
+            cells = {(r.target, r.variant) for r in family if r.layer == layer}
+            grads = {t: store.gradients(inputs.class_examples[t], layer, targets[t])
+                     for t in sorted({t for t, _ in cells})}
+            for variant in sorted({v for _, v in cells}):
+                for size, sets in pseudo_sets.items():
+                    means = _pseudo_null_means(store, classifier, pools[variant], sets, random_sets, layer,
+                                               grads, seed)
+                    for t, m in means.items():
+                        nulls[(layer, t, variant)].pseudo_means[size] = m
     power = _test_and_correct(results, layer_reports, config, n_sets, seed,
-                              grid=max(len(inputs.class_examples[t]) for t in targets))
-    warnings = [w for w in [power.warning] + [lr.diagnosis.message for lr in layer_reports]
+                              grid=max(len(inputs.class_examples[t]) for t in targets),
+                              sizes=sizes, n_null_sets=n_null_sets)
+    cost = None if not pseudo or classifier.name == MeanDifferenceClassifier.name else (
+        f"the pseudo-concept null fitted {n_null_sets} x {n_sets} {classifier.name} CAVs per layer, variant "
+        "and concept size: use --classifier mean-diff for the nearly free path")
+    warnings = [w for w in [power.warning, cost] + [lr.diagnosis.message for lr in layer_reports]
                 + [lr.warning for lr in layer_reports] if w]
     return TcavReport(config, n_sets, results, layer_reports, power, list(dict.fromkeys(warnings)))
 
@@ -285,15 +340,17 @@ def variant_pools(pool: Sequence[Example], variants: Sequence[str]) -> dict[str,
     return {v: list(pool) if v == "dynamic" else [static_example(e) for e in pool] for v in variants}
 
 
-def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int):
-    """Steps 1 and 3 for the random pool: draw, compute the drawn clips in every
-    variant, and redraw without any that failed to load until every set is usable.
+def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int, *, whole_pool: bool = False):
+    """Steps 1 and 3 for the random pool: draw, compute the drawn clips (every clip
+    if ``whole_pool``, as pseudo-concepts need) in every variant, and redraw without
+    any that failed to load until every set is usable.
     Returns ({variant: pool}, random sets, null pairs)."""
     while True:
         if len(pool) < 2 * size:
             raise DataError(f"the random pool has {len(pool)} usable clips, fewer than two random sets "
                             f"of {size}: add clips or lower --random-set-size")
         random_sets, null_pairs, used = random_set_plan(pool, n_sets, size, seed)
+        used = list(range(len(pool))) if whole_pool else used
         pools = variant_pools(pool, variants)
         for variant, clips in pools.items():
             store.ensure([clips[i] for i in used], desc=f"random clips ({variant})")
@@ -306,6 +363,48 @@ def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int):
 def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, other: np.ndarray, seed: int) -> CAV:
     fit = classifier.fit(x, other, seed=seed)
     return CAV(concept, against, layer, fit.vector, fit.accuracy, classifier.name, seed)
+
+
+def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer, grads: dict[str, np.ndarray],
+                       seed: int) -> dict[str, np.ndarray]:
+    """Each pseudo-concept scored like a concept: one CAV per random set (the random
+    set less any clip it shares with the pseudo-concept), TCAV score per class, mean
+    over the N sets. ``grads`` target -> (n, ...) class-logit gradients at ``layer``.
+    Returns target -> (M,) means. Mean-difference CAVs are scored from grad . clip
+    projections (no D-sized work per CAV); other classifiers fit M x N CAVs."""
+    flat = {t: g.reshape(len(g), -1) for t, g in grads.items()}
+    others = [[[i for i in rs if i not in set(ps)] for rs in random_sets] for ps in pseudo_sets]
+    base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
+    split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
+    out = {t: np.empty(len(pseudo_sets)) for t in grads}
+    if classifier.name == MeanDifferenceClassifier.name:
+        projections = {t: np.zeros((len(g), len(pool))) for t, g in flat.items()}
+        for start in range(0, len(pool), 32):  # the pool streams through RAM in chunks
+            acts = store.activations(pool[start:start + 32], layer)
+            acts = acts.reshape(len(acts), -1).astype(np.float64)
+            for t, g in flat.items():
+                projections[t][:, start:start + len(acts)] = g @ acts.T
+        n_sets = len(random_sets)
+        for first in range(0, len(pseudo_sets), 64):  # CAVs as pool weights (P, 64 x N), 64 sets at a time
+            chunk = range(first, min(first + 64, len(pseudo_sets)))
+            weights = np.zeros((len(pool), len(chunk) * n_sets))
+            for col, (j, i) in enumerate((j, i) for j in chunk for i in range(n_sets)):
+                w_c, w_o = MeanDifferenceClassifier.train_weights(len(pseudo_sets[j]), len(others[j][i]),
+                                                                  seed=split_seed(j, i))
+                np.add.at(weights[:, col], pseudo_sets[j], w_c)
+                np.add.at(weights[:, col], others[j][i], w_o)
+            for t, proj in projections.items():
+                scores = scoring.tcav_score(proj @ weights)          # (64 x N,)
+                out[t][chunk.start:chunk.stop] = scores.reshape(len(chunk), n_sets).mean(axis=1)
+        return out
+    acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
+    for j, ps in enumerate(pseudo_sets):
+        x = acts_of(ps)
+        cavs = np.stack([classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector
+                         for i, other in enumerate(others[j])])
+        for t, g in flat.items():
+            out[t][j] = float(np.mean(scoring.tcav_score(scoring.directional_derivatives(g, cavs))))
+    return out
 
 
 def _relative_cavs(store, classifier, concepts, layer, seed) -> dict[str, list[CAV]]:
@@ -358,21 +457,23 @@ def _temporal(grads: np.ndarray, cavs: list[CAV]) -> scoring.TemporalProfile:
 
 
 def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, seed: int, *,
-                      grid: int) -> stats.PowerCheck:
+                      grid: int, sizes: dict[tuple[str, str], int] | None = None,
+                      n_null_sets: int = 0) -> stats.PowerCheck:
     """Step 6: p-values against the variant's null, corrected over the family of
     testable hypotheses (stated pairs at non-degenerate layers), verdicts.
     Hypotheses outside the family keep their raw p and get p_corrected 1.0."""
     nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
     tested = [r for r in results if r.comparison == "random"]
-    stated = set(config.hypotheses)
     for r in tested:
         null = nulls[(r.layer, r.target, r.variant)]
+        if config.test == "pseudo":  # outside the family no null is built: p 1.0, verdict "not tested"
+            m = null.pseudo_means.get(sizes[(r.concept, r.variant)])
+            r.p_value = 1.0 if m is None else stats.pseudo_concept_p(r.tcav_mean, m).p_value
+            continue
         r.p_value = stats.compare_to_null(r.scores, null.null_scores, test=config.test,
                                           seed=stats.derive_seed(seed, "test", r.concept, r.variant, r.layer, r.target),
                                           n_resamples=config.n_resamples).p_value
-    in_family = lambda r: ((not stated or (r.concept, r.target) in stated)  # noqa: E731
-                           and not nulls[(r.layer, r.target, r.variant)].diagnosis.degenerate)
-    family = [r for r in tested if in_family(r)]
+    family = [r for r in tested if _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
     corrected = dict(zip(map(id, family), stats.correct_p_values(np.array([r.p_value for r in family]),
                                                                    config.correction))) if family else {}
     for r in tested:
@@ -399,7 +500,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
         if r.comparison == "relative":
             r.verdict = "relative to " + ", ".join(r.against)
     return stats.power_check(n_sets, len(family), test=config.test, alpha=config.alpha,
-                             grid=grid, n_resamples=config.n_resamples)
+                             grid=grid, n_resamples=config.n_resamples, n_null_sets=n_null_sets)
 
 
 def _verdicts(report: TcavReport) -> dict[tuple, bool]:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from conceptgen.orm import Concept, TcavExperiment, TcavResult, utcnow
 from tcav.experiment import HypothesisResult, TcavConfig, TcavReport, config_dict
 
@@ -53,6 +55,10 @@ def summary(report: TcavReport) -> dict[str, Any]:
             "degenerate": lr.diagnosis.degenerate, "null_mean": lr.null_mean,
             "null_scores": [float(x) for x in lr.null_scores],
             "null_cav_accuracy_mean": float(lr.null_accuracies.mean()), "warning": lr.warning,
+            # test "pseudo": per concept size, the pseudo-concept means' count, mean and share at 0 or 1
+            "pseudo_null": {str(size): {"n": len(m), "mean": float(np.mean(m)),
+                                        "all_or_nothing": float(np.mean((m == 0) | (m == 1)))}
+                            for size, m in lr.pseudo_means.items()},
         } for lr in report.layer_reports],
         "degenerate_layers": report.degenerate_layers(),
         "power": {"min_p": report.power.min_p, "min_p_corrected": report.power.min_p_corrected,

@@ -25,8 +25,11 @@ def register(sub) -> None:
     p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     p.add_argument("--classifier", default="sgd", choices=("sgd", "logistic", "svm", "mean-diff"),
                    help="CAV classifier (default sgd: hinge loss, as TF TCAV and Captum)")
-    p.add_argument("--test", default="permutation", choices=("permutation", "ttest"),
-                   help="test against the random-vs-random null (default permutation; ttest as the paper)")
+    p.add_argument("--test", default="permutation", choices=("permutation", "ttest", "pseudo"),
+                   help="test against the random-vs-random null (default permutation; ttest as the paper), "
+                        "or pseudo: against M random-pool pseudo-concepts scored on the same random sets")
+    p.add_argument("--null-sets", type=int, default=0,
+                   help="with --test pseudo: M pseudo-concepts (0 = auto: Bonferroni reachable)")
     p.add_argument("--correction", default="bonferroni", choices=("bonferroni", "holm"),
                    help="family-wise correction over every hypothesis (default bonferroni)")
     p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
@@ -68,7 +71,8 @@ def _tcav(args, ctx) -> int:
         concepts=args.concepts, random_sets=_random_sets(args.random_sets), seed=args.seed, device=args.device,
         classifier=args.classifier, test=args.test, correction=args.correction, mode=args.mode,
         class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
-        weights=args.weights, amp=args.amp, batch_size=args.batch_size)
+        weights=args.weights, amp=args.amp, batch_size=args.batch_size,
+        null_sets=args.null_sets)
     outcome = run_experiment(ctx.workspace, request)
     for line in format_table(outcome.report):
         ctx.echo(line)
