@@ -504,12 +504,12 @@ class _AtomicFolder:
             return
         try:
             for d in sorted({p.parent for p in self.tmp.rglob("*")} | {self.tmp}):
-                _fsync_dir(d)
+                _fsync(d)
             old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
             if self.target.exists():
                 os.replace(self.target, old)
             os.replace(self.tmp, self.target)
-            _fsync_dir(self.target.parent)
+            _fsync(self.target.parent)
             shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -521,7 +521,7 @@ class _AtomicFolder:
         return path
 
     def _done(self, rel: str, path: Path) -> None:
-        _fsync_file(path)
+        _fsync(path)
         self.checksums[rel] = sha256_file(path)
         if self.on_file is not None:
             self.on_file(rel)
@@ -567,15 +567,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk (a folder opens read-only too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
