@@ -16,8 +16,11 @@ What it builds (from a synthetic set *not* used to train the demo model):
               concept, distractors included, then differs from random crops along a
               shared "object-centred crop" direction the class gradient sees, and
               distractors came out significant. Object-like random clips avoid that.)
-  discovered  (full run only, with the engine) clusters of extracted tubes matched to
-              the actor class that dominates them, scored the same way.
+  discovered  the engine (ingest, extract, cluster, product defaults) on the same set in a
+              fresh workspace; per class, the cluster holding most of its actor tubes
+              (purity > 0.5 over the cluster's actor tubes) is accepted through the
+              annotator's decisions as discovered_<class> (outliers out, 12 most central
+              kept, non-actor members left in) and scored like the planted concepts.
 
 Hypotheses are stated before the run (TcavConfig.hypotheses), as the ground truth
 makes claims: each planted concept for its own class, each distractor for every
@@ -37,9 +40,10 @@ Figures:
   ours_seconds vs captum_seconds: the same work (model, layers, concepts and their
       static variants, the same random sets and random-vs-random pairs, the same class
       examples, every class) end to end from in-memory clips, each with a cold cache.
-  overhead_vs_bare_model: our activation+gradient extraction time over the model's
-      bare forward (concept and random clips) and forward+backward (class clips) on
-      the same clips and batch size, minus 1.
+  overhead_vs_bare_model: our activation+gradient extraction time (cold cache) over the
+      model's bare forward (concept and random clips) and forward + backward of the
+      class logit to the requested layers (class clips) on the same clips and batch
+      size, minus 1: what hashing, deduplication and the on-disk cache cost.
 Prints a table; the last line is JSON.
 """
 from __future__ import annotations
@@ -50,19 +54,22 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conceptgen.masks import mask_box  # noqa: E402
+from discovery import match_ground_truth  # noqa: E402  (benchmarks/discovery.py)
 from conceptgen.progress import set_quiet  # noqa: E402
 from conceptgen.render import render_tube_clip  # noqa: E402
 from conceptgen.videoio import read_clip, read_frames  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
-from tcav.examples import ConceptExamples, Example  # noqa: E402
+from tcav.examples import ConceptExamples, Example, concepts_from_db, static_counterpart  # noqa: E402
 from tcav.experiment import TcavConfig, TcavInputs, random_set_plan, run_tcav, variant_pools  # noqa: E402
 
 TEXTURED = ("noise", "stripes", "checker")
@@ -79,8 +86,10 @@ def _object_clip(frames, masks, spec, *, static: bool, mode: str = "crop"):
 
 
 def _background_clip(frames, full_masks, spec, *, static: bool):
-    background = ~full_masks.any(axis=0)             # (T, H, W): no object painted there
-    t, h, w = background.shape
+    # Pixels no object covers in any frame: a per-frame hole would move with the
+    # actor and carry its class's motion into a class-independent concept.
+    t, h, w = full_masks.shape[1:]
+    background = np.broadcast_to(~full_masks.any(axis=(0, 1)), (t, h, w))
     return render_tube_clip(frames, list(range(t)), list(background), [[0.0, 0.0, float(w), float(h)]] * t,
                             mode="mask", static=static, num_frames=spec.num_frames, side=spec.side)
 
@@ -128,6 +137,79 @@ def ground_truth_inputs(dataset, spec, class_names, *, max_per_concept: int, obj
     concepts = [ConceptExamples(name, variant, [Example.from_array(c) for c in cl])
                 for (name, variant), cl in sorted(clips.items())]
     return TcavInputs(concepts, classes, pool)
+
+
+# --- building concepts from discovered clusters ---------------------------------------
+DISCOVERED_MAX_EXAMPLES = 12   # as the demo's auto-accept: the most central inliers
+DISCOVERED_MIN_PURITY = 0.5    # a cluster stands for a class when most of its actor tubes are that class
+
+
+@dataclass(frozen=True)
+class DiscoveredMatch:
+    concept: str       # discovered_<class>
+    target: str        # the class it stands for
+    cluster_label: int
+    actor_tubes: int   # tubes in the cluster matched (IoU >= 0.5) to an actor of that class
+    purity: float      # their share of the cluster's actor tubes
+    size: int          # all members, actors or not
+
+
+def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names, *, seed: int
+                        ) -> tuple[list[ConceptExamples], list[DiscoveredMatch], float]:
+    """The engine on the TCAV set (ingest, extract, cluster with product defaults) in a
+    fresh workspace; for each class, the cluster holding most of that class's actor
+    tubes (purity > 0.5 over its actor tubes) is accepted through the annotator's
+    decisions (outliers out, ``DISCOVERED_MAX_EXAMPLES`` most central kept) as
+    ``discovered_<class>``. No member is hand-picked: non-actor members stay in.
+    Returns the concepts (both variants), the matches and the engine's seconds."""
+    from sqlalchemy import select
+
+    from annotator.users import create_user
+    from conceptgen.cluster import cluster_run, clustering_labels
+    from conceptgen.demo import trim_and_accept
+    from conceptgen.extract import ExtractConfig, extract
+    from conceptgen.ingest import ingest
+    from conceptgen.orm import Cluster
+
+    t = time.perf_counter()
+    shutil.rmtree(work, ignore_errors=True)
+    ws = Workspace.resolve(work)
+    ws.ensure_dirs()
+    shutil.copy2(checkpoint, ws.models / "demo.pt")
+    ingest(ws, [v.video_path for v in dataset.videos])
+    config = ExtractConfig.from_options(model="demo", seed=seed)
+    run = extract(ws, config, batch_size=16)
+    clustering = cluster_run(ws, run.run_id, seed=seed)
+    _rows, actor_tubes = match_ground_truth(ws, run.run_id, dataset)
+    labels = clustering_labels(ws, clustering.clustering_id)
+    counts: dict[int, dict[str, int]] = {}
+    for tube_id, motion in actor_tubes.items():
+        counts.setdefault(labels[tube_id], {}).setdefault(motion, 0)
+        counts[labels[tube_id]][motion] += 1
+    matches = []
+    with ws.session() as s:
+        user = create_user(s, "tcav-benchmark", "benchmark-password")
+        s.commit()
+        clusters = {c.label_index: c for c in s.scalars(select(Cluster).where(
+            Cluster.clustering_id == clustering.clustering_id))}
+        sizes = {label: c.size for label, c in clusters.items()}
+        user_id = user.id
+    for target in class_names:
+        best = max(sorted(counts), key=lambda label: counts[label].get(target, 0), default=None)
+        if best is None or not counts[best].get(target):
+            continue
+        purity = counts[best][target] / sum(counts[best].values())
+        if purity <= DISCOVERED_MIN_PURITY:
+            continue
+        name = f"discovered_{target}"
+        with ws.session() as s:
+            trim_and_accept(s, user_id, s.get(Cluster, clusters[best].id), DISCOVERED_MAX_EXAMPLES, name,
+                            by="benchmarks/tcav_synthetic.py")
+        matches.append(DiscoveredMatch(name, target, best, counts[best][target], round(purity, 3), sizes[best]))
+    dynamic = concepts_from_db(ws, [m.concept for m in matches], spec,
+                               render_mode=config.render_mode) if matches else []
+    concepts = [c for d in dynamic for c in (d, static_counterpart(d))]
+    return concepts, matches, time.perf_counter() - t
 
 
 # --- our run and Captum's run on the same work --------------------------------------
@@ -178,14 +260,22 @@ def captum_same_work(loaded, inputs, config, save_dir) -> tuple[float, dict]:
 
 
 def bare_model_seconds(loaded, inputs, config, batch_size: int) -> float:
-    """The model alone on the same clips: forward for concept and random clips,
-    forward + backward of the class logit for class examples."""
+    """The model alone on the same clips and batches: forward for concept and random
+    clips; for class examples, forward and the backward of the class logit to the
+    requested layers' outputs (``torch.autograd.grad``: no weight gradients, no
+    caching, no hashing, nothing stored). What extraction adds above this is its
+    overhead. (A plain ``.backward()`` also computes every weight's gradient and
+    runs down to the input, so it would be a slower, flattering baseline.)"""
     import torch
+
+    from conceptgen.registry import get_layer
+    from tcav.activations import forward_backward
 
     pool = sorted(inputs.random_pool, key=lambda e: e.key)
     _, _, used = random_set_plan(pool, int(config.random_sets), config.random_set_size, config.seed)
     forward_only = [e for c in inputs.concepts for e in c.examples] + \
         [clips[i] for clips in variant_pools(pool, ("dynamic", "static")).values() for i in used]
+    modules = {name: get_layer(loaded.model, name) for name in config.layers}
     t = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(forward_only), batch_size):
@@ -193,9 +283,7 @@ def bare_model_seconds(loaded, inputs, config, batch_size: int) -> float:
     for target in config.targets:
         k, ex = loaded.class_index(target), inputs.class_examples[target]
         for i in range(0, len(ex), batch_size):
-            x = loaded.prepare(np.stack([e.load() for e in ex[i:i + batch_size]]))
-            loaded.model(x)[:, k].sum().backward()
-    loaded.model.zero_grad(set_to_none=True)
+            forward_backward(loaded, modules, np.stack([e.load() for e in ex[i:i + batch_size]]), [k])
     return time.perf_counter() - t
 
 
@@ -209,8 +297,8 @@ def extraction_seconds(loaded, inputs, config, cache_dir, batch_size: int) -> fl
     t = time.perf_counter()
     store.ensure([e for c in inputs.concepts for e in c.examples] +
                  [clips[i] for clips in variant_pools(pool, ("dynamic", "static")).values() for i in used])
-    targets = [loaded.class_index(c) for c in config.targets]
-    store.ensure([e for c in config.targets for e in inputs.class_examples[c]], targets)
+    for target in config.targets:
+        store.ensure(inputs.class_examples[target], [loaded.class_index(target)])
     return time.perf_counter() - t
 
 
@@ -238,6 +326,17 @@ def figures(report, class_names) -> dict:
         "dynamic_minus_static": round(min(diffs), 4) if diffs else None,
         "degenerate_layers_flagged": sorted(degenerate),
     }
+
+
+def discovered_figures(report, matches) -> dict:
+    """The discovered concepts for their matched class at non-degenerate layers."""
+    degenerate = set(report.degenerate_layers())
+    cells = [report.find(m.concept, layer, m.target) for m in matches
+             for layer in report.config.layers if layer not in degenerate]
+    return {"discovered_concepts": [m.concept for m in matches],
+            "discovered_found": f"{sum(r.significant for r in cells)}/{len(cells)}",
+            "discovered_tcav_min": round(min(r.tcav_mean for r in cells), 4) if cells else None,
+            "discovered_purity_min": min((m.purity for m in matches), default=None)}
 
 
 def print_table(report):
@@ -270,6 +369,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", help="cpu or cuda (see benchmarks/tcav_gpu.py)")
     p.add_argument("--amp", action="store_true", help="float16 autocast for our run (CUDA only)")
     p.add_argument("--no-captum", action="store_true")
+    p.add_argument("--no-discovered", action="store_true", help="skip the engine and the discovered concepts")
     p.add_argument("--object-mode", default="crop", choices=("crop", "mask"),
                    help="render object tubes as tracked crops (the paper) or masked objects alone")
     p.add_argument("--checkpoint", default=None,
@@ -292,6 +392,7 @@ def main(argv=None) -> dict:
     if args.checkpoint:
         loaded = load_model(args.checkpoint, device=args.device)
         accuracy, origin = loaded.metadata.get("test_accuracy"), f"checkpoint {args.checkpoint}"
+        checkpoint = Path(args.checkpoint)
     else:
         # 200 videos as `conceptgen synth`; fewer leave the demo model near chance.
         train_set = generate_synthetic_set(work / "synth-train", n_videos=200, seed=args.seed)
@@ -299,6 +400,7 @@ def main(argv=None) -> dict:
         train = train_demo_model(train_set.root, ws, seed=args.seed)
         loaded = load_model("demo", workspace=ws, device=args.device)
         accuracy, origin = train.test_accuracy, "reused" if train.reused else "trained now"
+        checkpoint = train.checkpoint
     timings["data + demo model"] = time.perf_counter() - t
     print(f"demo model: held-out accuracy {accuracy:.3f} ({origin})")
 
@@ -309,10 +411,20 @@ def main(argv=None) -> dict:
     inputs = ground_truth_inputs(tcav_set, loaded.spec, class_names, max_per_concept=10 if args.quick else 20,
                                  object_mode=args.object_mode)
     timings["render concepts"] = time.perf_counter() - t
+    hypotheses, matches = stated_hypotheses(class_names), []
+    if not args.no_discovered:
+        found, matches, timings["engine (discovered)"] = discovered_concepts(
+            tcav_set, checkpoint, loaded.spec, work / ("discovered-quick" if args.quick else "discovered-full"),
+            class_names, seed=args.seed)
+        inputs.concepts.extend(found)
+        hypotheses += tuple((m.concept, m.target) for m in matches)
+        for m in matches:
+            print(f"{m.concept}: cluster {m.cluster_label}, {m.actor_tubes} {m.target} actor tubes, "
+                  f"purity {m.purity:.2f}, {m.size} members")
     config = TcavConfig(layers=layers, targets=tuple(class_names), random_sets=args.random_sets, seed=args.seed,
                         classifier=args.classifier, test=args.test, null_sets=args.null_sets,
                         random_set_size=20, relative=False,
-                        hypotheses=stated_hypotheses(class_names))
+                        hypotheses=hypotheses)
     batch_size = 8
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -333,6 +445,8 @@ def main(argv=None) -> dict:
         timings["captum (same work)"] = captum_s
 
     result = figures(report, class_names)
+    result.update(discovered_figures(report, matches) if not args.no_discovered else
+                  {"discovered_concepts": "not run (--no-discovered)"})
     if captum_scores:
         gaps = [abs(np.mean(captum_scores[(r.concept if r.variant == "dynamic" else f"{r.concept} [static]",
                                            r.layer, r.target)]) - r.tcav_mean) for r in report.tested()]
@@ -349,7 +463,6 @@ def main(argv=None) -> dict:
         "n_random_sets": report.n_random_sets,
         "layers": list(layers),
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),
-        "discovered_concepts": "not run (--quick)" if args.quick else "not done: see report",
         "object_mode": args.object_mode, "quick": args.quick, "device": str(loaded.device), "amp": args.amp,
     })
     print(f"\n{'stage':<26} {'seconds':>9}")

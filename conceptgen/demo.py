@@ -306,8 +306,9 @@ def auto_accept(workspace: Workspace, clustering_id: int, user_id: int, *, top_k
             continue
         try:  # one transaction per cluster, as a reviewer's page would commit
             with workspace.session() as s:
-                _trim_and_accept(s, user_id, s.get(Cluster, cluster_id), max_examples,
-                                 _next_auto_name(set(s.scalars(select(func.lower(Concept.name))))))
+                trim_and_accept(s, user_id, s.get(Cluster, cluster_id), max_examples,
+                                _next_auto_name(set(s.scalars(select(func.lower(Concept.name))))),
+                                by="`conceptgen demo --headless`")
             new_ids.add(cluster_id)
             pool -= kept
         except ConceptgenError as err:
@@ -320,9 +321,10 @@ def auto_accept(workspace: Workspace, clustering_id: int, user_id: int, *, top_k
     return out, failed
 
 
-def _trim_and_accept(session, user_id: int, cluster, max_examples: int, name: str) -> None:
+def trim_and_accept(session, user_id: int, cluster, max_examples: int, name: str, *, by: str) -> None:
     """Remove outliers and members beyond the ``max_examples`` most central, then accept:
-    the same decisions (and AuditLog rows) a reviewer makes in the annotator."""
+    the same decisions (and AuditLog rows) a reviewer makes in the annotator. ``by``
+    names the rule's owner in the concept's description."""
     from annotator.decisions import accept, set_member_excluded
     from conceptgen.orm import ClusterMember
 
@@ -335,7 +337,7 @@ def _trim_and_accept(session, user_id: int, cluster, max_examples: int, name: st
     for member in [m for m in members if m.is_outlier] + inliers[max_examples:]:
         version = set_member_excluded(session, user_id, member.id, version).versions[cluster.id]
     accept(session, user_id, cluster.id, version, name=name, description=(
-        f"auto-accepted by `conceptgen demo --headless`: the {min(len(inliers), max_examples)} most central "
+        f"auto-accepted by {by}: the {min(len(inliers), max_examples)} most central "
         f"of {size} tubes ({n_videos} videos) of cluster {label} in clustering {cluster.clustering_id}"))
 
 

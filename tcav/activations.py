@@ -1,16 +1,17 @@
 """The one owner of TCAV's activation and gradient cache.
 
-Layout: ``WORKSPACE/cache/tcav/<kk>/<key>.npy``, one array per (example, layer,
-kind[, target class]), where ``key`` is the sha256 of
+Layout: one SQLite file, ``WORKSPACE/cache/tcav/activations.sqlite``, holding one
+array per (example, layer, kind[, target class]) under ``key``, the sha256 of
 
     model weights fingerprint (hashed from the live state_dict, not a name),
     model input spec, layer, example content key, render mode, dtype,
     kind ("act" or "grad") and target class index.
 
 A changed weight, layer, clip or render mode therefore hashes to a different
-file, so a stale entry is impossible by construction. Files are written per
-batch through a temporary name and an atomic rename, so an interrupted run
-resumes where it stopped and never duplicates work.
+key, so a stale entry is impossible by construction. Each batch is written in one
+transaction, so an interrupted run resumes where it stopped and never duplicates
+work. (One file per array was the first layout: with a small model, writing ~15
+files per class example cost more than the model's own forward and backward.)
 
 All requested layers come from ONE forward per batch (forward hooks) and ONE
 backward per target class (``torch.autograd.grad`` w.r.t. every hooked output
@@ -19,7 +20,7 @@ CUDA-only.
 """
 from __future__ import annotations
 
-import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -33,6 +34,7 @@ from conceptgen.hashing import sha256_json
 from conceptgen.progress import progress
 
 STORAGE_DTYPES = ("float32", "float16")
+CACHE_FILE = "activations.sqlite"
 
 
 class ClipExample(Protocol):
@@ -88,6 +90,51 @@ def forward_backward(loaded, modules: dict[str, torch.nn.Module], clips: np.ndar
     return BatchOutputs({n: o.detach() for n, o in zip(names, outputs)}, gradients)
 
 
+class BlobCache:
+    """key -> numpy array in one SQLite file (WAL, safe across processes).
+    ``put_many`` writes a whole batch in one transaction: all or nothing."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS arrays (key TEXT PRIMARY KEY, dtype TEXT NOT NULL, "
+                         "shape TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID")
+        self._db.commit()
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in batched(list(keys), 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(k for (k,) in self._db.execute(f"SELECT key FROM arrays WHERE key IN ({marks})", chunk))
+        return found
+
+    def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        rows = [(k, a.dtype.str, ",".join(map(str, a.shape)), np.ascontiguousarray(a).tobytes())
+                for k, a in items]
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?)", rows)
+
+    def get_many(self, keys: Sequence[str]) -> list[np.ndarray]:
+        """Arrays in the order of ``keys``; KeyError names the first missing one."""
+        found: dict[str, np.ndarray] = {}
+        for chunk in batched(list(dict.fromkeys(keys)), 500):
+            marks = ",".join("?" * len(chunk))
+            for k, dtype, shape, data in self._db.execute(
+                    f"SELECT key, dtype, shape, data FROM arrays WHERE key IN ({marks})", chunk):
+                dims = tuple(int(d) for d in shape.split(",") if d)
+                found[k] = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(dims)
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise KeyError(missing[0])
+        return [found[k] for k in keys]
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class ActivationStore:
     """Activations and class-logit gradients of examples at some layers of one model.
 
@@ -114,32 +161,28 @@ class ActivationStore:
         self._spec = repr(loaded.spec)
         self.computed = 0  # examples run through the model by this store (cache misses)
         self.failed: dict[str, str] = {}  # example key -> "origin: reason" (skipped, not fatal)
+        self.cache = BlobCache(self.root / CACHE_FILE)
 
-    # --- keys and files -----------------------------------------------------
-    def _path(self, example: ClipExample, layer: str, kind: str, target: int | None) -> Path:
-        key = sha256_json({"model": self.fingerprint, "spec": self._spec, "layer": layer,
-                           "example": example.key, "render": example.render_mode,
-                           "dtype": self.dtype, "amp": self.amp, "kind": kind, "target": target})
-        return self.root / key[:2] / f"{key}.npy"
+    # --- keys ---------------------------------------------------------------
+    def _key(self, example: ClipExample, layer: str, kind: str, target: int | None) -> str:
+        return sha256_json({"model": self.fingerprint, "spec": self._spec, "layer": layer,
+                            "example": example.key, "render": example.render_mode,
+                            "dtype": self.dtype, "amp": self.amp, "kind": kind, "target": target})
 
-    def _wanted(self, example, targets) -> list[Path]:
-        paths = [self._path(example, layer, "act", None) for layer in self.layers]
-        paths += [self._path(example, layer, "grad", t) for layer in self.layers for t in targets]
-        return paths
-
-    def _write(self, path: Path, array: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, array.float().cpu().numpy().astype(self.dtype))
-        tmp.replace(path)
+    def _wanted(self, example, targets) -> list[str]:
+        keys = [self._key(example, layer, "act", None) for layer in self.layers]
+        keys += [self._key(example, layer, "grad", t) for layer in self.layers for t in targets]
+        return keys
 
     # --- computing ----------------------------------------------------------
     def ensure(self, examples: Sequence[ClipExample], targets: Sequence[int] = (), *,
                desc: str = "activations") -> None:
         """Computes and writes whatever is missing, batch by batch (resumable)."""
         targets = sorted(set(int(t) for t in targets))
-        missing = [e for e in dict((e.key + e.render_mode, e) for e in examples).values()
-                   if e.key not in self.failed and not all(p.is_file() for p in self._wanted(e, targets))]
+        unique = [e for e in dict((e.key + e.render_mode, e) for e in examples).values() if e.key not in self.failed]
+        wanted = {e.key + e.render_mode: self._wanted(e, targets) for e in unique}
+        present = self.cache.present([k for keys in wanted.values() for k in keys])
+        missing = [e for e in unique if not all(k in present for k in wanted[e.key + e.render_mode])]
         if not missing:
             return
         batches = list(batched(missing, self.batch_size))
@@ -148,11 +191,14 @@ class ActivationStore:
             if not batch:
                 continue
             out = forward_backward(self.loaded, self.modules, clips, targets, amp=self.amp)
-            for i, example in enumerate(batch):
-                for layer in self.layers:
-                    self._write(self._path(example, layer, "act", None), out.activations[layer][i])
-                    for t in targets:
-                        self._write(self._path(example, layer, "grad", t), out.gradients[(layer, t)][i])
+            rows = []
+            for layer in self.layers:
+                acts = out.activations[layer].float().cpu().numpy().astype(self.dtype, copy=False)
+                rows += [(self._key(e, layer, "act", None), acts[i]) for i, e in enumerate(batch)]
+                for t in targets:
+                    grads = out.gradients[(layer, t)].float().cpu().numpy().astype(self.dtype, copy=False)
+                    rows += [(self._key(e, layer, "grad", t), grads[i]) for i, e in enumerate(batch)]
+            self.cache.put_many(rows)
             self.computed += len(batch)
 
     def _load_batch(self, batch):
@@ -171,16 +217,15 @@ class ActivationStore:
     def activations(self, examples: Sequence[ClipExample], layer: str) -> np.ndarray:
         """(N, D) float32 flattened activations (computed if missing)."""
         self.ensure(examples)
-        return self._stack([self._path(e, layer, "act", None) for e in examples]).reshape(len(examples), -1)
+        return self._stack([self._key(e, layer, "act", None) for e in examples]).reshape(len(examples), -1)
 
     def gradients(self, examples: Sequence[ClipExample], layer: str, target: int) -> np.ndarray:
         """(N, *layer shape) float32 gradients of logit ``target`` (computed if missing)."""
         self.ensure(examples, [target])
-        return self._stack([self._path(e, layer, "grad", int(target)) for e in examples])
+        return self._stack([self._key(e, layer, "grad", int(target)) for e in examples])
 
-    @staticmethod
-    def _stack(paths: list[Path]) -> np.ndarray:
-        return np.stack([np.load(p).astype(np.float32) for p in paths]) if paths else np.zeros((0,), np.float32)
+    def _stack(self, keys: list[str]) -> np.ndarray:
+        return np.stack(self.cache.get_many(keys)).astype(np.float32) if keys else np.zeros((0,), np.float32)
 
 
 def _checked_clip(example: ClipExample, spec) -> np.ndarray:

@@ -211,8 +211,8 @@ def _compute_concepts_and_classes(store, concepts, inputs: TcavInputs, targets):
     """Step 3 for concept clips (forward only) and class examples (forward + backward);
     drops clips that failed to load (recorded in ``store.failed``)."""
     store.ensure([e for c in concepts for e in c.examples], desc="concept clips")
-    store.ensure([e for name in targets for e in inputs.class_examples[name]], list(targets.values()),
-                 desc="class examples")
+    for name, index in targets.items():  # a class's examples need only its own logit's gradient
+        store.ensure(inputs.class_examples[name], [index], desc=f"class examples ({name})")
     ok = lambda examples: [e for e in examples if e.key not in store.failed]  # noqa: E731
     concepts = [replace(c, examples=ok(c.examples)) for c in concepts]
     inputs = replace(inputs, class_examples={k: ok(v) for k, v in inputs.class_examples.items()})
