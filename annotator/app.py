@@ -9,6 +9,7 @@ from urllib.parse import quote
 from flask import Flask, g, redirect, request, url_for
 from flask_wtf.csrf import CSRFProtect
 
+from annotator.fragments import FragmentCache
 from conceptgen.workspace import Workspace
 
 SECRET_FILE = "annotator_secret_key"
@@ -60,7 +61,10 @@ def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] |
     for bp in (auth.bp, runs.bp, clusters.bp, concepts.bp, media.bp, api.bp, audit.bp):
         app.register_blueprint(bp)
     errors.register(app)
-    app.jinja_env.globals.update(media_url=media_url, cluster_url=cluster_url)
+    fragments = FragmentCache()
+    app.extensions["annotator_fragments"] = fragments
+    app.jinja_env.globals.update(media_url=media_url, cluster_url=cluster_url, highlight_url=highlight_url,
+                                 fragment=fragments.render)
     app.add_url_rule("/", "index", lambda: redirect(url_for("runs.index")))
     return app
 
@@ -73,3 +77,8 @@ def media_url(relpath: str) -> str:
 def cluster_url(cluster_id: int) -> str:
     """URL of a cluster's detail page (the gallery builds dozens; url_for costs ~0.1 ms each)."""
     return f"{request.script_root}/clusters/{int(cluster_id)}"
+
+
+def highlight_url(tube_id: int) -> str:
+    """URL of a tube's source video with the tube highlighted (``media.highlight``)."""
+    return f"{request.script_root}/tubes/{int(tube_id)}/highlight"

@@ -11,6 +11,14 @@ the version it just read. 409 (stale version) and 400 (decision not applicable) 
 expected under contention; 5xx are errors. Afterwards the audit log is replayed over
 the initial state and compared with the final database: every differing record is a
 lost update. The last line is JSON.
+
+The server runs as ``conceptgen serve`` does by default (``--workers``: one process per
+core, at most 4; ``--threads`` 8 each) unless told otherwise. What is measured is
+unchanged; added for diagnosis only: the CPU seconds the server (per process) and this
+client process spent during the concurrent phase, the requests the server answered
+(timed ones plus the untimed reads a decision makes first), and the machine's load
+average before the run — the 20 client threads share the machine's cores with the
+server and with anything else running, so compare runs made under similar load.
 """
 from __future__ import annotations
 
@@ -50,22 +58,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, port: int, threads: int) -> subprocess.Popen:
+def start_server(root: Path, port: int, threads: int, workers: int) -> subprocess.Popen:
     env = {**os.environ, "CONCEPTGEN_QUIET": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "conceptgen", "--workspace", str(root), "serve",
-                             "--port", str(port), "--threads", str(threads)],
+                             "--port", str(port), "--threads", str(threads), "--workers", str(workers)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200:
                 return proc
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still loading
             if proc.poll() is not None:
                 raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
             time.sleep(0.3)
     proc.terminate()
     raise SystemExit("server did not start within 120 s")
+
+
+def process_tree_cpu_s(pid: int) -> dict[int, float]:
+    """User+system CPU seconds so far of a process and each of its children (Linux /proc; {} elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out = {}
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for p in [pid, *map(int, children)]:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        pass
+    return out
 
 
 class Client(threading.Thread):
@@ -79,6 +101,7 @@ class Client(threading.Thread):
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.codes: dict[int, int] = defaultdict(int)
         self.n_accepts = 0
+        self.n_untimed = 0  # the reads a decision makes first: server work, not in the latency figures
         self.failure: str | None = None
 
     def timed(self, kind: str, method: str, url: str, **kw) -> requests.Response:
@@ -126,6 +149,7 @@ class Client(threading.Thread):
     def decide(self) -> None:
         cid = self.rng.choice(self.ids[: max(20, len(self.ids) // 10)])  # a hot set, to create real contention
         state = self.http.get(self.base + f"/api/clusters/{cid}", timeout=60)
+        self.n_untimed += 1
         if state.status_code != 200:
             self.codes[state.status_code] += 1
             return
@@ -152,6 +176,7 @@ class Client(threading.Thread):
         elif action == "merge":
             other = self.rng.choice(self.ids[: max(20, len(self.ids) // 10)])
             other_state = self.http.get(self.base + f"/api/clusters/{other}", timeout=60).json()
+            self.n_untimed += 1
             self.post("/api/clusters/merge", {"clusters": [{"id": cid, "version": version},
                                                            {"id": other, "version": other_state["cluster"]["version"]}]})
         else:
@@ -169,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tubes", type=int, default=None)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=None)
-    ap.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    ap.add_argument("--threads", type=int, default=None, help="waitress threads per worker (default: serve's)")
+    ap.add_argument("--workers", type=int, default=None, help="server worker processes (default: serve's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workspace", default=None, help="folder to seed (default: a temporary one, deleted)")
     args = ap.parse_args(argv)
@@ -190,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         initial = decisions.snapshot_state(s)
     print(f"seeded {n_clusters} clusters, {n_tubes} tubes, {args.clients} users in {seed_s:.1f} s", flush=True)
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # others' work on the machine
     port = free_port()
-    server = start_server(root, port, args.threads)
+    from conceptgen.cli.annotator_commands import DEFAULT_THREADS, DEFAULT_WORKERS
+
+    threads, workers = args.threads or DEFAULT_THREADS, args.workers or DEFAULT_WORKERS
+    server = start_server(root, port, threads, workers)
     try:
         # one reviewer alone first: the service time without queueing behind 19 others
         alone = Client(0, f"http://127.0.0.1:{port}", info.cluster_ids, info.run_id, 0.0, args.seed + 1)
@@ -202,12 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + seconds
         clients = [Client(i, f"http://127.0.0.1:{port}", info.cluster_ids, info.run_id, deadline, args.seed)
                    for i in range(args.clients)]
-        t = time.perf_counter()
+        t, client_cpu, server_cpu = time.perf_counter(), time.process_time(), process_tree_cpu_s(server.pid)
         for c in clients:
             c.start()
         for c in clients:
             c.join(timeout=seconds + 120)
         wall = time.perf_counter() - t
+        # where the two cores went: the 20 client threads share them with the server
+        client_cpu, server_end = time.process_time() - client_cpu, process_tree_cpu_s(server.pid)
+        per_process = [round(v - server_cpu.get(p, 0.0), 1) for p, v in server_end.items()]
+        server_cpu = sum(per_process) if per_process else float("nan")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -229,12 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp.cleanup()
 
     n_requests = sum(len(v) for v in latency.values())
+    n_served = n_requests + sum(c.n_untimed for c in clients)
     print(f"one client alone: gallery p50={percentile(alone.latency['gallery'], 50):.1f} ms, "
           f"detail p50={percentile(alone.latency['detail'], 50):.1f} ms", flush=True)
     for kind in ("gallery", "detail", "api"):
         v = latency[kind]
         print(f"{kind:8s} n={len(v):6d}  p50={percentile(v, 50):7.1f} ms  p95={percentile(v, 95):7.1f} ms  "
               f"max={max(v) if v else float('nan'):7.1f} ms", flush=True)
+    print(f"server {workers} worker(s) x {threads} threads; CPU during the run: server {server_cpu:.1f} s "
+          f"(per process {per_process}), "
+          f"client {client_cpu:.1f} s, over {wall:.1f} s wall ({os.cpu_count()} cores); "
+          f"{n_served} requests served, {1000 * server_cpu / max(n_served, 1):.2f} ms server CPU each; "
+          f"load average before the run {load_before:.2f}", flush=True)
     print(f"requests {n_requests} in {wall:.1f} s ({n_requests / wall:.1f}/s); status codes {dict(sorted(codes.items()))}; "
           f"decisions logged {len(afters)}; client failures {len(failures)} {failures[:3]}", flush=True)
     result = {
@@ -247,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         "api_p95_ms": round(percentile(latency["api"], 95), 1),
         "alone_gallery_p50_ms": round(percentile(alone.latency["gallery"], 50), 1),
         "alone_detail_p50_ms": round(percentile(alone.latency["detail"], 50), 1),
+        "workers": workers, "threads": threads,
+        "server_cpu_s": round(server_cpu, 1),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / max(n_served, 1), 2),
+        "load_average_before": round(load_before, 2), "client_cpu_s": round(client_cpu, 1), "wall_s": round(wall, 1),
         "requests": n_requests, "conflicts_409": codes.get(409, 0),
         "errors_5xx": sum(n for code, n in codes.items() if code >= 500),
         "decisions": len(afters), "lost_updates": len(lost), "client_failures": len(failures),

@@ -84,7 +84,7 @@ def test_serve_runs_waitress_on_loopback(review_ws):
             try:
                 r = requests.get(f"http://127.0.0.1:{port}/login", timeout=2)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still loading
                 assert proc.poll() is None, proc.stdout.read()
                 assert time.monotonic() < deadline, "server did not start within 60 s"
                 time.sleep(0.3)

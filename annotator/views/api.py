@@ -2,7 +2,6 @@
 ``X-CSRFToken``) and version checks. The pages' JavaScript uses it."""
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -10,7 +9,7 @@ from typing import Any, Callable
 from flask import Blueprint, g, jsonify, request
 
 from annotator import decisions, queries
-from annotator.db import db, workspace
+from annotator.db import db, workspace, writer_turn
 from annotator.views.auth import login_required
 from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
 from conceptgen.orm import Cluster, ClusterMember
@@ -40,15 +39,9 @@ def _version(body: dict[str, Any]) -> int:
     return _int(body, "version", "the cluster version you saw")
 
 
-# Decisions in this process take turns: SQLite has one writer anyway, and a queue
-# here is fairer and faster than SQLite's sleeping busy-wait. Other processes are
-# still kept safe by the database lock and the version checks.
-_WRITE_LOCK = threading.Lock()
-
-
 def _decide(decision: Callable[..., decisions.DecisionResult], *args, **kwargs):
     """Run one decision in this request's session and commit it; reply with its result."""
-    with _WRITE_LOCK:
+    with writer_turn(workspace()):
         result = decision(db(), g.user.id, *args, **kwargs)
         db().commit()
     return jsonify(ok=True, **result.to_json())

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, session, url_for
+from sqlalchemy import bindparam, select
 
 from annotator.db import db
 from annotator.users import authenticate
@@ -14,10 +16,22 @@ from conceptgen.orm import User
 bp = Blueprint("auth", __name__)
 
 
+@dataclass(frozen=True)
+class SignedInUser:
+    """Who is making this request (``g.user``): just what the views and pages use."""
+
+    id: int
+    name: str
+
+
+_USER = select(User.id, User.name).where(User.id == bindparam("user"))
+
+
 @bp.before_app_request
 def load_user() -> None:
     user_id = session.get("user_id")
-    g.user = db().get(User, user_id) if user_id is not None else None
+    row = db().connection().execute(_USER, {"user": user_id}).first() if user_id is not None else None
+    g.user = SignedInUser(row.id, row.name) if row is not None else None
 
 
 def wants_json() -> bool:

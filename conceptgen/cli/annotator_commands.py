@@ -5,13 +5,20 @@ import getpass
 import os
 
 PASSWORD_ENV = "CONCEPTGEN_PASSWORD"
+DEFAULT_THREADS = 8
+# One process per core (at most 4): a Python process runs on one core at a time (the GIL).
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1)) if hasattr(os, "fork") else 1
 
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="start the review web app (waitress) on this machine")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"threads per worker process (default {DEFAULT_THREADS})")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="worker processes sharing the port; each uses at most one CPU core "
+                        f"(default {DEFAULT_WORKERS}: one per core, at most 4)")
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("user", help="manage annotator accounts")
@@ -27,23 +34,10 @@ def register(sub) -> None:
 
 
 def _serve(args, ctx):
-    import logging
+    from annotator.server import serve
 
-    from waitress import serve
-
-    from annotator import create_app
-    from conceptgen.errors import ConfigError
-
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port {args.port} is not a TCP port; use 1-65535")
-    app = create_app(ctx.workspace)
-    # Import the engine (torch, FAISS) now: done lazily, the first merge or split would stall every request.
-    import conceptgen.cluster  # noqa: F401
-    import conceptgen.embed  # noqa: F401
-
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # a busy queue is not an error
-    ctx.echo(f"conceptgen annotator on http://{args.host}:{args.port}/  (workspace {ctx.workspace.root}; Ctrl-C stops)")
-    serve(app, host=args.host, port=args.port, threads=args.threads, ident="conceptgen")
+    serve(ctx.workspace, host=args.host, port=args.port, threads=args.threads,
+          workers=args.workers, announce=ctx.echo)
 
 
 def _password(args) -> str:

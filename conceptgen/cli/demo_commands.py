@@ -51,6 +51,7 @@ def _demo(args, ctx) -> int:
     prepared = demo.prepare_demo(ctx.workspace, config, log=ctx.echo)
     login = prepared.login
     ctx.echo(f"log in as user {login.name!r} with password {login.password!r} (kept in {login.path})")
-    _serve(argparse.Namespace(host="127.0.0.1", port=args.port, threads=8), ctx)  # blocks until Ctrl-C
+    # One worker: forking after training in this process is unsafe (torch threads).
+    _serve(argparse.Namespace(host="127.0.0.1", port=args.port, threads=8, workers=1), ctx)  # blocks until Ctrl-C
     ctx.echo("annotator stopped; run `conceptgen demo` again to resume where you left off")
     return 0
