@@ -9,12 +9,18 @@ The bare model = the same network's forward on the same, already prepared batche
 The demo network is used (trained weights when ``--workspace`` holds demo.pt, else
 random weights: throughput does not depend on the weights), or ``--model ARCH``, a
 registry architecture with random weights. CPU, 2 threads.
-Overhead = pipeline seconds / bare seconds - 1 (target <= 0.30). Last line is JSON.
+Overhead = pipeline seconds / bare seconds - 1 (target <= 0.30). Also timed on their
+own, to show where the overhead goes: rendering the clips, and embedding the already
+rendered clips (prepare + forward with hooks + pooling). The four are measured batch by
+batch, interleaved, so each batch's four figures see the same machine load; each
+figure is the sum over batches of the best of ``--repeats`` rounds. The 1-minute load
+average is printed because the machine may be shared. Last line is JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -70,7 +76,7 @@ def main(argv=None) -> dict:
     p.add_argument("--layers", default=None, help="layers (default: the model's default layer)")
     p.add_argument("--workspace", type=Path, default=None)
     p.add_argument("--model", default="demo", help="demo, or a registry architecture (random weights), e.g. x3d_xs")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -98,29 +104,50 @@ def main(argv=None) -> dict:
                                 side=spec.side, fill=fill)
 
     # The bare model's input: the same clips, rendered and prepared beforehand (not timed).
-    prepared = [loaded.prepare(np.stack([render(t) for t in batch])) for batch in batched(tubes, args.batch_size)]
-    embed_clips(embedder, (render(t) for t in tubes[: args.batch_size]), batch_size=args.batch_size)  # warm-up
+    batches = list(batched(tubes, args.batch_size))
+    clips = [np.stack([render(t) for t in batch]) for batch in batches]
+    prepared = [loaded.prepare(c) for c in clips]
+    embed_clips(embedder, (render(t) for t in batches[0]), batch_size=args.batch_size)  # warm-up
 
-    pipeline_s, bare_s = [], []
-    for _ in range(args.repeats):  # interleaved, best of N: both see the same machine load
+    def timed(fn) -> float:
         t0 = time.perf_counter()
-        embed_clips(embedder, (render(t) for t in tubes), batch_size=args.batch_size)
-        pipeline_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def bare_forward(x):
         with torch.inference_mode():
-            for x in prepared:
-                loaded.model(x)
-        bare_s.append(time.perf_counter() - t0)
+            loaded.model(x)
+
+    # Interleaved batch by batch, so every measure of a batch sees the same machine load
+    # (the machine may be shared); per batch the best of --repeats, summed over batches.
+    steps = ("pipeline", "bare", "render", "embed")
+    best_per_batch = {name: np.full(len(batches), np.inf) for name in steps}
+    for _ in range(args.repeats):
+        for b, batch in enumerate(batches):
+            times = {"pipeline": timed(lambda: embed_clips(embedder, (render(t) for t in batch),
+                                                           batch_size=args.batch_size)),
+                     "bare": timed(lambda: bare_forward(prepared[b])),
+                     "render": timed(lambda: [render(t) for t in batch]),
+                     "embed": timed(lambda: embedder.embed(clips[b]))}
+            for name, seconds in times.items():
+                best_per_batch[name][b] = min(best_per_batch[name][b], seconds)
+    best = {name: float(v.sum()) for name, v in best_per_batch.items()}
     n = len(tubes)
-    pipe, bare = min(pipeline_s), min(bare_s)
+    pipe, bare = best["pipeline"], best["bare"]
+    load = os.getloadavg()[0]
     print(f"model {loaded.name}, layers {','.join(layers)}, mode {mode}, {n} tubes, batch {args.batch_size}, "
-          f"clip {spec.num_frames}x{spec.side}x{spec.side}")
-    print(f"{'':<22} {'seconds':>8} {'tubes/s':>8}")
-    print(f"{'pipeline (render+embed)':<22} {pipe:>8.3f} {n / pipe:>8.1f}")
-    print(f"{'bare forward':<22} {bare:>8.3f} {n / bare:>8.1f}")
+          f"clip {spec.num_frames}x{spec.side}x{spec.side}, frames {tubes[0][0].shape[2]}x{tubes[0][0].shape[1]}, "
+          f"load average {load:.2f}")
+    print(f"{'':<26} {'seconds':>8} {'tubes/s':>8} {'ms/tube':>8}")
+    for label, key in (("pipeline (render+embed)", "pipeline"), ("bare forward", "bare"),
+                       ("  render alone", "render"), ("  embed rendered clips", "embed")):
+        print(f"{label:<26} {best[key]:>8.3f} {n / best[key]:>8.1f} {1e3 * best[key] / n:>8.3f}")
     result = {"tubes": n, "batch_size": args.batch_size, "mode": mode, "layers": list(layers),
               "pipeline_tubes_per_s": round(n / pipe, 2), "bare_tubes_per_s": round(n / bare, 2),
-              "overhead": round(pipe / bare - 1, 4)}
+              "overhead": round(pipe / bare - 1, 4),
+              "render_ms_per_tube": round(1e3 * best["render"] / n, 3),
+              "embed_ms_per_tube": round(1e3 * best["embed"] / n, 3),
+              "bare_ms_per_tube": round(1e3 * bare / n, 3), "load_average_1min": round(load, 2)}
     print(json.dumps(result))
     return result
 

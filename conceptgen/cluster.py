@@ -83,12 +83,14 @@ def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, nredo
            init: str = "kmeans++", max_points_per_centroid: int | None = None) -> KMeansResult:
     """FAISS k-means on (N, D) vectors. Same inputs and seed give the same result.
 
-    ``init``: ``kmeans++`` (the default) seeds with greedy k-means++ (scikit-learn's
-    ``kmeans_plusplus``, 2 + log k trials per centre) on a seeded sample of at most
+    ``init``: ``kmeans++`` (the default) seeds with greedy k-means++
+    (:func:`greedy_kmeanspp`, 2 + ln k trials per centre) on a seeded sample of at most
     ``KMEANS_PP_SAMPLE_PER_CENTROID * k`` points, then FAISS runs Lloyd iterations;
-    plain D²-sampling misses whole clusters in high dimensions. ``random`` is FAISS's
-    own random-points initialisation. FAISS trains on a subsample of
-    ``max_points_per_centroid * k`` points (default 256 per centroid).
+    plain D²-sampling (FAISS's own k-means++) misses whole clusters in high dimensions.
+    ``random`` is FAISS's own random-points initialisation. FAISS trains on a seeded
+    subsample of ``max_points_per_centroid * k`` points (default 256 per centroid:
+    each centroid still averages ~256 points, and the time stops growing with N);
+    every point is then assigned to its nearest centroid.
     """
     x = as_float32(vectors)
     n, d = x.shape
@@ -114,15 +116,34 @@ def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, nredo
 
 
 def greedy_kmeanspp(x: np.ndarray, k: int, *, seed: int) -> np.ndarray:
-    """(k, D) float32 initial centroids: greedy k-means++ on a seeded sample of x (N, D)."""
-    from sklearn.cluster import kmeans_plusplus
+    """(k, D) float32 initial centroids: greedy k-means++ on a seeded sample of x (N, D).
 
+    Each new centre is the best of ``2 + ln k`` D²-sampled candidates (the one that
+    lowers the potential most), as in scikit-learn's ``kmeans_plusplus``, but in
+    float32 with one BLAS product per step: scikit-learn's float64 version spent
+    most of the clustering time here (4.7 s of CPU for k=200 on 16,000 x 512).
+    """
     rng = np.random.default_rng(seed)
     m = min(len(x), KMEANS_PP_SAMPLE_PER_CENTROID * k)
     sample = x if m == len(x) else x[np.sort(rng.choice(len(x), size=m, replace=False))]
-    # float64: scikit-learn's float32 path measured 4x slower here.
-    centres, _ = kmeans_plusplus(sample.astype(np.float64), k, random_state=seed)
-    return np.ascontiguousarray(centres, dtype=np.float32)
+    sq_norms = np.einsum("ij,ij->i", sample, sample)
+    n_trials = 2 + int(np.log(k))
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(m)
+    closest = _sq_distances_to(sample, sq_norms, chosen[:1])[0]
+    for c in range(1, k):
+        cumulative = np.cumsum(closest, dtype=np.float64)  # float64: no drift over large samples
+        candidates = np.minimum(np.searchsorted(cumulative, rng.random(n_trials) * cumulative[-1]), m - 1)
+        trial = np.minimum(_sq_distances_to(sample, sq_norms, candidates), closest)
+        best = int(np.argmin(trial.sum(axis=1, dtype=np.float64)))
+        chosen[c], closest = candidates[best], trial[best]
+    return np.ascontiguousarray(sample[chosen])
+
+
+def _sq_distances_to(x: np.ndarray, sq_norms: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), N) float32 squared L2 distances from x[rows] to every row of x (N, D)."""
+    d = sq_norms[rows, None] + sq_norms[None, :] - 2.0 * (x[rows] @ x.T)
+    return np.maximum(d, 0.0, out=d)  # rounding can leave tiny negatives for duplicates
 
 
 def auto_k_range(n: int) -> range:

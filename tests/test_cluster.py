@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from conceptgen.cli import main
 from conceptgen.cluster import (auto_k_range, canonical_labels, choose_k, cluster_run, clustering_labels,
-                                flag_outliers, index_path, kmeans, l2_normalise, similar_tubes,
-                                split_cluster_members, summarise_clusters)
+                                flag_outliers, greedy_kmeanspp, index_path, kmeans, l2_normalise,
+                                similar_tubes, split_cluster_members, summarise_clusters)
 from conceptgen.embed import vector_to_blob
 from conceptgen.errors import ConfigError, NotFoundError
 from conceptgen.hashing import sha256_file
@@ -50,6 +50,23 @@ def test_more_centroids_give_lower_error():
     x = np.random.default_rng(3).normal(size=(400, 16)).astype(np.float32)
     inertias = [kmeans(x, k, seed=0, nredo=2).inertia for k in (1, 2, 4, 8, 16, 32)]
     assert all(b < a for a, b in zip(inertias, inertias[1:]))
+
+
+def test_greedy_seeding_is_seeded_and_puts_one_seed_in_every_separated_blob():
+    x, truth = blobs(n_per=40, k=12, d=32, seed=5)
+    a, b = greedy_kmeanspp(x, 12, seed=3), greedy_kmeanspp(x, 12, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, greedy_kmeanspp(x, 12, seed=4))
+    rows = [int(np.flatnonzero((x == c).all(axis=1))[0]) for c in a]  # seeds are data points
+    assert sorted(truth[rows]) == list(range(12))
+
+
+def test_greedy_seeding_survives_duplicate_points():
+    x = np.repeat(np.eye(3, 8, dtype=np.float32), 20, axis=0)  # 3 distinct points, 5 seeds wanted
+    seeds = greedy_kmeanspp(x, 5, seed=0)
+    assert seeds.shape == (5, 8) and np.isfinite(seeds).all()
+    assert len(np.unique(seeds, axis=0)) == 3
+    assert kmeans(x, 3, seed=0).inertia == 0.0
 
 
 def test_recovers_well_separated_blobs_and_auto_k_finds_their_number():

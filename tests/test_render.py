@@ -1,4 +1,5 @@
 """render.py: concept clips are deterministic, the right shape, and honour each mode's meaning."""
+import cv2
 import numpy as np
 import pytest
 
@@ -69,6 +70,41 @@ def test_blur_mode_keeps_region_sharp_and_softens_background():
     # blurring a random texture lowers its local variation
     assert np.abs(np.diff(clip[0].astype(int), axis=1))[outside[:, 1:]].mean() < \
         np.abs(np.diff(frames[t].astype(int), axis=1))[outside[:, 1:]].mean() / 2
+
+
+def wide_scene(num_frames=6, seed=1):
+    """48 x 80 textured frames with a square near the right edge: the context window
+    (the largest square, 48 px) is pinned to the frame's right side, columns 32..79."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, size=(num_frames, 48, 80, 3), dtype=np.uint8)
+    masks = np.zeros((num_frames, 48, 80), bool)
+    for t in range(num_frames):
+        masks[t, 10 + t:30 + t, 60:76] = True
+    return frames, masks
+
+
+@pytest.mark.parametrize("mode", ["mask", "blur"])
+def test_context_modes_equal_isolating_the_whole_frame_then_cutting_and_area_resizing(mode):
+    frames, masks = wide_scene()
+    fill = (9, 99, 199)
+    clip = render_tube_clip(*tube_args(frames, masks, 0, 6), mode=mode, num_frames=6, side=20, fill=fill)
+    sigma = float(np.hypot(48, 80)) / 30.0
+    for t in range(6):
+        background = (np.broadcast_to(np.array(fill, np.uint8), frames[t].shape) if mode == "mask" else
+                      cv2.GaussianBlur(frames[t], (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT))
+        isolated = np.where(masks[t][..., None], frames[t], background)
+        expected = cv2.resize(np.ascontiguousarray(isolated[:, 32:80]), (20, 20), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(clip[t], expected)
+
+
+def test_a_tube_shorter_than_the_clip_repeats_its_frames_in_order():
+    frames, masks = scene()
+    args = tube_args(frames, masks, 2, 5)  # 3 tube frames -> 8 clip frames
+    clip = render_tube_clip(*args, mode="mask", num_frames=8, side=32)
+    positions = tube_positions(3, 8)
+    for i in range(8):
+        for j in range(8):
+            assert np.array_equal(clip[i], clip[j]) == (positions[i] == positions[j])
 
 
 def test_crop_mode_zooms_onto_the_tube_box():
