@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
 
-from conceptgen.errors import ConceptgenError, DataError, NotFoundError, StaleVersionError
+from annotator.db import get_or_raise
+from conceptgen.errors import ConceptgenError, DataError, StaleVersionError
 from conceptgen.orm import (
     AuditLog,
     Cluster,
@@ -177,9 +178,7 @@ def _stale(what: str) -> StaleVersionError:
 
 def load_cluster(session: Session, cluster_id: int, seen_version: int | None) -> Cluster:
     """The cluster, checked against the version the reviewer saw (None skips the check)."""
-    cluster = session.get(Cluster, int(cluster_id))
-    if cluster is None:
-        raise NotFoundError(f"cluster {cluster_id} does not exist; go back to the gallery and reload")
+    cluster = get_or_raise(session, Cluster, cluster_id, "cluster", "go back to the gallery and reload")
     if seen_version is not None and int(seen_version) != cluster.version:
         raise _stale(f"cluster {cluster_id} (you saw version {seen_version}, it is now {cluster.version})")
     return cluster
@@ -469,9 +468,7 @@ def _rerank(session: Session, cluster: Cluster, members: list[ClusterMember],
 
 # --- decisions on members ------------------------------------------------------
 def _load_member(session: Session, member_id: int) -> ClusterMember:
-    member = session.get(ClusterMember, int(member_id))
-    if member is None:
-        raise NotFoundError(f"cluster member {member_id} does not exist; reload the page")
+    member = get_or_raise(session, ClusterMember, member_id, "cluster member", "reload the page")
     return member
 
 

@@ -7,19 +7,11 @@ import re
 import pytest
 from sqlalchemy import select
 
-from annotator import create_app
 from annotator.fragments import FragmentCache, content_key
 from annotator.queries import ClusterCard, MemberRow, Preview
 from conceptgen.orm import Cluster, ClusterMember
-from test_annotator_routes import Reviewer
+from test_annotator_routes import Reviewer, app  # noqa: F401  (app: the shared fixture)
 
-
-@pytest.fixture
-def app(review_ws):
-    ws, info = review_ws
-    app = create_app(ws, {"TESTING": True})
-    app.seed = info
-    return app
 
 
 @pytest.fixture

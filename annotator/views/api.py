@@ -9,7 +9,7 @@ from typing import Any, Callable
 from flask import Blueprint, g, jsonify, request
 
 from annotator import decisions, queries
-from annotator.db import db, workspace, writer_turn
+from annotator.db import db, get_or_raise, workspace, writer_turn
 from annotator.views.auth import login_required
 from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
 from conceptgen.orm import Cluster, ClusterMember
@@ -96,9 +96,7 @@ def similar(cluster_id: int):
     """Tubes of *other* clusters nearest to this cluster's representative (FAISS index)."""
     from conceptgen.cluster import similar_tubes
 
-    cluster = db().get(Cluster, cluster_id)
-    if cluster is None:
-        raise NotFoundError(f"cluster {cluster_id} does not exist")
+    cluster = get_or_raise(db(), Cluster, cluster_id, "cluster")
     tube_id = seed_tube(cluster.id)
     k = min(max(request.args.get("k", SIMILAR_SHOWN, type=int), 1), 50)
     hits = similar_tubes(workspace(), cluster.clustering_id, tube_id, k=k + cluster.size + 1)

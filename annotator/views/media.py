@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, redirect, send_file, url_for
 
-from annotator.db import db, workspace
+from annotator.db import db, get_or_raise, workspace
 from annotator.views.auth import login_required
 from conceptgen.errors import NotFoundError
 from conceptgen.hashing import sha256_json
@@ -67,9 +67,7 @@ def render_highlight(video: Video, tube: Tube, out: Path) -> None:
 @login_required
 def highlight(tube_id: int):
     """Render (once) the full source video with the tube outlined, then redirect to it."""
-    tube = db().get(Tube, tube_id)
-    if tube is None:
-        raise NotFoundError(f"tube {tube_id} does not exist")
+    tube = get_or_raise(db(), Tube, tube_id, "tube")
     video = db().get(Video, tube.video_id)
     rel = highlight_relpath(tube, video)
     out = workspace().media / rel
