@@ -114,7 +114,6 @@ def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, niter: int = 25, nredo
     return best
 
 
-
 def greedy_kmeanspp(x: np.ndarray, k: int, *, seed: int) -> np.ndarray:
     """(k, D) float32 initial centroids: greedy k-means++ on a seeded sample of x (N, D).
 
