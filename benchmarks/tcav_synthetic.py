@@ -154,8 +154,8 @@ class DiscoveredMatch:
     size: int          # all members, actors or not
 
 
-def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names, *, seed: int
-                        ) -> tuple[list[ConceptExamples], list[DiscoveredMatch], float]:
+def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names, *, seed: int,
+                        device: str = "cpu") -> tuple[list[ConceptExamples], list[DiscoveredMatch], float]:
     """The engine on the TCAV set (ingest, extract, cluster with product defaults) in a
     fresh workspace; for each class, the cluster holding most of that class's actor
     tubes (purity > 0.5 over its actor tubes) is accepted through the annotator's
@@ -178,7 +178,7 @@ def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names
     shutil.copy2(checkpoint, ws.models / "demo.pt")
     ingest(ws, [v.video_path for v in dataset.videos])
     config = ExtractConfig.from_options(model="demo", seed=seed)
-    run = extract(ws, config, batch_size=16)
+    run = extract(ws, config, batch_size=16, device=device)
     clustering = cluster_run(ws, run.run_id, seed=seed)
     _rows, actor_tubes = match_ground_truth(ws, run.run_id, dataset)
     labels = clustering_labels(ws, clustering.clustering_id)
@@ -415,7 +415,7 @@ def main(argv=None) -> dict:
     if not args.no_discovered:
         found, matches, timings["engine (discovered)"] = discovered_concepts(
             tcav_set, checkpoint, loaded.spec, work / ("discovered-quick" if args.quick else "discovered-full"),
-            class_names, seed=args.seed)
+            class_names, seed=args.seed, device=args.device)
         inputs.concepts.extend(found)
         hypotheses += tuple((m.concept, m.target) for m in matches)
         for m in matches:
