@@ -25,7 +25,7 @@ Which test, and why:
   M x N classifier fits otherwise (warned). Not the default: measured on the
   synthetic benchmark's demo model (benchmarks/tcav_synthetic.py --quick,
   mean-diff CAVs) it makes no or one false discovery where the two-sample tests
-  made up to 9, but also finds no planted concept: at stage1/stage2 2-12% of plain
+  made up to 17 (N = 40), but also finds no planted concept: at stage1/stage2 2-12% of plain
   pool sets already reach TCAV >= 0.99 for a class, so a planted 1.0 is not
   extreme among them. The sign-count statistic itself, not the null, lacks
   power there; the pseudo null says so instead of calling distractors significant.
