@@ -468,8 +468,7 @@ def _rerank(session: Session, cluster: Cluster, members: list[ClusterMember],
 
 # --- decisions on members ------------------------------------------------------
 def _load_member(session: Session, member_id: int) -> ClusterMember:
-    member = get_or_raise(session, ClusterMember, member_id, "cluster member", "reload the page")
-    return member
+    return get_or_raise(session, ClusterMember, member_id, "cluster member", "reload the page")
 
 
 def set_member_excluded(session: Session, user_id: int | None, member_id: int, seen_version: int | None,

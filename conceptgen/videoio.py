@@ -9,6 +9,7 @@ order, so they stay valid for variable-frame-rate sources.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -238,7 +239,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: 
     """Write (T, H, W, 3) uint8 RGB as H.264 (libx264, yuv420p, +faststart) that browsers
     play. Odd sizes are padded to even by repeating the last row/column. Single-threaded
     encoding with fixed options makes the bytes deterministic. The file appears
-    atomically (written beside it, then renamed), so an interrupted write leaves nothing."""
+    atomically (written beside it, then renamed), so an interrupted write leaves nothing
+    and a concurrent reader never sees half a file."""
     path = Path(path)
     fmt = _CONTAINERS.get(path.suffix.lower())
     if fmt is None:
@@ -252,7 +254,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: 
         raise ConfigError(f"fps must be positive (got {fps})")
     frames = _pad_even(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    # a name per writer: two threads or processes writing the same file never share a partial
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}-{threading.get_ident()}{path.suffix}")
     options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
     try:
         with av.open(str(tmp), mode="w", format=fmt, options=options) as container:

