@@ -104,12 +104,14 @@ class BlobCache:
                          "shape TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID")
         self._db.commit()
 
-    def present(self, keys: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for chunk in batched(list(keys), 500):
+    def _select(self, columns: str, keys: Sequence[str]):
+        """Rows of ``columns`` for the distinct ``keys`` that exist, in chunks SQLite accepts."""
+        for chunk in batched(list(dict.fromkeys(keys)), 500):
             marks = ",".join("?" * len(chunk))
-            found.update(k for (k,) in self._db.execute(f"SELECT key FROM arrays WHERE key IN ({marks})", chunk))
-        return found
+            yield from self._db.execute(f"SELECT {columns} FROM arrays WHERE key IN ({marks})", chunk)
+
+    def present(self, keys: Sequence[str]) -> set[str]:
+        return {k for (k,) in self._select("key", keys)}
 
     def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
         rows = [(k, a.dtype.str, ",".join(map(str, a.shape)), np.ascontiguousarray(a).tobytes())
@@ -119,20 +121,12 @@ class BlobCache:
 
     def get_many(self, keys: Sequence[str]) -> list[np.ndarray]:
         """Arrays in the order of ``keys``; KeyError names the first missing one."""
-        found: dict[str, np.ndarray] = {}
-        for chunk in batched(list(dict.fromkeys(keys)), 500):
-            marks = ",".join("?" * len(chunk))
-            for k, dtype, shape, data in self._db.execute(
-                    f"SELECT key, dtype, shape, data FROM arrays WHERE key IN ({marks})", chunk):
-                dims = tuple(int(d) for d in shape.split(",") if d)
-                found[k] = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(dims)
+        found = {k: np.frombuffer(data, dtype=np.dtype(dtype)).reshape(tuple(int(d) for d in shape.split(",") if d))
+                 for k, dtype, shape, data in self._select("key, dtype, shape, data", keys)}
         missing = [k for k in keys if k not in found]
         if missing:
             raise KeyError(missing[0])
         return [found[k] for k in keys]
-
-    def close(self) -> None:
-        self._db.close()
 
 
 class ActivationStore:
@@ -169,20 +163,21 @@ class ActivationStore:
                             "example": example.key, "render": example.render_mode,
                             "dtype": self.dtype, "amp": self.amp, "kind": kind, "target": target})
 
-    def _wanted(self, example, targets) -> list[str]:
-        keys = [self._key(example, layer, "act", None) for layer in self.layers]
-        keys += [self._key(example, layer, "grad", t) for layer in self.layers for t in targets]
-        return keys
+    def _keys(self, example, targets) -> dict[tuple[str, str, int | None], str]:
+        """Every array ``ensure`` writes for ``example``: (layer, kind, target) -> key."""
+        wanted = [(layer, "act", None) for layer in self.layers]
+        wanted += [(layer, "grad", t) for layer in self.layers for t in targets]
+        return {w: self._key(example, *w) for w in wanted}
 
     # --- computing ----------------------------------------------------------
     def ensure(self, examples: Sequence[ClipExample], targets: Sequence[int] = (), *,
                desc: str = "activations") -> None:
         """Computes and writes whatever is missing, batch by batch (resumable)."""
         targets = sorted(set(int(t) for t in targets))
-        unique = [e for e in dict((e.key + e.render_mode, e) for e in examples).values() if e.key not in self.failed]
-        wanted = {e.key + e.render_mode: self._wanted(e, targets) for e in unique}
-        present = self.cache.present([k for keys in wanted.values() for k in keys])
-        missing = [e for e in unique if not all(k in present for k in wanted[e.key + e.render_mode])]
+        unique = [e for e in dict(((e.key, e.render_mode), e) for e in examples).values() if e.key not in self.failed]
+        keys = {(e.key, e.render_mode): self._keys(e, targets) for e in unique}
+        present = self.cache.present([k for ks in keys.values() for k in ks.values()])
+        missing = [e for e in unique if not all(k in present for k in keys[e.key, e.render_mode].values())]
         if not missing:
             return
         batches = list(batched(missing, self.batch_size))
@@ -191,13 +186,12 @@ class ActivationStore:
             if not batch:
                 continue
             out = forward_backward(self.loaded, self.modules, clips, targets, amp=self.amp)
+            arrays = {(layer, "act", None): out.activations[layer] for layer in self.layers}
+            arrays.update({(layer, "grad", t): out.gradients[(layer, t)] for layer in self.layers for t in targets})
             rows = []
-            for layer in self.layers:
-                acts = out.activations[layer].float().cpu().numpy().astype(self.dtype, copy=False)
-                rows += [(self._key(e, layer, "act", None), acts[i]) for i, e in enumerate(batch)]
-                for t in targets:
-                    grads = out.gradients[(layer, t)].float().cpu().numpy().astype(self.dtype, copy=False)
-                    rows += [(self._key(e, layer, "grad", t), grads[i]) for i, e in enumerate(batch)]
+            for what, tensor in arrays.items():
+                values = tensor.float().cpu().numpy().astype(self.dtype, copy=False)
+                rows += [(keys[e.key, e.render_mode][what], values[i]) for i, e in enumerate(batch)]
             self.cache.put_many(rows)
             self.computed += len(batch)
 
@@ -216,16 +210,24 @@ class ActivationStore:
     # --- reading ------------------------------------------------------------
     def activations(self, examples: Sequence[ClipExample], layer: str) -> np.ndarray:
         """(N, D) float32 flattened activations (computed if missing)."""
-        self.ensure(examples)
-        return self._stack([self._key(e, layer, "act", None) for e in examples]).reshape(len(examples), -1)
+        keys = [self._key(e, layer, "act", None) for e in examples]
+        return self._read(keys, lambda: self.ensure(examples)).reshape(len(examples), -1)
 
     def gradients(self, examples: Sequence[ClipExample], layer: str, target: int) -> np.ndarray:
         """(N, *layer shape) float32 gradients of logit ``target`` (computed if missing)."""
-        self.ensure(examples, [target])
-        return self._stack([self._key(e, layer, "grad", int(target)) for e in examples])
+        keys = [self._key(e, layer, "grad", int(target)) for e in examples]
+        return self._read(keys, lambda: self.ensure(examples, [target]))
 
-    def _stack(self, keys: list[str]) -> np.ndarray:
-        return np.stack(self.cache.get_many(keys)).astype(np.float32) if keys else np.zeros((0,), np.float32)
+    def _read(self, keys: list[str], compute) -> np.ndarray:
+        """The arrays under ``keys``, stacked as float32; ``compute()`` first fills a miss."""
+        if not keys:
+            return np.zeros((0,), np.float32)
+        try:
+            arrays = self.cache.get_many(keys)
+        except KeyError:
+            compute()
+            arrays = self.cache.get_many(keys)
+        return np.stack(arrays).astype(np.float32)
 
 
 def _checked_clip(example: ClipExample, spec) -> np.ndarray:
