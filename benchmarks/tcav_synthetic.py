@@ -54,6 +54,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,9 +183,8 @@ def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names
     clustering = cluster_run(ws, run.run_id, seed=seed)
     _rows, actor_tubes = match_ground_truth(ws, run.run_id, dataset)
     labels = clustering_labels(ws, clustering.clustering_id)
-    counts: dict[int, dict[str, int]] = {}
+    counts: dict[int, Counter] = defaultdict(Counter)  # cluster label -> actor class -> tubes
     for tube_id, motion in actor_tubes.items():
-        counts.setdefault(labels[tube_id], {}).setdefault(motion, 0)
         counts[labels[tube_id]][motion] += 1
     matches = []
     with ws.session() as s:
@@ -195,8 +195,8 @@ def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names
         sizes = {label: c.size for label, c in clusters.items()}
         user_id = user.id
     for target in class_names:
-        best = max(sorted(counts), key=lambda label: counts[label].get(target, 0), default=None)
-        if best is None or not counts[best].get(target):
+        best = max(sorted(counts), key=lambda label: counts[label][target], default=None)
+        if best is None or not counts[best][target]:
             continue
         purity = counts[best][target] / sum(counts[best].values())
         if purity <= DISCOVERED_MIN_PURITY:
