@@ -339,13 +339,23 @@ def discovered_figures(report, matches) -> dict:
             "discovered_purity_min": min((m.purity for m in matches), default=None)}
 
 
+def _null_z(r, null, config) -> float:
+    """How many pseudo-null standard deviations the tested statistic lies from the
+    null's median (NaN without a pseudo null for the concept's size)."""
+    m = null.pseudo_means.get(r.n_examples)
+    if m is None or not len(m) or np.std(m) == 0:
+        return float("nan")
+    return (r.statistic(config.test_statistic) - float(np.median(m))) / float(np.std(m))
+
+
 def print_table(report):
     print(f"{'concept':<20} {'var':<7} {'layer':<10} {'class':<13} {'TCAV':>5} {'null':>5} {'acc':>5} "
-          f"{'p_corr':>8}  verdict")
+          f"{'dlogit':>7} {'z':>6} {'p_corr':>8}  verdict")
     for r in report.tested():
         lr = report.null_for(r)
         print(f"{r.concept:<20} {r.variant:<7} {r.layer:<10} {r.target:<13} {r.tcav_mean:5.2f} "
-              f"{lr.null_mean:5.2f} {r.cav_accuracies.mean():5.2f} {r.p_corrected:8.2g}  {r.verdict}")
+              f"{lr.null_mean:5.2f} {r.cav_accuracies.mean():5.2f} {r.logit_change_mean:7.3f} "
+              f"{_null_z(r, lr, report.config):6.1f} {r.p_corrected:8.2g}  {r.verdict}")
     print()
     for lr in report.layer_reports:
         print(f"layer {lr.layer:<10} class {lr.target:<13} {lr.variant:<7} gradient cosine {lr.diagnosis.gradient_cosine:6.3f} "
@@ -363,7 +373,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-sets", type=int, default=10)
     p.add_argument("--classifier", default="sgd")
-    p.add_argument("--test", default="permutation", help="permutation | ttest | pseudo (pseudo-concept null)")
+    p.add_argument("--test", default="pseudo", help="pseudo (pseudo-concept null, the default) | permutation | ttest")
+    p.add_argument("--statistic", default="auto", help="what --test pseudo ranks: auto (logit-change) | tcav")
     p.add_argument("--null-sets", type=int, default=0, help="pseudo test: M pseudo-concepts (0 = auto)")
     p.add_argument("--layers", default=None, help="comma-separated (default stage2,stage3,head.pool; full adds stage1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (see benchmarks/tcav_gpu.py)")
@@ -422,7 +433,8 @@ def main(argv=None) -> dict:
             print(f"{m.concept}: cluster {m.cluster_label}, {m.actor_tubes} {m.target} actor tubes, "
                   f"purity {m.purity:.2f}, {m.size} members")
     config = TcavConfig(layers=layers, targets=tuple(class_names), random_sets=args.random_sets, seed=args.seed,
-                        classifier=args.classifier, test=args.test, null_sets=args.null_sets,
+                        classifier=args.classifier, test=args.test, statistic=args.statistic,
+                        null_sets=args.null_sets,
                         random_set_size=20, relative=False,
                         hypotheses=hypotheses)
     batch_size = 8
@@ -458,7 +470,9 @@ def main(argv=None) -> dict:
         "speedup_vs_captum": None if captum_s is None else round(captum_s / ours_s, 3),
         "overhead_vs_bare_model": round(extract_s / bare_s - 1, 3),
         "n_hypotheses": report.power.n_hypotheses,
-        "test": config.test, "classifier": config.classifier, "null_sets": config.null_sets,
+        "test": config.test, "statistic": config.test_statistic, "classifier": config.classifier,
+        "null_sets": report.layer_reports and max((len(m) for lr in report.layer_reports
+                                                   for m in lr.pseudo_means.values()), default=0),
         "min_p": report.power.min_p,
         "n_random_sets": report.n_random_sets,
         "layers": list(layers),

@@ -389,12 +389,17 @@ def demo_tcav_request(workspace: Workspace, prepared: PreparedDemo, concepts: li
     """The TCAV request the demo makes (a tcav.workflow.TcavRequest)."""
     from tcav.workflow import TcavRequest
 
-    size = min(config.random_set_size, random_pool_size(workspace) // 2)
+    from tcav.experiment import pseudo_test_fits
+
+    pool = random_pool_size(workspace)
+    size = min(config.random_set_size, pool // 2)
     if size < MIN_RANDOM_POOL // 2:
         raise DataError("too few tubes outside the accepted concepts for TCAV random sets; use more --videos")
+    # A small demo's pool cannot hold pseudo-concepts beside random sets: the permutation test then.
+    test = "pseudo" if pseudo_test_fits(pool, MAX_AUTO_EXAMPLES, size) else "permutation"
     return TcavRequest(model="demo", layers=tcav_layers(), targets=tcav_targets(workspace),
                        concepts=",".join(concepts), random_sets=config.random_sets, seed=config.seed,
-                       random_set_size=size)
+                       random_set_size=size, test=test)
 
 
 def matching_experiments(workspace: Workspace, request, model_fingerprint: str, status: str) -> list[int]:

@@ -14,9 +14,9 @@
    vs each other concept for relative TCAV), recording held-out accuracies.
 5. Per layer and class: directional derivatives, TCAV and magnitude scores,
    temporal profiles, the gradient-consistency diagnosis and the null's health.
-   With ``test="pseudo"`` also M pseudo-concepts (pool sets of each concept's size,
-   stream "pseudo-concepts") against the same N random sets: the calibrated null
-   (see :mod:`tcav.stats`).
+   With ``test="pseudo"`` (the default) also M pseudo-concepts (pool sets of each
+   concept's size, stream "pseudo-concepts") against the same N random sets: the
+   calibrated null, ranking the class-logit change (see :mod:`tcav.stats`).
 6. Test every concept score set against the null of its variant, correct over
    the family of testable hypotheses (those in ``config.hypotheses``, at layers
    not diagnosed degenerate from the class gradients alone, so the filter is
@@ -41,6 +41,7 @@ from tcav.examples import ConceptExamples, Example, check_enough, static_counter
 DEFAULT_RANDOM_SETS = 10   # as the Video-TCAV paper
 MAX_RANDOM_SETS = 500
 AUTO_START = 10
+PSEUDO_POOL_CAP = 500   # pool clips pseudo-concepts are drawn from (a seeded subset of larger pools)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class TcavConfig:
     random_sets: int | str = DEFAULT_RANDOM_SETS   # an int, or "auto"
     seed: int = 0
     classifier: str = "sgd"
-    test: str = "permutation"
+    test: str = "pseudo"
+    statistic: str = "auto"         # what the test ranks: auto = logit-change for pseudo, else tcav
     correction: str = "bonferroni"
     alpha: float = stats.DEFAULT_ALPHA
     random_set_size: int = 20
@@ -66,6 +68,13 @@ class TcavConfig:
     # Pairs outside it are still scored and reported, but neither tested nor counted.
     hypotheses: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def test_statistic(self) -> str:
+        """The statistic the test compares (``statistic`` with auto resolved)."""
+        if self.statistic != "auto":
+            return self.statistic
+        return "logit-change" if self.test == "pseudo" else "tcav"
+
     def validate(self) -> None:
         if not self.layers:
             raise ConfigError("no layers given: pass --layers NAME[,NAME...]")
@@ -75,6 +84,12 @@ class TcavConfig:
             raise ConfigError(f"unknown test {self.test!r}: use one of {', '.join(stats.TESTS)}")
         if self.correction not in stats.CORRECTIONS:
             raise ConfigError(f"unknown correction {self.correction!r}: use one of {', '.join(stats.CORRECTIONS)}")
+        if self.statistic not in ("auto", *stats.STATISTICS):
+            raise ConfigError(f"unknown statistic {self.statistic!r}: use auto or one of {', '.join(stats.STATISTICS)}")
+        if self.test != "pseudo" and self.statistic == "logit-change":
+            raise ConfigError("--statistic logit-change is tested only against pseudo-concepts (random-vs-random "
+                              "mean differences are near zero, so every distinct concept would pass): "
+                              "use --test pseudo, or --statistic tcav")
         make_classifier(self.classifier)
         if self.random_sets != "auto" and not (2 <= int(self.random_sets) <= MAX_RANDOM_SETS):
             raise ConfigError(f"--random-sets must be between 2 and {MAX_RANDOM_SETS} or auto, got {self.random_sets}")
@@ -113,10 +128,21 @@ class HypothesisResult:
     flags: list[str] = field(default_factory=list)
     temporal: scoring.TemporalProfile | None = None
     against: list[str] = field(default_factory=list)
+    # per random set (or other concept): first-order class-logit change towards the concept
+    logit_changes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_examples: int = 0   # concept clips that loaded
 
     @property
     def tcav_mean(self) -> float:
         return float(np.mean(self.scores))
+
+    @property
+    def logit_change_mean(self) -> float:
+        return float(np.mean(self.logit_changes))
+
+    def statistic(self, name: str) -> float:
+        """The tested statistic: mean TCAV score or mean logit change."""
+        return self.logit_change_mean if name == "logit-change" else self.tcav_mean
 
     @property
     def tcav_std(self) -> float:
@@ -134,7 +160,8 @@ class LayerReport:
     null_accuracies: np.ndarray
     warning: str | None
     variant: str = "dynamic"   # the random clips' rendering, as the concepts it is the null of
-    # test "pseudo": concept size -> (M,) mean TCAV score of each pseudo-concept over the N random sets
+    null_logit_changes: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per random-vs-random pair
+    # test "pseudo": concept size -> (M,) statistic of each pseudo-concept, averaged over the N random sets
     pseudo_means: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -251,19 +278,39 @@ def random_set_plan(pool: Sequence[Example], n: int, size: int, seed: int):
     return random_sets, null_pairs, used
 
 
-def draw_pseudo_concepts(n_pool: int, m: int, size: int, seed: int) -> list[list[int]]:
-    """M pseudo-concepts of ``size`` pool indices; set j depends only on (seed, size, j),
-    so the null does not move when the concept list changes."""
-    return [sorted(np.random.default_rng(stats.derive_seed(seed, "pseudo-concepts", size, j))
-                   .choice(n_pool, size, replace=False).tolist()) for j in range(m)]
+def pseudo_pool_indices(n_pool: int, seed: int, cap: int = PSEUDO_POOL_CAP) -> list[int]:
+    """The pool clips pseudo-concepts are drawn from: all of them, or a seeded
+    ``cap`` of a large pool (stream "pseudo-pool"), so a database-wide pool of
+    thousands of tubes does not all go through the model."""
+    if n_pool <= cap:
+        return list(range(n_pool))
+    return sorted(np.random.default_rng(stats.derive_seed(seed, "pseudo-pool")).permutation(n_pool)[:cap].tolist())
+
+
+def draw_pseudo_concepts(candidates: Sequence[int], m: int, size: int, seed: int) -> list[list[int]]:
+    """M pseudo-concepts of ``size`` pool indices out of ``candidates``; set j depends
+    only on (seed, size, j), so the null does not move when the concept list changes."""
+    candidates = np.asarray(candidates)
+    return [sorted(candidates[np.random.default_rng(stats.derive_seed(seed, "pseudo-concepts", size, j))
+                              .choice(len(candidates), size, replace=False)].tolist()) for j in range(m)]
+
+
+def pseudo_test_fits(pool_size: int, concept_size: int, random_set_size: int) -> bool:
+    """Whether the pool holds a pseudo-concept of the concept's size beside a whole
+    random set: smaller pools leave random sets that pseudo-concepts swallow."""
+    return pool_size >= concept_size + random_set_size
+
+
+def _pseudo_is_cheap(config: TcavConfig) -> bool:
+    """The logit change and mean-difference TCAV scores need no classifier fit per pseudo-concept."""
+    return config.test_statistic == "logit-change" or config.classifier == MeanDifferenceClassifier.name
 
 
 def null_set_count(config: TcavConfig, n_hypotheses: int) -> int:
     """M for the pseudo null: ``config.null_sets``, or auto from the family's size."""
     if config.null_sets:
         return int(config.null_sets)
-    cap = (stats.MAX_AUTO_NULL_SETS if config.classifier == MeanDifferenceClassifier.name
-           else stats.MAX_AUTO_NULL_SETS_FITTED)
+    cap = stats.MAX_AUTO_NULL_SETS if _pseudo_is_cheap(config) else stats.MAX_AUTO_NULL_SETS_FITTED
     return stats.auto_null_sets(n_hypotheses, config.alpha, cap=cap)
 
 
@@ -278,9 +325,13 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
     seed = config.seed if seed is None else seed
     variants = sorted({c.variant for c in concepts})
     pseudo = config.test == "pseudo"
-    pools, random_sets, null_pairs = _draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed,
-                                                       whole_pool=pseudo)
+    pools, random_sets, null_pairs, candidates = _draw_usable_sets(store, pool, variants, n_sets,
+                                                                   config.random_set_size, seed, pseudo=pseudo)
     sizes = {(c.name, c.variant): len(c.examples) for c in concepts}
+    if pseudo and not pseudo_test_fits(len(pool), max(sizes.values()), config.random_set_size):
+        raise DataError(f"the random pool has {len(pool)} clips, too few for the pseudo-concept test with "
+                        f"concepts of {max(sizes.values())} and random sets of {config.random_set_size} "
+                        "(it needs their sum): add clips, lower --random-set-size, or use --test permutation")
 
     results: list[HypothesisResult] = []
     layer_reports: list[LayerReport] = []
@@ -288,12 +339,20 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
     for layer in config.layers:
         # One set's activations in RAM at a time (read back from the cache).
         acts_of = lambda variant, idx: store.activations([pools[variant][j] for j in idx], layer)  # noqa: E731
-        null_cavs = {v: [_fit(classifier, f"null:{i}a", f"null:{i}b", layer, acts_of(v, a), acts_of(v, b),
-                              stats.derive_seed(seed, "null-cav", layer, i, *([v] if v != "dynamic" else [])))
-                         for i, (a, b) in enumerate(null_pairs)] for v in variants}
-        concept_cavs = {}
+        null_cavs, null_diffs, random_means = {}, {}, {}
+        for v in variants:
+            null_cavs[v], diffs = [], []
+            for i, (a, b) in enumerate(null_pairs):
+                xa, xb = acts_of(v, a), acts_of(v, b)
+                null_cavs[v].append(_fit(classifier, f"null:{i}a", f"null:{i}b", layer, xa, xb,
+                                         stats.derive_seed(seed, "null-cav", layer, i, *([v] if v != "dynamic" else []))))
+                diffs.append(scoring.mean_activation(xa) - scoring.mean_activation(xb))
+            null_diffs[v] = np.stack(diffs)
+            random_means[v] = np.stack([scoring.mean_activation(acts_of(v, rs)) for rs in random_sets])
+        concept_cavs, concept_means = {}, {}
         for c in concepts:
             acts = store.activations(c.examples, layer)
+            concept_means[c.label] = scoring.mean_activation(acts)
             concept_cavs[c.label] = [
                 _fit(classifier, c.label, f"random:{i}", layer, acts, acts_of(c.variant, rs),
                      stats.derive_seed(seed, "cav", c.label, layer, i))
@@ -302,7 +361,8 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
         for target, k in targets.items():
             grads = store.gradients(inputs.class_examples[target], layer, k)
             reports, layer_results = _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs,
-                                                  relative_cavs, config)
+                                                  relative_cavs, config,
+                                                  _Means(concept_means, random_means, null_diffs))
             layer_reports += reports
             results += layer_results
     n_null_sets = 0
@@ -311,7 +371,7 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
         family = [r for r in results if r.comparison == "random"
                   and _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
         n_null_sets = null_set_count(config, len(family))
-        pseudo_sets = {size: draw_pseudo_concepts(len(pools[variants[0]]), n_null_sets, size, seed)
+        pseudo_sets = {size: draw_pseudo_concepts(candidates, n_null_sets, size, seed)
                        for size in sorted({sizes[(r.concept, r.variant)] for r in family})}
         for layer in config.layers:
             cells = {(r.target, r.variant) for r in family if r.layer == layer}
@@ -320,18 +380,28 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
             for variant in sorted({v for _, v in cells}):
                 for size, sets in pseudo_sets.items():
                     means = _pseudo_null_means(store, classifier, pools[variant], sets, random_sets, layer,
-                                               grads, seed)
+                                               grads, seed, config.test_statistic)
                     for t, m in means.items():
                         nulls[(layer, t, variant)].pseudo_means[size] = m
     power = _test_and_correct(results, layer_reports, config, n_sets, seed,
                               grid=max(len(inputs.class_examples[t]) for t in targets),
                               sizes=sizes, n_null_sets=n_null_sets)
-    cost = None if not pseudo or classifier.name == MeanDifferenceClassifier.name else (
+    cost = None if not pseudo or _pseudo_is_cheap(config) else (
         f"the pseudo-concept null fitted {n_null_sets} x {n_sets} {classifier.name} CAVs per layer, variant "
-        "and concept size: use --classifier mean-diff for the nearly free path")
+        "and concept size: use --statistic logit-change or --classifier mean-diff for the nearly free path")
     warnings = [w for w in [power.warning, cost] + [lr.diagnosis.message for lr in layer_reports]
                 + [lr.warning for lr in layer_reports] if w]
     return TcavReport(config, n_sets, results, layer_reports, power, list(dict.fromkeys(warnings)))
+
+
+@dataclass(frozen=True)
+class _Means:
+    """One layer's mean activations (D,), for logit changes: per concept label, per
+    variant's random sets (N, D), and per variant's random-vs-random pair A - B (N, D)."""
+
+    concepts: dict[str, np.ndarray]
+    random_sets: dict[str, np.ndarray]
+    null_differences: dict[str, np.ndarray]
 
 
 def variant_pools(pool: Sequence[Example], variants: Sequence[str]) -> dict[str, list[Example]]:
@@ -340,23 +410,24 @@ def variant_pools(pool: Sequence[Example], variants: Sequence[str]) -> dict[str,
     return {v: list(pool) if v == "dynamic" else [static_example(e) for e in pool] for v in variants}
 
 
-def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int, *, whole_pool: bool = False):
-    """Steps 1 and 3 for the random pool: draw, compute the drawn clips (every clip
-    if ``whole_pool``, as pseudo-concepts need) in every variant, and redraw without
-    any that failed to load until every set is usable.
-    Returns ({variant: pool}, random sets, null pairs)."""
+def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int, *, pseudo: bool = False):
+    """Steps 1 and 3 for the random pool: draw, compute the drawn clips (and, if
+    ``pseudo``, the pseudo-concepts' candidates) in every variant, and redraw
+    without any that failed to load until every set is usable.
+    Returns ({variant: pool}, random sets, null pairs, pseudo candidates)."""
     while True:
         if len(pool) < 2 * size:
             raise DataError(f"the random pool has {len(pool)} usable clips, fewer than two random sets "
                             f"of {size}: add clips or lower --random-set-size")
         random_sets, null_pairs, used = random_set_plan(pool, n_sets, size, seed)
-        used = list(range(len(pool))) if whole_pool else used
+        candidates = pseudo_pool_indices(len(pool), seed) if pseudo else []
+        used = sorted(set(used) | set(candidates))
         pools = variant_pools(pool, variants)
         for variant, clips in pools.items():
             store.ensure([clips[i] for i in used], desc=f"random clips ({variant})")
         bad = {i for clips in pools.values() for i in used if clips[i].key in store.failed}
         if not bad:
-            return pools, random_sets, null_pairs
+            return pools, random_sets, null_pairs, candidates
         pool = [e for i, e in enumerate(pool) if i not in bad]
 
 
@@ -366,45 +437,63 @@ def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, othe
 
 
 def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer, grads: dict[str, np.ndarray],
-                       seed: int) -> dict[str, np.ndarray]:
-    """Each pseudo-concept scored like a concept: one CAV per random set (the random
-    set less any clip it shares with the pseudo-concept), TCAV score per class, mean
-    over the N sets. ``grads`` target -> (n, ...) class-logit gradients at ``layer``.
-    Returns target -> (M,) means. Mean-difference CAVs are scored from grad . clip
-    projections (no D-sized work per CAV); other classifiers fit M x N CAVs."""
+                       seed: int, statistic: str) -> dict[str, np.ndarray]:
+    """Each pseudo-concept scored like a concept against each random set (less any
+    clip it shares with the pseudo-concept), averaged over the N sets: its logit
+    change, or its TCAV score with one CAV per random set. ``grads`` target ->
+    (n, ...) class-logit gradients at ``layer``. Returns target -> (M',): a random
+    set the pseudo-concept covers entirely (small pools) is left out of its mean,
+    and a pseudo-concept that covers them all is left out of the null.
+    The logit change and mean-difference CAVs are scored from grad . clip
+    projections (no D-sized work per set); other classifiers fit M x N CAVs."""
     flat = {t: g.reshape(len(g), -1) for t, g in grads.items()}
     others = [[[i for i in rs if i not in set(ps)] for rs in random_sets] for ps in pseudo_sets]
     base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
     split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
     out = {t: np.empty(len(pseudo_sets)) for t in grads}
-    if classifier.name == MeanDifferenceClassifier.name:
-        projections = {t: np.zeros((len(g), len(pool))) for t, g in flat.items()}
-        for start in range(0, len(pool), 32):  # the pool streams through RAM in chunks
-            acts = store.activations(pool[start:start + 32], layer)
-            acts = acts.reshape(len(acts), -1).astype(np.float64)
+    if statistic == "tcav" and classifier.name != MeanDifferenceClassifier.name:
+        acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
+        for j, ps in enumerate(pseudo_sets):
+            x = acts_of(ps)
+            cavs = [classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector
+                    for i, other in enumerate(others[j]) if other]
             for t, g in flat.items():
-                projections[t][:, start:start + len(acts)] = g @ acts.T
-        n_sets = len(random_sets)
-        for first in range(0, len(pseudo_sets), 64):  # CAVs as pool weights (P, 64 x N), 64 sets at a time
-            chunk = range(first, min(first + 64, len(pseudo_sets)))
-            weights = np.zeros((len(pool), len(chunk) * n_sets))
-            for col, (j, i) in enumerate((j, i) for j in chunk for i in range(n_sets)):
-                w_c, w_o = MeanDifferenceClassifier.train_weights(len(pseudo_sets[j]), len(others[j][i]),
-                                                                  seed=split_seed(j, i))
-                np.add.at(weights[:, col], pseudo_sets[j], w_c)
-                np.add.at(weights[:, col], others[j][i], w_o)
-            for t, proj in projections.items():
-                scores = scoring.tcav_score(proj @ weights)          # (64 x N,)
-                out[t][chunk.start:chunk.stop] = scores.reshape(len(chunk), n_sets).mean(axis=1)
-        return out
-    acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
-    for j, ps in enumerate(pseudo_sets):
-        x = acts_of(ps)
-        cavs = np.stack([classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector
-                         for i, other in enumerate(others[j])])
+                out[t][j] = float(np.mean(scoring.tcav_score(scoring.directional_derivatives(g, np.stack(cavs))))
+                                  ) if cavs else np.nan
+        return {t: m[~np.isnan(m)] for t, m in out.items()}
+    # grad . activation for every class example (row) and every clip any set uses (column)
+    columns = sorted({i for ps in pseudo_sets for i in ps} | {i for rs in random_sets for i in rs})
+    column_of = {i: c for c, i in enumerate(columns)}
+    projections = {t: np.zeros((len(g), len(columns))) for t, g in flat.items()}
+    for start in range(0, len(columns), 32):  # the clips stream through RAM in chunks
+        acts = store.activations([pool[i] for i in columns[start:start + 32]], layer)
+        acts = acts.reshape(len(acts), -1).astype(np.float64)
         for t, g in flat.items():
-            out[t][j] = float(np.mean(scoring.tcav_score(scoring.directional_derivatives(g, cavs))))
-    return out
+            projections[t][:, start:start + len(acts)] = g @ acts.T
+    n_sets = len(random_sets)
+    for first in range(0, len(pseudo_sets), 64):  # each set as clip weights (columns, 64 x N), 64 at a time
+        chunk = range(first, min(first + 64, len(pseudo_sets)))
+        weights = np.zeros((len(columns), len(chunk) * n_sets))
+        empty = np.zeros(len(chunk) * n_sets, bool)
+        for col, (j, i) in enumerate((j, i) for j in chunk for i in range(n_sets)):
+            mine, theirs = [column_of[x] for x in pseudo_sets[j]], [column_of[x] for x in others[j][i]]
+            if not theirs:
+                empty[col] = True
+                continue
+            if statistic == "logit-change":   # mean of the pseudo-concept minus mean of the random set
+                w_c, w_o = np.full(len(mine), 1.0 / len(mine)), np.full(len(theirs), -1.0 / len(theirs))
+            else:                             # the mean-difference CAV's train split, up to its norm
+                w_c, w_o = MeanDifferenceClassifier.train_weights(len(mine), len(theirs), seed=split_seed(j, i))
+            np.add.at(weights[:, col], mine, w_c)
+            np.add.at(weights[:, col], theirs, w_o)
+        for t, proj in projections.items():
+            per_set = proj.mean(axis=0) @ weights if statistic == "logit-change" else \
+                scoring.tcav_score(proj @ weights)                # (64 x N,)
+            valid = (~empty).reshape(len(chunk), n_sets)
+            counts = valid.sum(axis=1)
+            sums = np.where(valid, per_set.reshape(len(chunk), n_sets), 0.0).sum(axis=1)
+            out[t][chunk.start:chunk.stop] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return {t: m[~np.isnan(m)] for t, m in out.items()}
 
 
 def _relative_cavs(store, classifier, concepts, layer, seed) -> dict[str, list[CAV]]:
@@ -421,7 +510,7 @@ def _relative_cavs(store, classifier, concepts, layer, seed) -> dict[str, list[C
 
 
 def _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs: dict[str, list[CAV]],
-                 relative_cavs, config) -> tuple[list[LayerReport], list[HypothesisResult]]:
+                 relative_cavs, config, means: _Means) -> tuple[list[LayerReport], list[HypothesisResult]]:
     """Step 5 for one (layer, class): one null per variant, then every concept."""
     flat = grads.reshape(len(grads), -1)
     earlier = list(config.layers[:config.layers.index(layer)])
@@ -432,17 +521,20 @@ def _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs: dict[s
         warning = diagnostics.null_warning(layer, target, null_scores)
         reports.append(LayerReport(layer, target, diagnosis, null_scores, np.array([c.accuracy for c in cavs]),
                                    warning and (warning if variant == "dynamic" else f"{variant} {warning}"),
-                                   variant))
+                                   variant, scoring.logit_changes(flat, means.null_differences[variant])))
     results = []
     for c in concepts:
         for comparison, cavs in (("random", concept_cavs[c.label]), ("relative", relative_cavs.get(c.label))):
             if not cavs:
                 continue
             s = scoring.directional_derivatives(flat, np.stack([v.vector for v in cavs]))
+            others = means.random_sets[c.variant] if comparison == "random" else \
+                np.stack([means.concepts[v.against] for v in cavs])
             result = HypothesisResult(
                 c.name, c.variant, layer, target, comparison, scoring.tcav_score(s),
                 scoring.magnitude_score(s), np.array([v.accuracy for v in cavs]), c.concept_id,
-                against=[v.against for v in cavs])
+                against=[v.against for v in cavs], n_examples=len(c.examples),
+                logit_changes=scoring.logit_changes(flat, means.concepts[c.label] - others))
             if grads.ndim == 5 and grads.shape[2] > 1:  # (N, C, T, H, W) with time left
                 result.temporal = _temporal(grads, cavs)
             results.append(result)
@@ -468,7 +560,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
         null = nulls[(r.layer, r.target, r.variant)]
         if config.test == "pseudo":  # outside the family no null is built: p 1.0, verdict "not tested"
             m = null.pseudo_means.get(sizes[(r.concept, r.variant)])
-            r.p_value = 1.0 if m is None else stats.pseudo_concept_p(r.tcav_mean, m).p_value
+            r.p_value = 1.0 if m is None else stats.pseudo_concept_p(r.statistic(config.test_statistic), m).p_value
             continue
         r.p_value = stats.compare_to_null(r.scores, null.null_scores, test=config.test,
                                           seed=stats.derive_seed(seed, "test", r.concept, r.variant, r.layer, r.target),
@@ -492,8 +584,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
                          f"vs random {quality.null_accuracy:.2f})")
         elif p <= config.alpha:
             r.significant = True
-            direction = "raises" if r.tcav_mean > null.null_mean else "lowers"
-            r.verdict = f"significant: {direction} {r.target} (TCAV {r.tcav_mean:.2f} vs null {null.null_mean:.2f})"
+            r.verdict = _significant_verdict(r, null, config, sizes[(r.concept, r.variant)] if sizes else 0)
         else:
             r.verdict = "not significant"
     for r in results:
@@ -501,6 +592,20 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
             r.verdict = "relative to " + ", ".join(r.against)
     return stats.power_check(n_sets, len(family), test=config.test, alpha=config.alpha,
                              grid=grid, n_resamples=config.n_resamples, n_null_sets=n_null_sets)
+
+
+def _significant_verdict(r: HypothesisResult, null: LayerReport, config: TcavConfig, size: int) -> str:
+    """Which way the concept moves the class, by the tested statistic against its
+    null's centre (the pseudo-concepts' median, or the random-vs-random mean)."""
+    if config.test == "pseudo":
+        observed, centre = r.statistic(config.test_statistic), float(np.median(null.pseudo_means[size]))
+    else:
+        observed, centre = r.tcav_mean, null.null_mean
+    direction = "raises" if observed > centre else "lowers"
+    if config.test_statistic == "logit-change":
+        return (f"significant: {direction} {r.target} (logit change {observed:+.3g} vs null {centre:+.3g}, "
+                f"TCAV {r.tcav_mean:.2f})")
+    return f"significant: {direction} {r.target} (TCAV {r.tcav_mean:.2f} vs null {centre:.2f})"
 
 
 def _verdicts(report: TcavReport) -> dict[tuple, bool]:

@@ -17,7 +17,7 @@ from conceptgen.orm import Concept, TcavExperiment, TcavResult, utcnow
 from tcav.experiment import HypothesisResult, TcavConfig, TcavReport, config_dict
 
 CSV_COLUMNS = ("concept", "variant", "layer", "target", "comparison", "tcav_mean", "tcav_std",
-               "magnitude_mean", "cav_accuracy_mean", "null_mean", "p_value", "p_corrected",
+               "magnitude_mean", "logit_change_mean", "cav_accuracy_mean", "null_mean", "p_value", "p_corrected",
                "significant", "verdict", "flags")
 
 
@@ -30,12 +30,14 @@ def result_row(r: HypothesisResult, null_mean: float | None) -> dict[str, Any]:
     row = {
         "concept": r.concept, "variant": r.variant, "layer": r.layer, "target": r.target,
         "comparison": r.comparison, "tcav_mean": r.tcav_mean, "tcav_std": r.tcav_std,
-        "magnitude_mean": float(r.magnitudes.mean()), "cav_accuracy_mean": float(r.cav_accuracies.mean()),
+        "magnitude_mean": float(r.magnitudes.mean()), "logit_change_mean": r.logit_change_mean,
+        "cav_accuracy_mean": float(r.cav_accuracies.mean()),
         "null_mean": null_mean, "p_value": r.p_value, "p_corrected": r.p_corrected,
         "significant": bool(r.significant), "verdict": r.verdict, "flags": ";".join(r.flags),
     }
     row["details"] = {
         "scores": [float(x) for x in r.scores], "magnitudes": [float(x) for x in r.magnitudes],
+        "logit_changes": [float(x) for x in r.logit_changes],
         "cav_accuracies": [float(x) for x in r.cav_accuracies], "against": list(r.against),
         "flags": list(r.flags),
         "temporal": None if r.temporal is None else {
@@ -50,13 +52,15 @@ def summary(report: TcavReport) -> dict[str, Any]:
     return {
         "warnings": list(report.warnings),
         "n_random_sets": report.n_random_sets,
+        "test": report.config.test, "statistic": report.config.test_statistic,
         "layers": [{
             "layer": lr.layer, "target": lr.target, "variant": lr.variant, "gradient_cosine": lr.diagnosis.gradient_cosine,
             "degenerate": lr.diagnosis.degenerate, "null_mean": lr.null_mean,
             "null_scores": [float(x) for x in lr.null_scores],
+            "null_logit_changes": [float(x) for x in lr.null_logit_changes],
             "null_cav_accuracy_mean": float(lr.null_accuracies.mean()), "warning": lr.warning,
-            # test "pseudo": per concept size, the pseudo-concept means' count, mean and share at 0 or 1
-            "pseudo_null": {str(size): {"n": len(m), "mean": float(np.mean(m)),
+            # test "pseudo": per concept size, the pseudo-concepts' statistic: count, mean, spread, share at 0 or 1
+            "pseudo_null": {str(size): {"n": len(m), "mean": float(np.mean(m)), "std": float(np.std(m)),
                                         "all_or_nothing": float(np.mean((m == 0) | (m == 1)))}
                             for size, m in lr.pseudo_means.items()},
         } for lr in report.layer_reports],

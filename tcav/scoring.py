@@ -5,6 +5,13 @@ For class k, concept C and layer l, with a = f_l(x) the layer's activation:
     S_C,k(x) = grad_a logit_k(a) . v_C                      (directional derivative)
     TCAV     = |{x in class-k examples : S > 0}| / |class-k examples|
     magnitude = sum of positive S / sum of |S|               (bounded to [0, 1])
+    logit change = mean over x of grad_a logit_k(a) . (mean_C a - mean_R a)
+
+The logit change is the first-order change of the class logit when a class
+example's activation moves from the random set's mean to the concept's mean: the
+mean directional derivative along the un-normalised mean-difference direction, in
+logit units. Unlike the sign count it does not saturate at 0 or 1 where the class
+gradients are alike, so it is the statistic of the pseudo-concept test (tcav.stats).
 
 Captum's ``magnitude`` is the unbounded mean of S; ``mean_derivative`` gives it.
 """
@@ -40,6 +47,21 @@ def magnitude_score(derivatives: np.ndarray) -> np.ndarray:
 def mean_derivative(derivatives: np.ndarray) -> np.ndarray:
     """Mean S per column: Captum's (unbounded) ``magnitude`` score."""
     return np.asarray(derivatives, dtype=np.float64).mean(axis=0)
+
+
+def logit_changes(gradients: np.ndarray, differences: np.ndarray) -> np.ndarray:
+    """``gradients`` (N, D) d logit_k / d a; ``differences`` (K, D) mean activation of
+    the concept minus mean activation of each random set (or other set).
+
+    Returns (K,): mean over the N examples of grad . difference (logit units)."""
+    g = np.asarray(gradients, dtype=np.float64).reshape(len(gradients), -1).mean(axis=0)
+    return np.atleast_2d(np.asarray(differences, dtype=np.float64)) @ g
+
+
+def mean_activation(activations: np.ndarray) -> np.ndarray:
+    """(n, ...) activations -> (D,) float64 mean over the n clips."""
+    a = np.asarray(activations)
+    return a.reshape(len(a), -1).mean(axis=0, dtype=np.float64)
 
 
 @dataclass(frozen=True)

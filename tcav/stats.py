@@ -2,7 +2,28 @@
 
 Which test, and why:
 
-* ``permutation`` (default): a two-sided test of the difference of means of the
+* ``pseudo`` (default): the calibrated null. M pseudo-concepts, sets of the
+  concept's size drawn from the random pool (own seeded stream, independent of
+  the concept list), are scored against the SAME N random sets exactly as the
+  concept, and the concept's statistic is ranked among theirs. Under "the concept
+  is just more pool clips" the concept and the M pseudo-concepts are
+  exchangeable, which the two-sample tests below are not (see Known limit).
+  Two-sided rule: c = median of all M + 1 values (concept's included, a symmetric
+  function, so exchangeability survives), p = (1 + #{j : |null_j - c| >= |obs - c|})
+  / (M + 1): exact (ties counted against the concept), smallest p 1 / (M + 1).
+  Its statistic (``TcavConfig.statistic``):
+  - ``logit-change`` (default with pseudo): the mean over the N random sets of the
+    first-order class-logit change from the random set's mean activation to the
+    concept's (tcav.scoring.logit_changes). It needs no CAV fit, so M x N
+    pseudo-concepts cost two matrix products. Why it and not the TCAV score:
+    measured on the synthetic benchmark's demo model, whose class gradients are
+    alike (cosine 0.86-0.96), 2-12 % of plain pool sets already reach TCAV >= 0.99
+    for a class, so a planted 1.0 is not extreme among them and the sign count
+    has no power; the logit change puts the planted concepts 11-15 null standard
+    deviations out and the distractors within 3.4 (benchmarks/tcav_synthetic.py).
+  - ``tcav``: the mean TCAV score. Nearly free with mean-difference CAVs (scored
+    from gradient . activation projections), M x N classifier fits otherwise.
+* ``permutation``: a two-sided test of the difference of means of the
   N concept scores and the N null scores. Exact whenever the scores lie on a
   grid (TCAV scores are k / |class examples|): every one of the C(2N, N)
   relabellings is counted by dynamic programming over group sums, so its
@@ -11,24 +32,6 @@ Which test, and why:
   ``n_resamples`` (p = (count + 1) / (n_resamples + 1), doubled for two sides). It does not assume normal scores, which suits TCAV scores: they are
   bounded in [0, 1], discrete (multiples of 1/|class examples|) and often pile
   up at 0 or 1, where a t-test's variance estimate collapses.
-* ``pseudo``: the calibrated null (``TcavConfig.test = "pseudo"``). M
-  pseudo-concepts, sets of the concept's size drawn from the random pool (own
-  seeded stream, independent of the concept list), are scored against the SAME N
-  random sets exactly as the concept (one CAV per random set, TCAV score, mean over
-  the N sets). Under "the concept is just more pool clips" the concept's mean and
-  the M pseudo means are exchangeable, which the two-sample tests below are not.
-  Two-sided rule: c = median of all M + 1 means (concept's included, a symmetric
-  function, so exchangeability survives), p = (1 + #{j : |null_j - c| >= |obs - c|})
-  / (M + 1): exact (ties counted against the concept), smallest p 1 / (M + 1).
-  Cost: M x N CAVs per layer, variant and concept size; nearly free with the
-  mean-difference classifier (scored from gradient . activation projections),
-  M x N classifier fits otherwise (warned). Not the default: measured on the
-  synthetic benchmark's demo model (benchmarks/tcav_synthetic.py --quick,
-  mean-diff CAVs) it makes no or one false discovery where the two-sample tests
-  made up to 17 (N = 40), but also finds no planted concept: at stage1/stage2 2-12% of plain
-  pool sets already reach TCAV >= 0.99 for a class, so a planted 1.0 is not
-  extreme among them. The sign-count statistic itself, not the null, lacks
-  power there; the pseudo null says so instead of calling distractors significant.
 * ``ttest``: the two-sided Student t-test (``scipy.stats.ttest_ind``) of
   tensorflow/tcav and the Video-TCAV paper, kept for comparability. When both
   samples are constant it returns 0 if their means differ, 1 otherwise: the
@@ -39,7 +42,7 @@ Every testable hypothesis of an experiment (concepts x classes x layers, less
 degenerate layers and pairs outside ``TcavConfig.hypotheses``) is corrected
 together, Bonferroni by default or Holm (step-down, same family-wise error).
 
-Known limit (both tests, and tensorflow/tcav's and Captum's protocol): the N
+Known limit (the two-sample tests, and tensorflow/tcav's and Captum's protocol): the N
 concept scores share one concept set, while the N null scores come from N
 independent random pairs, so under "the concept is just pool clips" the two are
 not exchangeable. Where the class gradients are alike (cosine ~0.9), a set of
@@ -47,7 +50,7 @@ pool clips used as a concept scores 0 or 1 on most random sets, and the test is
 anti-conservative: on the synthetic benchmark's demo model 12 of 48 such
 pseudo-concept hypotheses had raw p < 0.05 at N = 10. The diagnostics' all-or-
 nothing null warning marks such layers. The ``pseudo`` test is the valid null:
-it scores M pool sets against the same N random sets (M x N CAVs).
+it scores M pool sets against the same N random sets.
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ from scipy import stats as sps
 from conceptgen.errors import ConfigError
 from conceptgen.hashing import sha256_json
 
-TESTS = ("permutation", "ttest", "pseudo")
+TESTS = ("pseudo", "permutation", "ttest")
+STATISTICS = ("logit-change", "tcav")   # what the pseudo test ranks; the two-sample tests use tcav
 CORRECTIONS = ("bonferroni", "holm")
 DEFAULT_ALPHA = 0.05
 DEFAULT_RESAMPLES = 9999
@@ -169,9 +173,12 @@ def compare_to_null(scores: np.ndarray, null: np.ndarray, *, test: str, seed: in
 
 
 def pseudo_concept_p(observed: float, null_means: np.ndarray) -> TestOutcome:
-    """Two-sided exact p of a concept's mean TCAV score among M pseudo-concept means
-    (see the module docstring): distance from the median of all M + 1 values."""
+    """Two-sided exact p of a concept's statistic (mean TCAV score or logit change)
+    among M pseudo-concepts' (see the module docstring): distance from the median
+    of all M + 1 values."""
     null = np.asarray(null_means, float)
+    if not len(null):  # no pseudo-concept could be scored (see tcav.experiment): no evidence
+        return TestOutcome(1.0, 0.0, "pseudo")
     centre = float(np.median(np.append(null, observed)))
     extreme = int(np.sum(np.abs(null - centre) >= abs(observed - centre) - 1e-12))
     return TestOutcome(float((1 + extreme) / (len(null) + 1)), float(observed - null.mean()), "pseudo")

@@ -29,8 +29,9 @@ class TcavRequest:
     seed: int = 0
     device: str = "cpu"
     classifier: str = "sgd"
-    test: str = "permutation"         # or "ttest", or "pseudo" (pseudo-concept null)
+    test: str = "pseudo"              # pseudo-concept null; or "permutation", "ttest" (random-vs-random)
     null_sets: int = 0                 # test "pseudo": M pseudo-concepts; 0 = auto
+    statistic: str = "auto"            # test "pseudo": "logit-change" (auto) or "tcav"
     correction: str = "bonferroni"
     mode: str = "crop"
     class_examples: str | None = None  # folder; default: labelled videos in the DB
@@ -97,7 +98,8 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
         loaded.class_index(target)
     config = TcavConfig(layers=tuple(request.layers), targets=tuple(request.targets),
                         random_sets=request.random_sets, seed=request.seed, classifier=request.classifier,
-                        test=request.test, null_sets=request.null_sets, correction=request.correction, render_mode=request.mode,
+                        test=request.test, null_sets=request.null_sets, statistic=request.statistic,
+                        correction=request.correction, render_mode=request.mode,
                         random_set_size=request.random_set_size)
     config.validate()
     inputs = gather_inputs(workspace, request, loaded.spec)

@@ -136,7 +136,8 @@ def test_same_seed_gives_identical_results_and_another_seed_other_random_sets(tc
 
 
 def test_power_warning_reaches_the_report_when_n_is_too_small(tcav_toy, inputs, tmp_path):
-    config = TcavConfig(layers=("conv2",), targets=("right",), random_sets=3, classifier="mean-diff")
+    config = TcavConfig(layers=("conv2",), targets=("right",), random_sets=3, classifier="mean-diff",
+                        test="permutation")
     rep = run_tcav(tcav_toy, inputs, config, cache_dir=tmp_path)
     assert not rep.power.possible and any(w.startswith("power:") for w in rep.warnings)
     assert not any(r.significant for r in rep.tested())

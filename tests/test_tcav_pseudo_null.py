@@ -54,7 +54,8 @@ def test_projection_path_equals_fitted_mean_difference_cavs():
                                                               seed=seed) == direct
 
 
-def test_pseudo_null_p_values_are_uniform_for_pure_noise_concepts(tcav_toy, tmp_path):
+@pytest.mark.parametrize("statistic", ["logit-change", "tcav"])
+def test_pseudo_null_p_values_are_uniform_for_pure_noise_concepts(tcav_toy, tmp_path, statistic):
     """Concepts that are just more clips from the pool's distribution: raw p ~ U(0, 1)."""
     rng = np.random.default_rng(11)
     pool = _arrays([noise_clip(rng, W) for _ in range(40)])
@@ -63,8 +64,8 @@ def test_pseudo_null_p_values_are_uniform_for_pure_noise_concepts(tcav_toy, tmp_
     inputs = TcavInputs(concepts, {"right": _arrays(class_clips("right", 10, seed=4)),
                                    "left": _arrays(class_clips("left", 10, seed=5))}, pool)
     config = TcavConfig(layers=("conv1", "conv2"), targets=("right", "left"), random_sets=8, seed=2,
-                        classifier="mean-diff", test="pseudo", null_sets=99, random_set_size=10,
-                        with_static=False, relative=False)
+                        classifier="mean-diff", test="pseudo", statistic=statistic, null_sets=99,
+                        random_set_size=10, with_static=False, relative=False)
     rep = run_tcav(tcav_toy, inputs, config, cache_dir=tmp_path)
     ps = np.array([r.p_value for r in rep.tested() if r.layer == "conv1" or not rep.null_for(r).diagnosis.degenerate])
     assert len(ps) >= 24
@@ -73,19 +74,23 @@ def test_pseudo_null_p_values_are_uniform_for_pure_noise_concepts(tcav_toy, tmp_
     assert rep.power.min_p == pytest.approx(1 / 100)
 
 
-@pytest.fixture(scope="module")
-def planted_report(tcav_toy, tmp_path_factory):
+@pytest.fixture(scope="module", params=["logit-change", "tcav"])
+def planted_report(tcav_toy, tmp_path_factory, request):
     # 30 class examples: with few, pool sets too often tie the concept at TCAV 1.0
     config = TcavConfig(layers=("conv1",), targets=("right",), random_sets=6, seed=3, classifier="mean-diff",
-                        test="pseudo", null_sets=199, with_static=False, relative=False)
+                        test="pseudo", statistic=request.param, null_sets=199, with_static=False, relative=False)
     return run_tcav(tcav_toy, toy_tcav_inputs(seed=0, n_class=30), config, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 def test_planted_concept_gets_a_small_p(planted_report):
     r = planted_report.find("rightward", "conv1", "right")
     assert r.tcav_mean > 0.9
-    # ~2% of pool sets also reach TCAV ~1 on this toy: that, not 1/(M+1), bounds the p here
-    assert 1 / 200 <= r.p_value <= 0.05
+    if planted_report.config.test_statistic == "tcav":
+        # ~2% of pool sets also reach TCAV ~1 on this toy: that, not 1/(M+1), bounds the p here
+        assert 1 / 200 <= r.p_value <= 0.05
+    else:  # the logit change does not saturate: no pool set comes near the planted concept
+        assert r.p_value == pytest.approx(1 / 200)
+        assert r.logit_change_mean > 0 and "raises right" in r.verdict
     assert planted_report.find("blob", "conv1", "right").p_value > 0.1   # the distractor is not
 
 
@@ -108,4 +113,26 @@ def test_summary_exports_the_pseudo_null(planted_report):
 
     (layer,) = json.loads(json.dumps(summary(planted_report)))["layers"]
     (null,) = layer["pseudo_null"].values()
-    assert null["n"] == 199 and 0.0 <= null["mean"] <= 1.0
+    assert null["n"] == 199 and null["std"] > 0
+    assert layer["null_logit_changes"] and len(layer["null_scores"]) == 6
+    if planted_report.config.test_statistic == "tcav":
+        assert 0.0 <= null["mean"] <= 1.0
+    else:  # pool sets against random sets from the same pool: logit changes centre near 0
+        assert abs(null["mean"]) < 3 * null["std"]
+
+
+def test_logit_change_is_the_mean_first_order_change_of_the_class_logit():
+    rng = np.random.default_rng(5)
+    grads, concept, others = rng.normal(size=(7, 12)), rng.normal(1.0, 1, (9, 12)), rng.normal(size=(3, 11, 12))
+    diffs = np.stack([scoring.mean_activation(concept) - scoring.mean_activation(o) for o in others])
+    expected = [np.mean([g @ (concept.mean(0) - o.mean(0)) for g in grads]) for o in others]
+    np.testing.assert_allclose(scoring.logit_changes(grads, diffs), expected)
+
+
+def test_logit_change_needs_the_pseudo_test():
+    from conceptgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--test pseudo"):
+        TcavConfig(layers=("a",), targets=("b",), test="ttest", statistic="logit-change").validate()
+    assert TcavConfig(layers=("a",), targets=("b",)).test_statistic == "logit-change"
+    assert TcavConfig(layers=("a",), targets=("b",), test="permutation").test_statistic == "tcav"

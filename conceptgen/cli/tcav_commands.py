@@ -25,9 +25,13 @@ def register(sub) -> None:
     p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     p.add_argument("--classifier", default="sgd", choices=("sgd", "logistic", "svm", "mean-diff"),
                    help="CAV classifier (default sgd: hinge loss, as TF TCAV and Captum)")
-    p.add_argument("--test", default="permutation", choices=("permutation", "ttest", "pseudo"),
-                   help="test against the random-vs-random null (default permutation; ttest as the paper), "
-                        "or pseudo: against M random-pool pseudo-concepts scored on the same random sets")
+    p.add_argument("--test", default="pseudo", choices=("pseudo", "permutation", "ttest"),
+                   help="pseudo (default): rank against M random-pool pseudo-concepts scored on the same random "
+                        "sets; or a two-sample test against random-vs-random TCAV scores: permutation, or "
+                        "ttest as the Video-TCAV paper")
+    p.add_argument("--statistic", default="auto", choices=("auto", "logit-change", "tcav"),
+                   help="what --test pseudo ranks: the class-logit change towards the concept (auto's choice) "
+                        "or the mean TCAV score; the two-sample tests always use the TCAV score")
     p.add_argument("--null-sets", type=int, default=0,
                    help="with --test pseudo: M pseudo-concepts (0 = auto: Bonferroni reachable)")
     p.add_argument("--correction", default="bonferroni", choices=("bonferroni", "holm"),
@@ -72,7 +76,7 @@ def _tcav(args, ctx) -> int:
         classifier=args.classifier, test=args.test, correction=args.correction, mode=args.mode,
         class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
         weights=args.weights, amp=args.amp, batch_size=args.batch_size,
-        null_sets=args.null_sets)
+        null_sets=args.null_sets, statistic=args.statistic)
     outcome = run_experiment(ctx.workspace, request)
     for line in format_table(outcome.report):
         ctx.echo(line)
