@@ -31,7 +31,9 @@ Figures:
   planted_tcav / planted_p_corrected / planted_significant: the planted concept for
       its class at the first non-degenerate layer, worst class (min TCAV, max p).
   distractors_significant = false_discoveries: distractor hypotheses called
-      significant, summed over classes, layers and variants.
+      significant, summed over classes, layers and variants;
+      false_discovery_max_abs_logit_change against planted_min_logit_change: their
+      effect sizes in class-logit units.
   planted_found: "a/b", planted (dynamic) concept significant over class x layer cells
       at non-degenerate layers.
   dynamic_minus_static: smallest TCAV(dynamic) - TCAV(static) over planted concepts
@@ -44,6 +46,11 @@ Figures:
       model's bare forward (concept and random clips) and forward + backward of the
       class logit to the requested layers (class clips) on the same clips and batch
       size, minus 1: what hashing, deduplication and the on-disk cache cost.
+  clip_predictions: the model's own class for each concept's clips (and the pool's):
+      what the model files each concept under, to read the verdicts against.
+The test is the product default (--test pseudo ranking the class-logit change among
+random-pool pseudo-concepts; see tcav.stats); --test permutation|ttest reproduce the
+TF-TCAV/Captum protocol.
 Prints a table; the last line is JSON.
 """
 from __future__ import annotations
@@ -307,6 +314,25 @@ def stated_hypotheses(class_names) -> tuple[tuple[str, str], ...]:
     return tuple([(f"actor_{c}", c) for c in class_names] + [(d, c) for d in DISTRACTORS for c in class_names])
 
 
+def clip_predictions(loaded, inputs, batch_size: int = 16) -> dict[str, dict[str, int]]:
+    """What the model itself predicts for each concept's clips (and the random pool's):
+    label -> class -> count. Shows which concepts the model files under which class,
+    e.g. a model that calls every clip without translation "growing"."""
+    import torch
+
+    def counts(examples):
+        out = Counter()
+        with torch.no_grad():
+            for i in range(0, len(examples), batch_size):
+                clips = np.stack([e.load() for e in examples[i:i + batch_size]])
+                out.update(loaded.class_names[k] for k in loaded.model(loaded.prepare(clips)).argmax(1).tolist())
+        return dict(sorted(out.items()))
+
+    table = {c.label: counts(c.examples) for c in inputs.concepts}
+    table["random pool"] = counts(inputs.random_pool)
+    return table
+
+
 # --- figures -------------------------------------------------------------------------
 def figures(report, class_names) -> dict:
     degenerate = set(report.degenerate_layers())
@@ -325,6 +351,9 @@ def figures(report, class_names) -> dict:
         "planted_found": f"{sum(r.significant for r in planted)}/{len(planted)}",
         "dynamic_minus_static": round(min(diffs), 4) if diffs else None,
         "degenerate_layers_flagged": sorted(degenerate),
+        # effect sizes, in class-logit units: the false discoveries' against the planted concepts'
+        "false_discovery_max_abs_logit_change": round(max(abs(r.logit_change_mean) for r in false), 3) if false else None,
+        "planted_min_logit_change": round(min(r.logit_change_mean for r in planted), 3) if planted else None,
     }
 
 
@@ -445,6 +474,10 @@ def main(argv=None) -> dict:
         deterministic = all(np.array_equal(a.scores, b.scores) and a.p_value == b.p_value
                             for a, b in zip(report.results, again.results))
         print_table(report)
+        predictions = clip_predictions(loaded, inputs)
+        print("\nthe model's own predictions for each concept's clips:")
+        for label, counts in predictions.items():
+            print(f"  {label:<32} {counts}")
         print(f"ours: {ours_s:.1f} s end to end, deterministic: {deterministic}", flush=True)
         extract_s = extraction_seconds(loaded, inputs, config, tmp / "extract", batch_size)
         bare_s = bare_model_seconds(loaded, inputs, config, batch_size)
@@ -469,6 +502,7 @@ def main(argv=None) -> dict:
         "captum_seconds": None if captum_s is None else round(captum_s, 2),
         "speedup_vs_captum": None if captum_s is None else round(captum_s / ours_s, 3),
         "overhead_vs_bare_model": round(extract_s / bare_s - 1, 3),
+        "clip_predictions": predictions,
         "n_hypotheses": report.power.n_hypotheses,
         "test": config.test, "statistic": config.test_statistic, "classifier": config.classifier,
         "null_sets": report.layer_reports and max((len(m) for lr in report.layer_reports

@@ -446,54 +446,62 @@ def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer,
     and a pseudo-concept that covers them all is left out of the null.
     The logit change and mean-difference CAVs are scored from grad . clip
     projections (no D-sized work per set); other classifiers fit M x N CAVs."""
-    flat = {t: g.reshape(len(g), -1) for t, g in grads.items()}
-    others = [[[i for i in rs if i not in set(ps)] for rs in random_sets] for ps in pseudo_sets]
+    # float64 on both sides: numpy's mixed float32 x float64 matmul skips BLAS (~300x slower)
+    flat = {t: g.reshape(len(g), -1).astype(np.float64) for t, g in grads.items()}
     base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
     split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
-    out = {t: np.empty(len(pseudo_sets)) for t in grads}
     if statistic == "tcav" and classifier.name != MeanDifferenceClassifier.name:
         acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
+        out = {t: np.empty(len(pseudo_sets)) for t in grads}
         for j, ps in enumerate(pseudo_sets):
-            x = acts_of(ps)
+            x, mine = acts_of(ps), set(ps)
             cavs = [classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector
-                    for i, other in enumerate(others[j]) if other]
+                    for i, other in enumerate([i for i in rs if i not in mine] for rs in random_sets) if other]
             for t, g in flat.items():
                 out[t][j] = float(np.mean(scoring.tcav_score(scoring.directional_derivatives(g, np.stack(cavs))))
                                   ) if cavs else np.nan
         return {t: m[~np.isnan(m)] for t, m in out.items()}
     # grad . activation for every class example (row) and every clip any set uses (column)
     columns = sorted({i for ps in pseudo_sets for i in ps} | {i for rs in random_sets for i in rs})
-    column_of = {i: c for c, i in enumerate(columns)}
     projections = {t: np.zeros((len(g), len(columns))) for t, g in flat.items()}
     for start in range(0, len(columns), 32):  # the clips stream through RAM in chunks
         acts = store.activations([pool[i] for i in columns[start:start + 32]], layer)
         acts = acts.reshape(len(acts), -1).astype(np.float64)
         for t, g in flat.items():
             projections[t][:, start:start + len(acts)] = g @ acts.T
-    n_sets = len(random_sets)
-    for first in range(0, len(pseudo_sets), 64):  # each set as clip weights (columns, 64 x N), 64 at a time
-        chunk = range(first, min(first + 64, len(pseudo_sets)))
-        weights = np.zeros((len(columns), len(chunk) * n_sets))
-        empty = np.zeros(len(chunk) * n_sets, bool)
-        for col, (j, i) in enumerate((j, i) for j in chunk for i in range(n_sets)):
-            mine, theirs = [column_of[x] for x in pseudo_sets[j]], [column_of[x] for x in others[j][i]]
-            if not theirs:
-                empty[col] = True
-                continue
-            if statistic == "logit-change":   # mean of the pseudo-concept minus mean of the random set
-                w_c, w_o = np.full(len(mine), 1.0 / len(mine)), np.full(len(theirs), -1.0 / len(theirs))
-            else:                             # the mean-difference CAV's train split, up to its norm
-                w_c, w_o = MeanDifferenceClassifier.train_weights(len(mine), len(theirs), seed=split_seed(j, i))
-            np.add.at(weights[:, col], mine, w_c)
-            np.add.at(weights[:, col], theirs, w_o)
-        for t, proj in projections.items():
-            per_set = proj.mean(axis=0) @ weights if statistic == "logit-change" else \
-                scoring.tcav_score(proj @ weights)                # (64 x N,)
-            valid = (~empty).reshape(len(chunk), n_sets)
-            counts = valid.sum(axis=1)
-            sums = np.where(valid, per_set.reshape(len(chunk), n_sets), 0.0).sum(axis=1)
-            out[t][chunk.start:chunk.stop] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    column_of = {i: c for c, i in enumerate(columns)}
+    members = lambda sets: _membership([[column_of[i] for i in x] for x in sets], len(columns))  # noqa: E731
+    pseudo, randoms = members(pseudo_sets), members(random_sets)
+    if statistic == "logit-change":
+        out = {t: scoring.pseudo_logit_changes(proj.mean(axis=0), pseudo, randoms) for t, proj in projections.items()}
+    else:
+        out = {t: _pseudo_mean_difference_tcav(proj, pseudo, randoms, split_seed) for t, proj in projections.items()}
     return {t: m[~np.isnan(m)] for t, m in out.items()}
+
+
+def _membership(sets: Sequence[Sequence[int]], n: int) -> np.ndarray:
+    """(len(sets), n) 0/1 matrix: row j marks the members of set j."""
+    out = np.zeros((len(sets), n))
+    for j, members in enumerate(sets):
+        out[j, list(members)] = 1.0
+    return out
+
+
+def _pseudo_mean_difference_tcav(projections: np.ndarray, pseudo: np.ndarray, randoms: np.ndarray,
+                                 split_seed) -> np.ndarray:
+    """Mean-difference CAV TCAV scores of each pseudo-concept (rows of ``pseudo``)
+    against each random set less their overlap, averaged over the sets: (M,), NaN
+    where every random set was covered. ``projections`` (n, P) grad . clip."""
+    out = np.empty(len(pseudo))
+    for j, mine in enumerate(pseudo):
+        scores = []
+        for i, theirs in enumerate(randoms):
+            c, o = np.flatnonzero(mine), np.flatnonzero((theirs > 0) & (mine == 0))
+            if len(o):
+                scores.append(MeanDifferenceClassifier.tcav_from_projections(
+                    projections[:, c], projections[:, o], seed=split_seed(j, i)))
+        out[j] = np.mean(scores) if scores else np.nan
+    return out
 
 
 def _relative_cavs(store, classifier, concepts, layer, seed) -> dict[str, list[CAV]]:

@@ -58,6 +58,25 @@ def logit_changes(gradients: np.ndarray, differences: np.ndarray) -> np.ndarray:
     return np.atleast_2d(np.asarray(differences, dtype=np.float64)) @ g
 
 
+def pseudo_logit_changes(projections: np.ndarray, pseudo: np.ndarray, randoms: np.ndarray) -> np.ndarray:
+    """Logit changes of many sets at once, from ``projections`` (P,): the mean class
+    gradient . each pool clip's activation. ``pseudo`` (M, P) and ``randoms`` (N, P)
+    are 0/1 memberships. Set j against random set i less their overlap:
+    mean of set j - mean of the rest of set i (the logit change is linear in the
+    clips). Returns (M,) the mean over the N sets, NaN where every random set is
+    covered by set j."""
+    p = np.asarray(projections, dtype=np.float64)
+    own = (pseudo @ p) / pseudo.sum(axis=1)                                  # (M,)
+    shared_sum, shared_count = (pseudo * p) @ randoms.T, pseudo @ randoms.T  # (M, N)
+    rest_count = randoms.sum(axis=1)[None, :] - shared_count
+    rest = np.divide((randoms @ p)[None, :] - shared_sum, rest_count, out=np.full_like(shared_sum, np.nan),
+                     where=rest_count > 0)
+    per_set = own[:, None] - rest
+    valid = ~np.isnan(per_set)
+    counts = valid.sum(axis=1)
+    return np.where(counts > 0, np.where(valid, per_set, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
+
+
 def mean_activation(activations: np.ndarray) -> np.ndarray:
     """(n, ...) activations -> (D,) float64 mean over the n clips."""
     a = np.asarray(activations)

@@ -136,3 +136,23 @@ def test_logit_change_needs_the_pseudo_test():
         TcavConfig(layers=("a",), targets=("b",), test="ttest", statistic="logit-change").validate()
     assert TcavConfig(layers=("a",), targets=("b",)).test_statistic == "logit-change"
     assert TcavConfig(layers=("a",), targets=("b",), test="permutation").test_statistic == "tcav"
+
+
+def test_vectorised_pseudo_logit_changes_equal_the_set_by_set_rule():
+    rng = np.random.default_rng(8)
+    proj = rng.normal(size=30)
+    pseudo_sets = [sorted(rng.choice(30, 12, replace=False)) for _ in range(20)]
+    random_sets = [sorted(rng.choice(30, 10, replace=False)) for _ in range(4)] + [list(range(10))]
+    pseudo_sets.append(list(range(12)))   # covers the last random set entirely: left out of that mean
+
+    def membership(sets):
+        m = np.zeros((len(sets), 30))
+        for j, x in enumerate(sets):
+            m[j, x] = 1
+        return m
+
+    got = scoring.pseudo_logit_changes(proj, membership(pseudo_sets), membership(random_sets))
+    for j, ps in enumerate(pseudo_sets):
+        rests = [[i for i in rs if i not in ps] for rs in random_sets]
+        expected = np.mean([proj[ps].mean() - proj[rest].mean() for rest in rests if rest])
+        assert got[j] == pytest.approx(expected)
