@@ -10,10 +10,11 @@ pool); both inertias are measured on every point (sum of squared distances to th
 nearest centroid), outside the timed region. scikit-learn runs k-means++ with
 n_init=1 (its defaults otherwise). FAISS is timed exactly as the product calls it,
 ``conceptgen.cluster.kmeans(x, k, seed=seed)`` with its defaults: greedy k-means++
-seeding on a sample of 80 points per centroid, Lloyd iterations (at most 25) on
-FAISS's default training subsample of 256 points per centroid, then every point
-assigned to its nearest centroid. One restart, as scikit-learn's n_init=1
-(``cluster_run`` itself keeps the best of 3). Prints a table; the last line is JSON.
+seeding (4 (2 + ln k) candidates per centre) on a sample of 20 points per centroid,
+Lloyd iterations (at most 25) on FAISS's default training subsample of 256 points
+per centroid, then every point assigned to its nearest centroid and one Lloyd step
+on every point. One restart, as scikit-learn's n_init=1 (``cluster_run`` itself
+keeps the best of 3). Prints a table; the last line is JSON.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ Every function here is pure and deterministic: no randomness, no I/O.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -86,49 +87,63 @@ def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequ
         raise DataError(f"tube frames {tube_frames[0]}..{tube_frames[-1]} are outside the video's "
                         f"{len(frames)} decoded frames; decode the whole video before rendering")
     h, w = frames.shape[1:3]
-    positions = tube_positions(len(tube_frames), num_frames, static=static)
-    picked = np.unique(positions)
+    picked, order = _picked_positions(len(tube_frames), num_frames, static)
     sy, sx = h / masks[0].shape[0], w / masks[0].shape[1]
-    picked_boxes = [scale_box(boxes[p], sx, sy) for p in picked]
     fill_rgb = np.asarray(fill, dtype=np.uint8).reshape(3)
-    windows = _tube_windows(picked_boxes, mode, h, w, margin, per_frame_crop)
+    windows = _tube_windows([boxes[p] for p in picked], sx, sy, mode, h, w, margin, per_frame_crop)
 
     clip = np.empty((len(picked), side, side, 3), dtype=np.uint8)
-    for i, (p, window) in enumerate(zip(picked, windows)):
-        frame = frames[tube_frames[p]]
-        if mode == "crop":
-            patch = _cut(frame, window, fill_rgb)
-        else:  # the context window lies inside the frame, so masking after the cut is exact
-            patch = _isolate_region(frame, resize_mask(masks[p], h, w), window, mode, fill_rgb, blur_sigma)
-        _resize_into(patch, clip[i])
-    return clip[np.searchsorted(picked, positions)]
+    if mode == "crop":
+        for p, window, out in zip(picked, windows, clip):
+            _resize_into(_cut(frames[tube_frames[p]], window, fill_rgb), out)
+    else:  # one context window for the whole tube
+        _resize_stack_into(_isolate_regions([frames[tube_frames[p]] for p in picked],
+                                            [resize_mask(masks[p], h, w) for p in picked], windows[0], mode,
+                                            fill_rgb, blur_sigma), clip)
+    return clip[order]
 
 
-def _tube_windows(boxes: list[list[float]], mode: str, h: int, w: int, margin: float,
-                  per_frame_crop: bool) -> list[tuple[int, int, int]]:
+@functools.lru_cache(maxsize=256)
+def _picked_positions(tube_length: int, num_frames: int, static: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct :func:`tube_positions` (sorted) and, per clip frame, its index among them.
+    Cached (read-only arrays): every tube of a given length samples the same positions."""
+    positions = tube_positions(tube_length, num_frames, static=static)
+    picked = np.unique(positions)
+    order = np.searchsorted(picked, positions)
+    picked.flags.writeable = order.flags.writeable = False
+    return picked, order
+
+
+def _tube_windows(boxes: list[Sequence[float]], sx: float, sy: float, mode: str, h: int, w: int,
+                  margin: float, per_frame_crop: bool) -> list[tuple[int, int, int]]:
     """One square ``(x0, y0, size)`` window per rendered frame: the tube's context
-    window (``mask``, ``blur``), or a crop around the union box or each frame's box."""
+    window (``mask``, ``blur``), or a crop around the union box or each frame's box.
+    ``boxes`` are in mask pixels; ``sx``, ``sy`` scale them to frame pixels."""
+    if mode == "crop" and per_frame_crop:
+        return [_crop_window(scale_box(box, sx, sy), margin, h, w) for box in boxes]
+    union = scale_box(union_box(boxes), sx, sy)  # a positive scale commutes with min and max
     if mode != "crop":
-        return [_context_window(union_box(boxes), h, w)] * len(boxes)
-    if per_frame_crop:
-        return [_crop_window(box, margin, h, w) for box in boxes]
-    return [_crop_window(union_box(boxes), margin, h, w)] * len(boxes)
+        return [_context_window(union, h, w)] * len(boxes)
+    return [_crop_window(union, margin, h, w)] * len(boxes)
 
 
-def _isolate_region(frame: np.ndarray, mask: np.ndarray, window: tuple[int, int, int], mode: str,
-                    fill_rgb: np.ndarray, blur_sigma: float | None) -> np.ndarray:
-    """The window of ``frame`` (inside the frame) with the region kept and, outside
-    ``mask`` (bool, frame-sized), the mean fill (``mask``) or the blurred frame (``blur``).
-    -> ``(size, size, 3)`` uint8."""
+def _isolate_regions(frames: list[np.ndarray], masks: list[np.ndarray], window: tuple[int, int, int],
+                     mode: str, fill_rgb: np.ndarray, blur_sigma: float | None) -> np.ndarray:
+    """The window (inside the frame, so masking after the cut is exact) of each frame
+    ``(H, W, 3)`` uint8, with the region kept and, outside its ``mask`` (bool ``(H, W)``),
+    the mean fill (``mask``) or the blurred frame (``blur``). -> ``(n, size, size, 3)`` uint8."""
     x0, y0, size = window
     rows, cols = slice(y0, y0 + size), slice(x0, x0 + size)
     if mode == "mask":
-        out = _filled(size, fill_rgb)
-    else:  # blur the whole frame, so the frame's own border (not the window's) is reflected
-        sigma = blur_sigma if blur_sigma is not None else float(np.hypot(*frame.shape[:2])) / 30.0
-        blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
-        out = np.ascontiguousarray(blurred[rows, cols])
-    cv2.copyTo(frame[rows, cols], mask[rows, cols].view(np.uint8), out)  # in place: out is the right size
+        out = _filled(size, fill_rgb, count=len(frames))  # one fill for the whole tube
+    else:  # blur each whole frame, so the frame's own border (not the window's) is reflected
+        out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+        for frame, patch in zip(frames, out):
+            sigma = blur_sigma if blur_sigma is not None else float(np.hypot(*frame.shape[:2])) / 30.0
+            blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+            patch[...] = blurred[rows, cols]
+    for frame, mask, patch in zip(frames, masks, out):
+        cv2.copyTo(frame[rows, cols], mask[rows, cols].view(np.uint8), patch)  # in place: patch is the right size
     return out
 
 
@@ -167,12 +182,12 @@ def _cut(frame: np.ndarray, window: tuple[int, int, int], fill_rgb: np.ndarray) 
     return patch
 
 
-def _filled(size: int, fill_rgb: np.ndarray) -> np.ndarray:
-    """A ``(size, size, 3)`` uint8 square of one colour."""
-    out = np.empty((size, size, 3), dtype=np.uint8)
+def _filled(size: int, fill_rgb: np.ndarray, *, count: int | None = None) -> np.ndarray:
+    """A ``(size, size, 3)`` uint8 square of one colour, or ``count`` of them stacked."""
+    out = np.empty(((count or 1) * size, size, 3), dtype=np.uint8)
     out[0] = fill_rgb
     out[1:] = out[0]  # row-wise copies: filling every pixel from (3,) directly is ~15x slower
-    return out
+    return out.reshape(count, size, size, 3) if count is not None else out
 
 
 def _resize_into(patch: np.ndarray, out: np.ndarray) -> None:
@@ -181,6 +196,29 @@ def _resize_into(patch: np.ndarray, out: np.ndarray) -> None:
     side = out.shape[0]
     interpolation = cv2.INTER_AREA if patch.shape[0] > side else cv2.INTER_LINEAR
     cv2.resize(patch, (side, side), dst=out, interpolation=interpolation)
+
+
+def _resize_stack_into(patches: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_resize_into` for each of ``patches`` ``(n, size, size, 3)`` uint8 into ``out``
+    ``(n, side, side, 3)``; one OpenCV call on the patches stacked vertically when that
+    provably gives the same bytes (saves ~10% of a 112 -> 32 render in call overhead)."""
+    n, size, side = len(patches), patches.shape[1], out.shape[1]
+    if _stacked_area_is_exact(size, side):
+        cv2.resize(patches.reshape(n * size, size, 3), (side, n * side), dst=out.reshape(n * side, side, 3),
+                   interpolation=cv2.INTER_AREA)
+        return
+    for patch, dst in zip(patches, out):
+        _resize_into(patch, dst)
+
+
+def _stacked_area_is_exact(size: int, side: int) -> bool:
+    """Whether area-shrinking ``size`` -> ``side`` pixels gives the same weights for every
+    patch of a vertical stack as for one patch: OpenCV's cell size ``1 / (side / size)``
+    must equal ``size / side`` exactly, and that be a dyadic fraction (true for side 32
+    and most sizes), so each cell edge ``row * scale`` is exact, cells end on patch
+    borders, and every weight is computed from the same numbers."""
+    odd_part = side // (side & -side)
+    return size > side and size % odd_part == 0 and 1.0 / (side / size) == size / side
 
 
 # --------------------------------------------------------------------------- annotator previews

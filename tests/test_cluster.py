@@ -61,6 +61,24 @@ def test_greedy_seeding_is_seeded_and_puts_one_seed_in_every_separated_blob():
     assert sorted(truth[rows]) == list(range(12))
 
 
+def test_greedy_seeding_misses_at_most_one_of_many_noisy_high_dimensional_blobs():
+    # 40 blobs in 256-D with unit noise: D² is only ~2x larger on a blob without a seed,
+    # the regime where 2 + ln k candidates per step miss 1-4 blobs (see greedy_kmeanspp).
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        truth = np.repeat(np.arange(40), 30)
+        x = rng.normal(size=(40, 256)).astype(np.float32)[truth] + rng.standard_normal((1200, 256), np.float32)
+        rows = [int(np.flatnonzero((x == c).all(axis=1))[0]) for c in greedy_kmeanspp(x, 40, seed=seed)]
+        assert len(set(truth[rows])) >= 39
+
+
+def test_lloyd_steps_on_every_point_after_subsample_training_lower_the_inertia():
+    x, _ = blobs(n_per=100, k=8, d=32, spread=2.0, seed=6)
+    # 16 points per centroid: FAISS trains on a 128-point subsample of the 800
+    inertias = [kmeans(x, 8, seed=1, max_points_per_centroid=16, full_steps=s).inertia for s in (0, 1, 2)]
+    assert inertias[1] < inertias[0] and inertias[2] <= inertias[1]
+
+
 def test_greedy_seeding_survives_duplicate_points():
     x = np.repeat(np.eye(3, 8, dtype=np.float32), 20, axis=0)  # 3 distinct points, 5 seeds wanted
     seeds = greedy_kmeanspp(x, 5, seed=0)

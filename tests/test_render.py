@@ -84,17 +84,32 @@ def wide_scene(num_frames=6, seed=1):
 
 
 @pytest.mark.parametrize("mode", ["mask", "blur"])
-def test_context_modes_equal_isolating_the_whole_frame_then_cutting_and_area_resizing(mode):
+@pytest.mark.parametrize("side", [20, 32])  # 48 -> 20 is not a dyadic ratio, 48 -> 32 is
+def test_context_modes_equal_isolating_the_whole_frame_then_cutting_and_area_resizing(mode, side):
     frames, masks = wide_scene()
     fill = (9, 99, 199)
-    clip = render_tube_clip(*tube_args(frames, masks, 0, 6), mode=mode, num_frames=6, side=20, fill=fill)
+    clip = render_tube_clip(*tube_args(frames, masks, 0, 6), mode=mode, num_frames=6, side=side, fill=fill)
     sigma = float(np.hypot(48, 80)) / 30.0
     for t in range(6):
         background = (np.broadcast_to(np.array(fill, np.uint8), frames[t].shape) if mode == "mask" else
                       cv2.GaussianBlur(frames[t], (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT))
         isolated = np.where(masks[t][..., None], frames[t], background)
-        expected = cv2.resize(np.ascontiguousarray(isolated[:, 32:80]), (20, 20), interpolation=cv2.INTER_AREA)
+        expected = cv2.resize(np.ascontiguousarray(isolated[:, 32:80]), (side, side), interpolation=cv2.INTER_AREA)
         assert np.array_equal(clip[t], expected)
+
+
+@pytest.mark.parametrize("frame_side,side", [(112, 32), (100, 32), (128, 32), (96, 24), (70, 24), (130, 64),
+                                             (200, 160), (181, 160)])
+def test_mask_mode_equals_per_frame_area_resizing_for_any_window_and_clip_size(frame_side, side):
+    rng = np.random.default_rng(frame_side + side)
+    frames = rng.integers(0, 256, size=(8, frame_side, frame_side, 3), dtype=np.uint8)
+    masks = rng.random((8, frame_side, frame_side)) < 0.5  # noise: any arithmetic difference shows
+    fill = (9, 99, 199)
+    clip = render_tube_clip(frames, list(range(8)), list(masks), [[0.0, 0.0, frame_side, frame_side]] * 8,
+                            mode="mask", num_frames=8, side=side, fill=fill)
+    for t in range(8):
+        isolated = np.where(masks[t][..., None], frames[t], np.array(fill, np.uint8))
+        assert np.array_equal(clip[t], cv2.resize(isolated, (side, side), interpolation=cv2.INTER_AREA))
 
 
 def test_a_tube_shorter_than_the_clip_repeats_its_frames_in_order():
