@@ -79,8 +79,15 @@ def plot_scores(report: TcavReport, target: str, path: Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("TCAV score")
-    fig.text(0.01, 0.01, "* significant after correction; // unreliable CAV", fontsize=7)
+    fig.text(0.01, 0.01, f"* significant after {report.config.correction} correction ({_test_label(report.config)}); "
+             "// unreliable CAV", fontsize=7)
     return _save(plt, fig, path)
+
+
+def _test_label(config) -> str:
+    if config.test == "pseudo":
+        return f"{config.test_statistic} ranked among pseudo-concepts"
+    return f"{config.test} test of TCAV scores against random-vs-random"
 
 
 def plot_static_dynamic(report: TcavReport, target: str, path: Path) -> Path:
