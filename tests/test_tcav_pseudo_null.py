@@ -2,6 +2,8 @@
 powerful on a planted concept, seeded, and independent of the concept list."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -156,3 +158,18 @@ def test_vectorised_pseudo_logit_changes_equal_the_set_by_set_rule():
         rests = [[i for i in rs if i not in ps] for rs in random_sets]
         expected = np.mean([proj[ps].mean() - proj[rest].mean() for rest in rests if rest])
         assert got[j] == pytest.approx(expected)
+
+
+def test_a_pool_too_small_for_pseudo_concepts_gets_a_one_line_error(tcav_toy, tmp_path):
+    from conceptgen.errors import DataError
+
+    inputs = toy_tcav_inputs(seed=1, n_concept=15, n_pool=24)   # 24 < 15 concept clips + 10 per random set
+    config = TcavConfig(layers=("conv1",), targets=("right",), random_sets=4, random_set_size=10,
+                        with_static=False, relative=False)
+    with pytest.raises(DataError) as error:
+        run_tcav(tcav_toy, inputs, config, cache_dir=tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and "24 clips" in message and "--test permutation" in message
+    # the two-sample tests still run on the same pool
+    report = run_tcav(tcav_toy, inputs, replace(config, test="permutation"), cache_dir=tmp_path)
+    assert report.find("rightward", "conv1", "right").p_value is not None
