@@ -35,6 +35,7 @@ from conceptgen.progress import progress
 
 STORAGE_DTYPES = ("float32", "float16")
 CACHE_FILE = "activations.sqlite"
+PAGE_SIZE = 65536   # bytes, SQLite's largest
 
 
 class ClipExample(Protocol):
@@ -98,10 +99,14 @@ class BlobCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
+        # Arrays are tens of KB: large pages and a rowid table (blobs out of the key's
+        # B-tree) halve the write cost. Both only take effect when the file is created;
+        # a file made with other settings keeps working as it is.
+        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS arrays (key TEXT PRIMARY KEY, dtype TEXT NOT NULL, "
-                         "shape TEXT NOT NULL, data BLOB NOT NULL) WITHOUT ROWID")
+                         "shape TEXT NOT NULL, data BLOB NOT NULL)")
         self._db.commit()
 
     def _select(self, columns: str, keys: Sequence[str]):

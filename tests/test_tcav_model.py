@@ -81,6 +81,31 @@ def test_cache_invalidates_when_weights_change(tcav_toy, tmp_path):
     assert changed.computed == 4 and not np.allclose(before, after)
 
 
+def test_blob_cache_uses_large_pages_and_still_reads_a_file_of_the_first_layout(tmp_path):
+    import sqlite3
+
+    from tcav.activations import PAGE_SIZE, BlobCache
+
+    fresh = BlobCache(tmp_path / "new.sqlite")
+    array = np.arange(5000, dtype=np.float32).reshape(50, 100)
+    fresh.put_many([("a", array)])
+    assert fresh._db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    np.testing.assert_array_equal(fresh.get_many(["a"])[0], array)
+    # a cache written by the first layout (default pages, WITHOUT ROWID) keeps working as it is
+    old = sqlite3.connect(tmp_path / "old.sqlite")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE arrays (key TEXT PRIMARY KEY, dtype TEXT NOT NULL, shape TEXT NOT NULL, "
+                "data BLOB NOT NULL) WITHOUT ROWID")
+    old.execute("INSERT INTO arrays VALUES (?, ?, ?, ?)", ("b", array.dtype.str, "50,100", array.tobytes()))
+    old.commit()
+    old.close()
+    reopened = BlobCache(tmp_path / "old.sqlite")
+    np.testing.assert_array_equal(reopened.get_many(["b"])[0], array)
+    reopened.put_many([("b", array * 2), ("c", array)])
+    assert reopened.present(["a", "b", "c"]) == {"b", "c"}
+    np.testing.assert_array_equal(reopened.get_many(["b"])[0], array * 2)
+
+
 # --- diagnostics ---------------------------------------------------------------------
 def test_pooled_layer_is_degenerate_and_an_earlier_conv_layer_is_not(tcav_toy, tmp_path):
     store = ActivationStore(tmp_path, tcav_toy, ["conv1", "pool"])
