@@ -505,8 +505,7 @@ def main(argv=None) -> dict:
         "clip_predictions": predictions,
         "n_hypotheses": report.power.n_hypotheses,
         "test": config.test, "statistic": config.test_statistic, "classifier": config.classifier,
-        "null_sets": report.layer_reports and max((len(m) for lr in report.layer_reports
-                                                   for m in lr.pseudo_means.values()), default=0),
+        "null_sets": max((len(m) for lr in report.layer_reports for m in lr.pseudo_means.values()), default=0),
         "min_p": report.power.min_p,
         "n_random_sets": report.n_random_sets,
         "layers": list(layers),

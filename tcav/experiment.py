@@ -327,10 +327,10 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
     pseudo = config.test == "pseudo"
     pools, random_sets, null_pairs, candidates = _draw_usable_sets(store, pool, variants, n_sets,
                                                                    config.random_set_size, seed, pseudo=pseudo)
-    sizes = {(c.name, c.variant): len(c.examples) for c in concepts}
-    if pseudo and not pseudo_test_fits(len(pool), max(sizes.values()), config.random_set_size):
+    largest = max(len(c.examples) for c in concepts)
+    if pseudo and not pseudo_test_fits(len(pool), largest, config.random_set_size):
         raise DataError(f"the random pool has {len(pool)} clips, too few for the pseudo-concept test with "
-                        f"concepts of {max(sizes.values())} and random sets of {config.random_set_size} "
+                        f"concepts of {largest} and random sets of {config.random_set_size} "
                         "(it needs their sum): add clips, lower --random-set-size, or use --test permutation")
 
     results: list[HypothesisResult] = []
@@ -372,7 +372,7 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
                   and _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
         n_null_sets = null_set_count(config, len(family))
         pseudo_sets = {size: draw_pseudo_concepts(candidates, n_null_sets, size, seed)
-                       for size in sorted({sizes[(r.concept, r.variant)] for r in family})}
+                       for size in sorted({r.n_examples for r in family})}
         for layer in config.layers:
             cells = {(r.target, r.variant) for r in family if r.layer == layer}
             grads = {t: store.gradients(inputs.class_examples[t], layer, targets[t])
@@ -385,7 +385,7 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
                         nulls[(layer, t, variant)].pseudo_means[size] = m
     power = _test_and_correct(results, layer_reports, config, n_sets, seed,
                               grid=max(len(inputs.class_examples[t]) for t in targets),
-                              sizes=sizes, n_null_sets=n_null_sets)
+                              n_null_sets=n_null_sets)
     cost = None if not pseudo or _pseudo_is_cheap(config) else (
         f"the pseudo-concept null fitted {n_null_sets} x {n_sets} {classifier.name} CAVs per layer, variant "
         "and concept size: use --statistic logit-change or --classifier mean-diff for the nearly free path")
@@ -448,19 +448,35 @@ def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer,
     projections (no D-sized work per set); other classifiers fit M x N CAVs."""
     # float64 on both sides: numpy's mixed float32 x float64 matmul skips BLAS (~300x slower)
     flat = {t: g.reshape(len(g), -1).astype(np.float64) for t, g in grads.items()}
-    base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
-    split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
+    if statistic == "logit-change":
+        split_seed = None   # no CAV, no train split
+    else:
+        base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
+        split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
     if statistic == "tcav" and classifier.name != MeanDifferenceClassifier.name:
-        acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
-        out = {t: np.empty(len(pseudo_sets)) for t in grads}
-        for j, ps in enumerate(pseudo_sets):
-            x, mine = acts_of(ps), set(ps)
-            cavs = [classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector
-                    for i, other in enumerate([i for i in rs if i not in mine] for rs in random_sets) if other]
-            for t, g in flat.items():
-                out[t][j] = float(np.mean(scoring.tcav_score(scoring.directional_derivatives(g, np.stack(cavs))))
-                                  ) if cavs else np.nan
-        return {t: m[~np.isnan(m)] for t, m in out.items()}
+        out = _pseudo_fitted_tcav(store, classifier, pool, pseudo_sets, random_sets, layer, flat, split_seed)
+    else:
+        out = _pseudo_from_projections(store, pool, pseudo_sets, random_sets, layer, flat, statistic, split_seed)
+    return {t: m[~np.isnan(m)] for t, m in out.items()}
+
+
+def _pseudo_fitted_tcav(store, classifier, pool, pseudo_sets, random_sets, layer, flat, split_seed):
+    """Target -> (M,) mean TCAV score of each pseudo-concept, one classifier fit per random set."""
+    acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
+    out = {t: np.empty(len(pseudo_sets)) for t in flat}
+    for j, ps in enumerate(pseudo_sets):
+        x, mine = acts_of(ps), set(ps)
+        cavs = [classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector
+                for i, other in enumerate([i for i in rs if i not in mine] for rs in random_sets) if other]
+        for t, g in flat.items():
+            out[t][j] = float(np.mean(scoring.tcav_score(scoring.directional_derivatives(g, np.stack(cavs))))
+                              ) if cavs else np.nan
+    return out
+
+
+def _pseudo_from_projections(store, pool, pseudo_sets, random_sets, layer, flat, statistic, split_seed):
+    """Target -> (M,) logit change or mean-difference TCAV score of each pseudo-concept,
+    from grad . clip projections of the clips the sets use."""
     # grad . activation for every class example (row) and every clip any set uses (column)
     columns = sorted({i for ps in pseudo_sets for i in ps} | {i for rs in random_sets for i in rs})
     projections = {t: np.zeros((len(g), len(columns))) for t, g in flat.items()}
@@ -473,10 +489,8 @@ def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer,
     members = lambda sets: _membership([[column_of[i] for i in x] for x in sets], len(columns))  # noqa: E731
     pseudo, randoms = members(pseudo_sets), members(random_sets)
     if statistic == "logit-change":
-        out = {t: scoring.pseudo_logit_changes(proj.mean(axis=0), pseudo, randoms) for t, proj in projections.items()}
-    else:
-        out = {t: _pseudo_mean_difference_tcav(proj, pseudo, randoms, split_seed) for t, proj in projections.items()}
-    return {t: m[~np.isnan(m)] for t, m in out.items()}
+        return {t: scoring.pseudo_logit_changes(proj.mean(axis=0), pseudo, randoms) for t, proj in projections.items()}
+    return {t: _pseudo_mean_difference_tcav(proj, pseudo, randoms, split_seed) for t, proj in projections.items()}
 
 
 def _membership(sets: Sequence[Sequence[int]], n: int) -> np.ndarray:
@@ -557,8 +571,7 @@ def _temporal(grads: np.ndarray, cavs: list[CAV]) -> scoring.TemporalProfile:
 
 
 def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, seed: int, *,
-                      grid: int, sizes: dict[tuple[str, str], int] | None = None,
-                      n_null_sets: int = 0) -> stats.PowerCheck:
+                      grid: int, n_null_sets: int = 0) -> stats.PowerCheck:
     """Step 6: p-values against the variant's null, corrected over the family of
     testable hypotheses (stated pairs at non-degenerate layers), verdicts.
     Hypotheses outside the family keep their raw p and get p_corrected 1.0."""
@@ -567,7 +580,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
     for r in tested:
         null = nulls[(r.layer, r.target, r.variant)]
         if config.test == "pseudo":  # outside the family no null is built: p 1.0, verdict "not tested"
-            m = null.pseudo_means.get(sizes[(r.concept, r.variant)])
+            m = null.pseudo_means.get(r.n_examples)
             r.p_value = 1.0 if m is None else stats.pseudo_concept_p(r.statistic(config.test_statistic), m).p_value
             continue
         r.p_value = stats.compare_to_null(r.scores, null.null_scores, test=config.test,
@@ -592,7 +605,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
                          f"vs random {quality.null_accuracy:.2f})")
         elif p <= config.alpha:
             r.significant = True
-            r.verdict = _significant_verdict(r, null, config, sizes[(r.concept, r.variant)] if sizes else 0)
+            r.verdict = _significant_verdict(r, null, config)
         else:
             r.verdict = "not significant"
     for r in results:
@@ -602,11 +615,11 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
                              grid=grid, n_resamples=config.n_resamples, n_null_sets=n_null_sets)
 
 
-def _significant_verdict(r: HypothesisResult, null: LayerReport, config: TcavConfig, size: int) -> str:
+def _significant_verdict(r: HypothesisResult, null: LayerReport, config: TcavConfig) -> str:
     """Which way the concept moves the class, by the tested statistic against its
     null's centre (the pseudo-concepts' median, or the random-vs-random mean)."""
     if config.test == "pseudo":
-        observed, centre = r.statistic(config.test_statistic), float(np.median(null.pseudo_means[size]))
+        observed, centre = r.statistic(config.test_statistic), float(np.median(null.pseudo_means[r.n_examples]))
     else:
         observed, centre = r.tcav_mean, null.null_mean
     direction = "raises" if observed > centre else "lowers"
