@@ -1,6 +1,6 @@
 """Embedding throughput: the pipeline's embedding stage against the model's bare forward.
 
-    python benchmarks/embedding.py [--tubes 96] [--batch-size 16]
+    python benchmarks/embedding.py [--tubes 96] [--batch-size 16] [--device cuda [--amp]]
 
 Tubes are the ground-truth object tubes of a small synthetic set (so segmentation is
 not timed). The pipeline stage = render each tube clip (render.render_tube_clip) +
@@ -8,7 +8,9 @@ LoadedModel.prepare + forward with hooks + pooling, batch by batch (embed.embed_
 The bare model = the same network's forward on the same, already prepared batches.
 The demo network is used (trained weights when ``--workspace`` holds demo.pt, else
 random weights: throughput does not depend on the weights), or ``--model ARCH``, a
-registry architecture with random weights. CPU, 2 threads.
+registry architecture with random weights. CPU with 2 threads, or ``--device cuda``
+(every timed step then ends with a CUDA synchronise; ``--amp`` runs both the pipeline
+and the bare forward under float16 autocast).
 Overhead = pipeline seconds / bare seconds - 1 (target <= 0.30). Also timed on their
 own, to show where the overhead goes: rendering the clips, and embedding the already
 rendered clips (prepare + forward with hooks + pooling). The four are measured batch by
@@ -51,7 +53,7 @@ def ground_truth_tubes(n_tubes: int, seed: int, work: Path):
     return tubes
 
 
-def load_demo(workspace: Path | None, name: str = "demo"):
+def load_demo(workspace: Path | None, name: str = "demo", device: str = "cpu"):
     import torch
 
     from conceptgen.demo_model import DEMO_SPEC, build_demo_network
@@ -59,13 +61,13 @@ def load_demo(workspace: Path | None, name: str = "demo"):
     from conceptgen.workspace import Workspace
 
     if name != "demo":
-        return load_model(name)  # a registry architecture with random weights
+        return load_model(name, device=device)  # a registry architecture with random weights
     if workspace is not None and (workspace / "models" / "demo.pt").is_file():
-        return load_model("demo", workspace=Workspace.resolve(workspace))
+        return load_model("demo", workspace=Workspace.resolve(workspace), device=device)
     torch.manual_seed(0)
-    model = build_demo_network().eval()
+    model = build_demo_network().eval().to(device)
     return LoadedModel(name="demo-random", model=model, spec=DEMO_SPEC, class_names=["a", "b", "c", "d"],
-                       fingerprint=model_fingerprint(model), device=torch.device("cpu"))
+                       fingerprint=model_fingerprint(model), device=torch.device(device))
 
 
 def main(argv=None) -> dict:
@@ -76,8 +78,10 @@ def main(argv=None) -> dict:
     p.add_argument("--layers", default=None, help="layers (default: the model's default layer)")
     p.add_argument("--workspace", type=Path, default=None)
     p.add_argument("--model", default="demo", help="demo, or a registry architecture (random weights), e.g. x3d_xs")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     args = p.parse_args(argv)
 
     import torch
@@ -89,14 +93,17 @@ def main(argv=None) -> dict:
 
     set_quiet(True)
     torch.set_num_threads(2)
-    loaded = load_demo(args.workspace, args.model)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("error: CUDA is not available on this machine; run without --device cuda")
+    loaded = load_demo(args.workspace, args.model, args.device)
     layers = tuple(args.layers.split(",")) if args.layers else default_layers(loaded)
     mode = args.mode or DEFAULT_RENDER_MODE
     spec = loaded.spec
     fill = fill_from_mean(spec.mean)
     with tempfile.TemporaryDirectory() as tmp:
         tubes = ground_truth_tubes(args.tubes, args.seed, Path(tmp))
-    embedder = HookEmbedder(loaded, layers, pooling="mean")
+    embedder = HookEmbedder(loaded, layers, pooling="mean", amp=args.amp)
 
     def render(t):
         frames, idx, masks, boxes = t
@@ -107,16 +114,20 @@ def main(argv=None) -> dict:
     batches = list(batched(tubes, args.batch_size))
     clips = [np.stack([render(t) for t in batch]) for batch in batches]
     prepared = [loaded.prepare(c) for c in clips]
-    embed_clips(embedder, (render(t) for t in batches[0]), batch_size=args.batch_size)  # warm-up
 
     def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     def bare_forward(x):
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", enabled=args.amp):
             loaded.model(x)
+
+    embed_clips(embedder, (render(t) for t in batches[0]), batch_size=args.batch_size)  # warm-up
+    bare_forward(prepared[0])
 
     # Interleaved batch by batch, so every measure of a batch sees the same machine load
     # (the machine may be shared); per batch the best of --repeats, summed over batches.
@@ -135,14 +146,16 @@ def main(argv=None) -> dict:
     n = len(tubes)
     pipe, bare = best["pipeline"], best["bare"]
     load = os.getloadavg()[0]
-    print(f"model {loaded.name}, layers {','.join(layers)}, mode {mode}, {n} tubes, batch {args.batch_size}, "
+    where = torch.cuda.get_device_name(0) + (", amp" if args.amp else "") if cuda else "cpu, 2 threads"
+    print(f"{where}; model {loaded.name}, layers {','.join(layers)}, mode {mode}, {n} tubes, batch {args.batch_size}, "
           f"clip {spec.num_frames}x{spec.side}x{spec.side}, frames {tubes[0][0].shape[2]}x{tubes[0][0].shape[1]}, "
           f"load average {load:.2f}")
     print(f"{'':<26} {'seconds':>8} {'tubes/s':>8} {'ms/tube':>8}")
     for label, key in (("pipeline (render+embed)", "pipeline"), ("bare forward", "bare"),
                        ("  render alone", "render"), ("  embed rendered clips", "embed")):
         print(f"{label:<26} {best[key]:>8.3f} {n / best[key]:>8.1f} {1e3 * best[key] / n:>8.3f}")
-    result = {"tubes": n, "batch_size": args.batch_size, "mode": mode, "layers": list(layers),
+    result = {"device": args.device, "amp": args.amp, "model": args.model, "tubes": n, "batch_size": args.batch_size,
+              "mode": mode, "layers": list(layers),
               "pipeline_tubes_per_s": round(n / pipe, 2), "bare_tubes_per_s": round(n / bare, 2),
               "overhead": round(pipe / bare - 1, 4),
               "render_ms_per_tube": round(1e3 * best["render"] / n, 3),

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conceptgen.errors import ConfigError, IntegrityError
+from conceptgen.malloc_tuning import keep_freed_memory
 from conceptgen.orm import Embedding, Tube
 
 POOLINGS = ("mean", "time")
@@ -122,6 +123,7 @@ class HookEmbedder(Embedder):
             raise ConfigError("no layers given; pass --layers NAME[,NAME...]")
         if amp and torch.device(loaded.device).type != "cuda":
             raise ConfigError("--amp needs --device cuda; drop --amp on CPU")
+        keep_freed_memory()  # a forward per batch: no page faults per batch
         self.loaded = loaded
         self.layers = tuple(layers)
         self.pooling = pooling

@@ -16,6 +16,7 @@ random weights unless ``pretrained=True`` (downloads; fails at once offline) or
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import socket
 import urllib.parse
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -110,10 +112,30 @@ def normalize_clips(clips: np.ndarray | torch.Tensor, spec: InputSpec,
         raise DataError(f"{what} needs clips shaped (B, {want[0]}, {want[1]}, {want[2]}, 3), got "
                         f"{tuple(x.shape)}; sample with videoio.sample_indices and resize with "
                         "videoio.resize_clip")
-    x = x.to(device).permute(0, 4, 1, 2, 3).float().div_(255.0)
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1, 1)
-    return (x - mean) / std
+    if isinstance(clips, np.ndarray) and clips.dtype == np.uint8 and torch.device(device).type == "cpu":
+        # A uint8 value has 256 normalised values per channel: one table lookup (cv2.LUT)
+        # gives the same floats as the arithmetic below, in a third of its time.
+        table = _normalisation_table(tuple(spec.mean), tuple(spec.std))
+        flat = cv2.LUT(np.ascontiguousarray(clips).reshape(-1, spec.side, 3), table)
+        return torch.from_numpy(flat).view(x.shape).permute(0, 4, 1, 2, 3)
+    return _normalise(x.to(device), spec.mean, spec.std)
+
+
+def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W): (x / 255 - mean) / std per channel."""
+    x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(1, 256, 3) float32: :func:`_normalise` of every uint8 value in each channel."""
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256, 1).expand(1, 1, 1, 256, 3)
+    table = _normalise(values, mean, std).permute(0, 2, 3, 4, 1).reshape(1, 256, 3).contiguous().numpy()
+    table.flags.writeable = False
+    return table
 
 
 def pack_pathways(x: torch.Tensor, spec: InputSpec) -> torch.Tensor | list[torch.Tensor]:

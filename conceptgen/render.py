@@ -13,6 +13,7 @@ Every function here is pure and deterministic: no randomness, no I/O.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import cv2
@@ -97,10 +98,15 @@ def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequ
         for p, window, out in zip(picked, windows, clip):
             _resize_into(_cut(frames[tube_frames[p]], window, fill_rgb), out)
     else:  # one context window for the whole tube
-        _resize_stack_into(_isolate_regions([frames[tube_frames[p]] for p in picked],
-                                            [resize_mask(masks[p], h, w) for p in picked], windows[0], mode,
-                                            fill_rgb, blur_sigma), clip)
-    return clip[order]
+        picked_frames = [frames[tube_frames[p]] for p in picked]
+        picked_masks = [resize_mask(masks[p], h, w) for p in picked]
+        if mode == "mask":
+            _render_masked_window(picked_frames, picked_masks, windows[0], fill_rgb, clip)
+        else:
+            x0, y0, size = windows[0]
+            _resize_stack_into(_isolate_regions(picked_frames, picked_masks, (x0, y0, size, size), mode,
+                                                fill_rgb, blur_sigma), clip)
+    return clip if len(picked) == num_frames else clip[order]  # distinct positions come in order
 
 
 @functools.lru_cache(maxsize=256)
@@ -127,17 +133,18 @@ def _tube_windows(boxes: list[Sequence[float]], sx: float, sy: float, mode: str,
     return [_crop_window(union, margin, h, w)] * len(boxes)
 
 
-def _isolate_regions(frames: list[np.ndarray], masks: list[np.ndarray], window: tuple[int, int, int],
+def _isolate_regions(frames: list[np.ndarray], masks: list[np.ndarray], window: tuple[int, int, int, int],
                      mode: str, fill_rgb: np.ndarray, blur_sigma: float | None) -> np.ndarray:
-    """The window (inside the frame, so masking after the cut is exact) of each frame
-    ``(H, W, 3)`` uint8, with the region kept and, outside its ``mask`` (bool ``(H, W)``),
-    the mean fill (``mask``) or the blurred frame (``blur``). -> ``(n, size, size, 3)`` uint8."""
-    x0, y0, size = window
-    rows, cols = slice(y0, y0 + size), slice(x0, x0 + size)
+    """The window ``(x0, y0, width, height)`` (inside the frame, so masking after the cut
+    is exact) of each frame ``(H, W, 3)`` uint8, with the region kept and, outside its
+    ``mask`` (bool ``(H, W)``), the mean fill (``mask``) or the blurred frame (``blur``).
+    -> ``(n, height, width, 3)`` uint8."""
+    x0, y0, width, height = window
+    rows, cols = slice(y0, y0 + height), slice(x0, x0 + width)
     if mode == "mask":
-        out = _filled(size, fill_rgb, count=len(frames))  # one fill for the whole tube
+        out = _filled(height, width, fill_rgb, count=len(frames))  # one fill for the whole tube
     else:  # blur each whole frame, so the frame's own border (not the window's) is reflected
-        out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+        out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
         for frame, patch in zip(frames, out):
             sigma = blur_sigma if blur_sigma is not None else float(np.hypot(*frame.shape[:2])) / 30.0
             blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
@@ -145,6 +152,47 @@ def _isolate_regions(frames: list[np.ndarray], masks: list[np.ndarray], window: 
     for frame, mask, patch in zip(frames, masks, out):
         cv2.copyTo(frame[rows, cols], mask[rows, cols].view(np.uint8), patch)  # in place: patch is the right size
     return out
+
+
+def _render_masked_window(frames: list[np.ndarray], masks: list[np.ndarray], window: tuple[int, int, int],
+                          fill_rgb: np.ndarray, out: np.ndarray) -> None:
+    """``mask`` mode into ``out`` ``(n, side, side, 3)``: the same bytes as filling the
+    whole window outside the masks and area-shrinking it, but only the blocks of the
+    window that hold mask pixels are masked and resized; the rest of ``out`` is plain
+    fill, which is what area-averaging a plain fill gives. Exact because the shrink's
+    cells repeat every ``period`` source pixels (see :func:`_area_period`), so a resize of
+    whole periods uses the same weights as the full one; a region is usually a small
+    part of its window, so this is most of a render's time saved."""
+    x0, y0, size = window
+    side = out.shape[1]
+    period = _area_period(size, side)
+    if period is None:
+        _resize_stack_into(_isolate_regions(frames, masks, (x0, y0, size, size), "mask", fill_rgb, None), out)
+        return
+    rows, cols = slice(y0, y0 + size), slice(x0, x0 + size)
+    anywhere = functools.reduce(np.logical_or, [mask[rows, cols] for mask in masks])
+    left, top, width, height = cv2.boundingRect(anywhere.view(np.uint8))  # width 0 when no mask pixel
+    _fill_into(out, fill_rgb)
+    if width == 0:
+        return
+    src, dst = period
+    bx0, by0 = left // src * src, top // src * src
+    bx1 = -(-(left + width) // src) * src  # <= size: size is a whole number of periods
+    by1 = -(-(top + height) // src) * src
+    block = (x0 + bx0, y0 + by0, bx1 - bx0, by1 - by0)  # (x, y, width, height)
+    shrunk = np.empty((len(frames), (by1 - by0) // src * dst, (bx1 - bx0) // src * dst, 3), dtype=np.uint8)
+    _resize_stack_into(_isolate_regions(frames, masks, block, "mask", fill_rgb, None), shrunk)
+    out[:, by0 // src * dst:by1 // src * dst, bx0 // src * dst:bx1 // src * dst] = shrunk
+
+
+def _area_period(size: int, side: int) -> tuple[int, int] | None:
+    """``(source, output)`` pixels after which area-shrinking ``size`` -> ``side`` repeats
+    its cell weights exactly (``size / side`` in lowest terms), or None when OpenCV's
+    arithmetic does not make the repeat exact (see :func:`_stacked_area_is_exact`)."""
+    if not _stacked_area_is_exact(size, side):
+        return None
+    common = math.gcd(size, side)
+    return size // common, side // common
 
 
 def _context_window(box: Sequence[float], h: int, w: int) -> tuple[int, int, int]:
@@ -175,37 +223,44 @@ def _cut(frame: np.ndarray, window: tuple[int, int, int], fill_rgb: np.ndarray) 
     h, w = frame.shape[:2]
     if x0 >= 0 and y0 >= 0 and x0 + size <= w and y0 + size <= h:
         return frame[y0:y0 + size, x0:x0 + size]
-    patch = _filled(size, fill_rgb)
+    patch = _filled(size, size, fill_rgb)
     fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
     if fx1 > fx0 and fy1 > fy0:
         patch[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0] = frame[fy0:fy1, fx0:fx1]
     return patch
 
 
-def _filled(size: int, fill_rgb: np.ndarray, *, count: int | None = None) -> np.ndarray:
-    """A ``(size, size, 3)`` uint8 square of one colour, or ``count`` of them stacked."""
-    out = np.empty(((count or 1) * size, size, 3), dtype=np.uint8)
-    out[0] = fill_rgb
-    out[1:] = out[0]  # row-wise copies: filling every pixel from (3,) directly is ~15x slower
-    return out.reshape(count, size, size, 3) if count is not None else out
+def _filled(height: int, width: int, fill_rgb: np.ndarray, *, count: int | None = None) -> np.ndarray:
+    """A ``(height, width, 3)`` uint8 image of one colour, or ``count`` of them stacked."""
+    out = np.empty(((count or 1) * height, width, 3), dtype=np.uint8)
+    _fill_into(out, fill_rgb)
+    return out.reshape(count, height, width, 3) if count is not None else out
+
+
+def _fill_into(out: np.ndarray, fill_rgb: np.ndarray) -> None:
+    """Set every pixel of a C-contiguous ``(..., width, 3)`` uint8 array to ``fill_rgb``."""
+    rows = out.reshape(-1, out.shape[-2], 3)
+    rows[0] = fill_rgb
+    rows[1:] = rows[0]  # row-wise copies: filling every pixel from (3,) directly is ~15x slower
 
 
 def _resize_into(patch: np.ndarray, out: np.ndarray) -> None:
-    """Resize a square uint8 patch into ``out`` ``(side, side, 3)``: area averaging when
-    shrinking (no aliasing), bilinear when enlarging."""
-    side = out.shape[0]
-    interpolation = cv2.INTER_AREA if patch.shape[0] > side else cv2.INTER_LINEAR
-    cv2.resize(patch, (side, side), dst=out, interpolation=interpolation)
+    """Resize a uint8 patch into ``out`` ``(h, w, 3)`` (the same scale on both axes):
+    area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    height, width = out.shape[:2]
+    interpolation = cv2.INTER_AREA if patch.shape[0] > height else cv2.INTER_LINEAR
+    cv2.resize(patch, (width, height), dst=out, interpolation=interpolation)
 
 
 def _resize_stack_into(patches: np.ndarray, out: np.ndarray) -> None:
-    """:func:`_resize_into` for each of ``patches`` ``(n, size, size, 3)`` uint8 into ``out``
-    ``(n, side, side, 3)``; one OpenCV call on the patches stacked vertically when that
+    """:func:`_resize_into` for each of ``patches`` ``(n, h, w, 3)`` uint8 into ``out``
+    ``(n, oh, ow, 3)``; one OpenCV call on the patches stacked vertically when that
     provably gives the same bytes (saves ~10% of a 112 -> 32 render in call overhead)."""
-    n, size, side = len(patches), patches.shape[1], out.shape[1]
-    if _stacked_area_is_exact(size, side):
-        cv2.resize(patches.reshape(n * size, size, 3), (side, n * side), dst=out.reshape(n * side, side, 3),
-                   interpolation=cv2.INTER_AREA)
+    n, height, width = patches.shape[:3]
+    out_height, out_width = out.shape[1:3]
+    if _stacked_area_is_exact(height, out_height) and out.flags.c_contiguous:
+        cv2.resize(patches.reshape(n * height, width, 3), (out_width, n * out_height),
+                   dst=out.reshape(n * out_height, out_width, 3), interpolation=cv2.INTER_AREA)
         return
     for patch, dst in zip(patches, out):
         _resize_into(patch, dst)

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from conceptgen.errors import ConfigError, DataError
+from conceptgen.malloc_tuning import keep_freed_memory
 from tcav import diagnostics, scoring, stats
 from tcav.activations import ActivationStore
 from tcav.cav import CAV
@@ -207,6 +208,7 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
     """Scores every concept (and its static counterpart) for every target class at
     every layer against random sets, with the null, tests and diagnostics."""
     config.validate()
+    keep_freed_memory()  # batches of forward + backward: no page faults per batch
     targets = {name: loaded.class_index(name) for name in config.targets}
     store = ActivationStore(cache_dir, loaded, config.layers, amp=amp, batch_size=batch_size)
     concepts = _with_static_variants(inputs.concepts, config)

@@ -11,7 +11,7 @@ from torch import nn
 
 from conceptgen.errors import ConfigError, DataError, LayerNotFoundError, ModelError, UnknownClassError
 from conceptgen.registry import (ARCHITECTURES, InputSpec, TORCHSCRIPT_META, available_models, get_layer,
-                                 layer_names, load_model, model_fingerprint, pack_pathways,
+                                 layer_names, load_model, model_fingerprint, normalize_clips, pack_pathways,
                                  pooled_layers, save_checkpoint)
 
 torch.set_num_threads(2)
@@ -50,6 +50,21 @@ def test_prepare_normalises_and_checks_shape(x3d_xs):
     assert torch.allclose(x[0, 0, 0, 0, 0], torch.tensor((1 - s.mean[0]) / s.std[0]))
     with pytest.raises(DataError):
         x3d_xs.prepare(clips[:, :, :10])
+
+
+def test_numpy_clips_normalise_by_table_to_the_same_floats_as_tensor_arithmetic():
+    """uint8 numpy clips take a cv2.LUT fast path; tensors take the arithmetic. Same bits."""
+    rng = np.random.default_rng(0)
+    for spec in (InputSpec(8, 32, (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
+                 InputSpec(4, 17, (0.1, 0.5, 0.9), (0.3, 0.01, 2.0))):
+        clips = rng.integers(0, 256, size=(3, spec.num_frames, spec.side, spec.side, 3), dtype=np.uint8)
+        by_table = normalize_clips(clips, spec)
+        by_arithmetic = normalize_clips(torch.from_numpy(clips), spec)
+        assert by_table.shape == (3, 3, spec.num_frames, spec.side, spec.side)
+        assert torch.equal(by_table, by_arithmetic)
+        expected = (clips[0, 1, 2, 3, 1] / 255.0 - spec.mean[1]) / spec.std[1]
+        assert by_table[0, 1, 1, 2, 3].item() == pytest.approx(expected, rel=1e-6)
+        assert torch.equal(normalize_clips(np.asfortranarray(clips), spec), by_arithmetic)
 
 
 def test_slowfast_packing_keeps_every_alpha_th_frame():

@@ -112,6 +112,29 @@ def test_mask_mode_equals_per_frame_area_resizing_for_any_window_and_clip_size(f
         assert np.array_equal(clip[t], cv2.resize(isolated, (side, side), interpolation=cv2.INTER_AREA))
 
 
+@pytest.mark.parametrize("frame_side,side", [(112, 32), (128, 32), (96, 24), (70, 24), (130, 64), (200, 160)])
+def test_mask_mode_shrinking_only_the_region_blocks_gives_the_same_bytes(frame_side, side):
+    """Small regions (an empty frame, one touching the border, ragged edges): mask mode
+    resizes only the blocks holding mask pixels; it must equal resizing whole frames."""
+    rng = np.random.default_rng(frame_side * side)
+    frames = rng.integers(0, 256, size=(8, frame_side, frame_side, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:frame_side, :frame_side]
+    masks = np.zeros((8, frame_side, frame_side), bool)
+    for t in range(8):
+        cy, cx = rng.integers(0, frame_side, 2)
+        r = rng.integers(2, frame_side // 5)
+        masks[t] = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (rng.random((frame_side, frame_side)) < 0.8)
+    masks[3] = False
+    masks[5, -4:, :6] = True
+    boxes = [mask_box(m) if m.any() else [0.0, 0.0, 1.0, 1.0] for m in masks]
+    fill = (9, 99, 199)
+    clip = render_tube_clip(frames, list(range(8)), list(masks), boxes, mode="mask", num_frames=8, side=side,
+                            fill=fill)
+    for t in range(8):
+        isolated = np.where(masks[t][..., None], frames[t], np.array(fill, np.uint8))
+        assert np.array_equal(clip[t], cv2.resize(isolated, (side, side), interpolation=cv2.INTER_AREA))
+
+
 def test_a_tube_shorter_than_the_clip_repeats_its_frames_in_order():
     frames, masks = scene()
     args = tube_args(frames, masks, 2, 5)  # 3 tube frames -> 8 clip frames
