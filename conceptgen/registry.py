@@ -116,7 +116,7 @@ def normalize_clips(clips: np.ndarray | torch.Tensor, spec: InputSpec,
         # A uint8 value has 256 normalised values per channel: one table lookup (cv2.LUT)
         # gives the same floats as the arithmetic below, in a third of its time.
         table = _normalisation_table(tuple(spec.mean), tuple(spec.std))
-        flat = cv2.LUT(np.ascontiguousarray(clips).reshape(-1, spec.side, 3), table)
+        flat = cv2.LUT(x.numpy().reshape(-1, spec.side, 3), table)  # x: the contiguous array made above
         return torch.from_numpy(flat).view(x.shape).permute(0, 4, 1, 2, 3)
     return _normalise(x.to(device), spec.mean, spec.std)
 

@@ -100,10 +100,11 @@ def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequ
     else:  # one context window for the whole tube
         picked_frames = [frames[tube_frames[p]] for p in picked]
         picked_masks = [resize_mask(masks[p], h, w) for p in picked]
-        if mode == "mask":
-            _render_masked_window(picked_frames, picked_masks, windows[0], fill_rgb, clip)
+        x0, y0, size = windows[0]
+        period = _area_period(size, side) if mode == "mask" else None
+        if period is not None:
+            _render_masked_window(picked_frames, picked_masks, windows[0], period, fill_rgb, clip)
         else:
-            x0, y0, size = windows[0]
             _resize_stack_into(_isolate_regions(picked_frames, picked_masks, (x0, y0, size, size), mode,
                                                 fill_rgb, blur_sigma), clip)
     return clip if len(picked) == num_frames else clip[order]  # distinct positions come in order
@@ -155,7 +156,7 @@ def _isolate_regions(frames: list[np.ndarray], masks: list[np.ndarray], window: 
 
 
 def _render_masked_window(frames: list[np.ndarray], masks: list[np.ndarray], window: tuple[int, int, int],
-                          fill_rgb: np.ndarray, out: np.ndarray) -> None:
+                          period: tuple[int, int], fill_rgb: np.ndarray, out: np.ndarray) -> None:
     """``mask`` mode into ``out`` ``(n, side, side, 3)``: the same bytes as filling the
     whole window outside the masks and area-shrinking it, but only the blocks of the
     window that hold mask pixels are masked and resized; the rest of ``out`` is plain
@@ -164,11 +165,6 @@ def _render_masked_window(frames: list[np.ndarray], masks: list[np.ndarray], win
     whole periods uses the same weights as the full one; a region is usually a small
     part of its window, so this is most of a render's time saved."""
     x0, y0, size = window
-    side = out.shape[1]
-    period = _area_period(size, side)
-    if period is None:
-        _resize_stack_into(_isolate_regions(frames, masks, (x0, y0, size, size), "mask", fill_rgb, None), out)
-        return
     rows, cols = slice(y0, y0 + size), slice(x0, x0 + size)
     anywhere = functools.reduce(np.logical_or, [mask[rows, cols] for mask in masks])
     left, top, width, height = cv2.boundingRect(anywhere.view(np.uint8))  # width 0 when no mask pixel

@@ -6,20 +6,25 @@ machine run ``pytest tests/test_gpu.py``. The CPU path is what the rest of the s
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sqlalchemy import select
 
-from conceptgen.demo_model import DEMO_SPEC, build_demo_network
+from conceptgen.demo_model import DEMO_SPEC
 from conceptgen.embed import HookEmbedder
 from conceptgen.extract import ExtractConfig, extract
 from conceptgen.ingest import ingest
 from conceptgen.orm import Tube
-from conceptgen.registry import LoadedModel, model_fingerprint
+from conceptgen.registry import LoadedModel
 from conceptgen.workspace import Workspace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from embedding import load_demo  # noqa: E402  (benchmarks/embedding.py: the demo network, random weights)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 
@@ -28,17 +33,10 @@ def _on(loaded: LoadedModel, device: str) -> LoadedModel:
     return replace(loaded, model=copy.deepcopy(loaded.model).to(device), device=torch.device(device))
 
 
-def _demo_random() -> LoadedModel:
-    torch.manual_seed(0)
-    model = build_demo_network().eval()
-    return LoadedModel(name="demo-random", model=model, spec=DEMO_SPEC, class_names=["a", "b", "c", "d"],
-                       fingerprint=model_fingerprint(model), device=torch.device("cpu"))
-
-
 def test_hook_embeddings_on_cuda_equal_cpu_and_amp_stays_close():
-    cpu = _demo_random()
-    clips = np.random.default_rng(0).integers(0, 256, (12, *[DEMO_SPEC.num_frames, DEMO_SPEC.side, DEMO_SPEC.side],
-                                                           3), dtype=np.uint8)
+    cpu = load_demo(None)
+    clips = np.random.default_rng(0).integers(0, 256, (12, DEMO_SPEC.num_frames, DEMO_SPEC.side, DEMO_SPEC.side, 3),
+                                              dtype=np.uint8)
     layers = ("stage2", "stage3")
     on_cpu = HookEmbedder(cpu, layers).embed(clips)
     on_gpu = HookEmbedder(_on(cpu, "cuda"), layers).embed(clips)

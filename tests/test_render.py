@@ -98,6 +98,13 @@ def test_context_modes_equal_isolating_the_whole_frame_then_cutting_and_area_res
         assert np.array_equal(clip[t], expected)
 
 
+def assert_equals_per_frame_area_resizing(clip, frames, masks, fill, side):
+    """Each clip frame equals filling its frame outside the mask, then one area resize."""
+    for t in range(len(frames)):
+        isolated = np.where(masks[t][..., None], frames[t], np.array(fill, np.uint8))
+        assert np.array_equal(clip[t], cv2.resize(isolated, (side, side), interpolation=cv2.INTER_AREA))
+
+
 @pytest.mark.parametrize("frame_side,side", [(112, 32), (100, 32), (128, 32), (96, 24), (70, 24), (130, 64),
                                              (200, 160), (181, 160)])
 def test_mask_mode_equals_per_frame_area_resizing_for_any_window_and_clip_size(frame_side, side):
@@ -107,9 +114,7 @@ def test_mask_mode_equals_per_frame_area_resizing_for_any_window_and_clip_size(f
     fill = (9, 99, 199)
     clip = render_tube_clip(frames, list(range(8)), list(masks), [[0.0, 0.0, frame_side, frame_side]] * 8,
                             mode="mask", num_frames=8, side=side, fill=fill)
-    for t in range(8):
-        isolated = np.where(masks[t][..., None], frames[t], np.array(fill, np.uint8))
-        assert np.array_equal(clip[t], cv2.resize(isolated, (side, side), interpolation=cv2.INTER_AREA))
+    assert_equals_per_frame_area_resizing(clip, frames, masks, fill, side)
 
 
 @pytest.mark.parametrize("frame_side,side", [(112, 32), (128, 32), (96, 24), (70, 24), (130, 64), (200, 160)])
@@ -130,9 +135,7 @@ def test_mask_mode_shrinking_only_the_region_blocks_gives_the_same_bytes(frame_s
     fill = (9, 99, 199)
     clip = render_tube_clip(frames, list(range(8)), list(masks), boxes, mode="mask", num_frames=8, side=side,
                             fill=fill)
-    for t in range(8):
-        isolated = np.where(masks[t][..., None], frames[t], np.array(fill, np.uint8))
-        assert np.array_equal(clip[t], cv2.resize(isolated, (side, side), interpolation=cv2.INTER_AREA))
+    assert_equals_per_frame_area_resizing(clip, frames, masks, fill, side)
 
 
 def test_a_tube_shorter_than_the_clip_repeats_its_frames_in_order():
