@@ -468,11 +468,14 @@ def _static_of_clip(path: Path, render: dict) -> np.ndarray:
 def render_example(frames: np.ndarray, track: dict[str, Any], static: bool, render: dict) -> np.ndarray:
     """(num_frames, side, side, 3) uint8 clip of ``frames`` (the track's frames, in order;
     render_tube_clip rescales masks and boxes when they are at another resolution)."""
-    from conceptgen.masks import decode_rle
+    from conceptgen.masks import decode_rle, mask_box
     from conceptgen.render import render_tube_clip
 
     masks = [decode_rle(r) for r in track["masks_rle"]]
-    return render_tube_clip(frames, list(range(len(frames))), masks, track["boxes"], mode=render["mode"],
+    # the boxes of the masks themselves: rendering needs boxes that hold their masks,
+    # which an imported dataset's stored boxes need not
+    boxes = [mask_box(mask) for mask in masks]
+    return render_tube_clip(frames, list(range(len(frames))), masks, boxes, mode=render["mode"],
                             static=static, num_frames=render["num_frames"], side=render["side"])
 
 

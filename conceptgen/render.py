@@ -66,7 +66,9 @@ def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequ
     ``frames``: the source video's decoded frames ``(T, H, W, 3)`` uint8, indexed by
     ``tube_frames``; ``masks``: bool ``(h, w)`` per tube frame and ``boxes``
     ``[x0, y0, x1, y1]`` per tube frame, in mask pixels (rescaled when the masks are
-    at a different resolution from ``frames``). ``fill``: uint8 RGB dataset mean
+    at a different resolution from ``frames``); each box must hold every pixel of its
+    mask (``masks.mask_box`` gives the tight one): ``mask`` mode looks for the region
+    only there. ``fill``: uint8 RGB dataset mean
     (``fill_from_mean(spec.mean)``). ``margin``: crop padding as a fraction of the
     box side. ``per_frame_crop``: follow each frame's box instead of the union box.
     ``blur_sigma``: background blur in pixels (default: 1/30 of the frame diagonal).
@@ -91,21 +93,27 @@ def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequ
     picked, order = _picked_positions(len(tube_frames), num_frames, static)
     sy, sx = h / masks[0].shape[0], w / masks[0].shape[1]
     fill_rgb = np.asarray(fill, dtype=np.uint8).reshape(3)
-    windows = _tube_windows([boxes[p] for p in picked], sx, sy, mode, h, w, margin, per_frame_crop)
+    picked_boxes = [boxes[p] for p in picked]
 
     clip = np.empty((len(picked), side, side, 3), dtype=np.uint8)
     if mode == "crop":
-        for p, window, out in zip(picked, windows, clip):
+        for p, window, out in zip(picked, _crop_windows(picked_boxes, sx, sy, h, w, margin, per_frame_crop), clip):
             _resize_into(_cut(frames[tube_frames[p]], window, fill_rgb), out)
     else:  # one context window for the whole tube
-        picked_frames = [frames[tube_frames[p]] for p in picked]
-        picked_masks = [resize_mask(masks[p], h, w) for p in picked]
-        x0, y0, size = windows[0]
-        period = _area_period(size, side) if mode == "mask" else None
+        region = scale_box(union_box(picked_boxes), sx, sy)  # a positive scale commutes with min and max
+        window = _context_window(region, h, w)
+        frame_indices = [tube_frames[p] for p in picked]
+        rescaled = masks[0].shape != (h, w)  # a tube's masks share one size
+        picked_masks = [masks[p] if masks[p].dtype == bool and not rescaled else resize_mask(masks[p], h, w)
+                        for p in picked]
+        period = _area_period(window[2], side) if mode == "mask" else None
         if period is not None:
-            _render_masked_window(picked_frames, picked_masks, windows[0], period, fill_rgb, clip)
+            # nearest-neighbour rescaling may put a mask pixel one pixel outside the scaled box
+            _render_masked_window(frames, frame_indices, picked_masks, window, region, int(rescaled), period,
+                                  fill_rgb, clip)
         else:
-            _resize_stack_into(_isolate_regions(picked_frames, picked_masks, (x0, y0, size, size), mode,
+            x0, y0, size = window
+            _resize_stack_into(_isolate_regions(frames, frame_indices, picked_masks, (x0, y0, size, size), mode,
                                                 fill_rgb, blur_sigma), clip)
     return clip if len(picked) == num_frames else clip[order]  # distinct positions come in order
 
@@ -121,64 +129,70 @@ def _picked_positions(tube_length: int, num_frames: int, static: bool) -> tuple[
     return picked, order
 
 
-def _tube_windows(boxes: list[Sequence[float]], sx: float, sy: float, mode: str, h: int, w: int,
-                  margin: float, per_frame_crop: bool) -> list[tuple[int, int, int]]:
-    """One square ``(x0, y0, size)`` window per rendered frame: the tube's context
-    window (``mask``, ``blur``), or a crop around the union box or each frame's box.
-    ``boxes`` are in mask pixels; ``sx``, ``sy`` scale them to frame pixels."""
-    if mode == "crop" and per_frame_crop:
+def _crop_windows(boxes: list[Sequence[float]], sx: float, sy: float, h: int, w: int, margin: float,
+                  per_frame_crop: bool) -> list[tuple[int, int, int]]:
+    """One square ``(x0, y0, size)`` crop per rendered frame, around the union box or
+    each frame's box. ``boxes`` are in mask pixels; ``sx``, ``sy`` scale them to frame pixels."""
+    if per_frame_crop:
         return [_crop_window(scale_box(box, sx, sy), margin, h, w) for box in boxes]
-    union = scale_box(union_box(boxes), sx, sy)  # a positive scale commutes with min and max
-    if mode != "crop":
-        return [_context_window(union, h, w)] * len(boxes)
-    return [_crop_window(union, margin, h, w)] * len(boxes)
+    return [_crop_window(scale_box(union_box(boxes), sx, sy), margin, h, w)] * len(boxes)
 
 
-def _isolate_regions(frames: list[np.ndarray], masks: list[np.ndarray], window: tuple[int, int, int, int],
-                     mode: str, fill_rgb: np.ndarray, blur_sigma: float | None) -> np.ndarray:
+def _isolate_regions(frames: np.ndarray, frame_indices: list[int], masks: list[np.ndarray],
+                     window: tuple[int, int, int, int], mode: str, fill_rgb: np.ndarray,
+                     blur_sigma: float | None) -> np.ndarray:
     """The window ``(x0, y0, width, height)`` (inside the frame, so masking after the cut
-    is exact) of each frame ``(H, W, 3)`` uint8, with the region kept and, outside its
-    ``mask`` (bool ``(H, W)``), the mean fill (``mask``) or the blurred frame (``blur``).
-    -> ``(n, height, width, 3)`` uint8."""
+    is exact) of each of ``frames[frame_indices]`` (``frames`` ``(T, H, W, 3)`` uint8),
+    with the region kept and, outside its mask (bool ``(H, W)`` each), the mean fill
+    (``mask``) or the blurred frame (``blur``). -> ``(n, height, width, 3)`` uint8."""
     x0, y0, width, height = window
     rows, cols = slice(y0, y0 + height), slice(x0, x0 + width)
+    n = len(frame_indices)
     if mode == "mask":
-        out = _filled(height, width, fill_rgb, count=len(frames))  # one fill for the whole tube
+        out = _filled(n * height, width, fill_rgb)  # one fill for the whole tube
     else:  # blur each whole frame, so the frame's own border (not the window's) is reflected
-        out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
-        for frame, patch in zip(frames, out):
+        out = np.empty((n * height, width, 3), dtype=np.uint8)
+        for index, patch in zip(frame_indices, out.reshape(n, height, width, 3)):
+            frame = frames[index]
             sigma = blur_sigma if blur_sigma is not None else float(np.hypot(*frame.shape[:2])) / 30.0
             blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
             patch[...] = blurred[rows, cols]
-    for frame, mask, patch in zip(frames, masks, out):
-        cv2.copyTo(frame[rows, cols], mask[rows, cols].view(np.uint8), patch)  # in place: patch is the right size
-    return out
+    # the n windows stacked vertically: one masked copy for the whole tube
+    pixels = frames[frame_indices, rows, cols].reshape(n * height, width, 3)
+    keep = np.concatenate([mask[rows, cols] for mask in masks]).view(np.uint8)  # (n * height, width)
+    cv2.copyTo(pixels, keep, out)  # in place: out is the right size
+    return out.reshape(n, height, width, 3)
 
 
-def _render_masked_window(frames: list[np.ndarray], masks: list[np.ndarray], window: tuple[int, int, int],
+def _render_masked_window(frames: np.ndarray, frame_indices: list[int], masks: list[np.ndarray],
+                          window: tuple[int, int, int], region: Sequence[float], slack: int,
                           period: tuple[int, int], fill_rgb: np.ndarray, out: np.ndarray) -> None:
     """``mask`` mode into ``out`` ``(n, side, side, 3)``: the same bytes as filling the
-    whole window outside the masks and area-shrinking it, but only the blocks of the
-    window that hold mask pixels are masked and resized; the rest of ``out`` is plain
-    fill, which is what area-averaging a plain fill gives. Exact because the shrink's
-    cells repeat every ``period`` source pixels (see :func:`_area_period`), so a resize of
-    whole periods uses the same weights as the full one; a region is usually a small
-    part of its window, so this is most of a render's time saved."""
+    whole window outside the masks and area-shrinking it, but only the block of the
+    window around ``region`` (a box holding every mask pixel, ``slack`` pixels short at
+    most) is masked and resized; the rest of ``out`` is plain fill, which is what
+    area-averaging a plain fill gives. Exact because the shrink's cells repeat every
+    ``period`` source pixels (see :func:`_area_period`), so a resize of whole periods
+    uses the same weights as the full one; a region is usually a small part of its
+    window, so this is most of a render's time saved."""
     x0, y0, size = window
-    rows, cols = slice(y0, y0 + size), slice(x0, x0 + size)
-    anywhere = functools.reduce(np.logical_or, [mask[rows, cols] for mask in masks])
-    left, top, width, height = cv2.boundingRect(anywhere.view(np.uint8))  # width 0 when no mask pixel
     _fill_into(out, fill_rgb)
-    if width == 0:
-        return
     src, dst = period
-    bx0, by0 = left // src * src, top // src * src
-    bx1 = -(-(left + width) // src) * src  # <= size: size is a whole number of periods
-    by1 = -(-(top + height) // src) * src
-    block = (x0 + bx0, y0 + by0, bx1 - bx0, by1 - by0)  # (x, y, width, height)
-    shrunk = np.empty((len(frames), (by1 - by0) // src * dst, (bx1 - bx0) // src * dst, 3), dtype=np.uint8)
-    _resize_stack_into(_isolate_regions(frames, masks, block, "mask", fill_rgb, None), shrunk)
-    out[:, by0 // src * dst:by1 // src * dst, bx0 // src * dst:bx1 // src * dst] = shrunk
+    # the region in window pixels, widened to whole periods and kept inside the window
+    left = max(math.floor(region[0]) - slack - x0, 0) // src * src
+    top = max(math.floor(region[1]) - slack - y0, 0) // src * src
+    right = min(-(-(math.ceil(region[2]) + slack - x0) // src) * src, size)  # size: whole periods
+    bottom = min(-(-(math.ceil(region[3]) + slack - y0) // src) * src, size)
+    if right <= left or bottom <= top:
+        return
+    block = (x0 + left, y0 + top, right - left, bottom - top)  # (x, y, width, height)
+    shrunk = out[:, top // src * dst:bottom // src * dst, left // src * dst:right // src * dst]
+    if shrunk.flags.c_contiguous:
+        _resize_stack_into(_isolate_regions(frames, frame_indices, masks, block, "mask", fill_rgb, None), shrunk)
+        return
+    staged = np.empty(shrunk.shape, dtype=np.uint8)
+    _resize_stack_into(_isolate_regions(frames, frame_indices, masks, block, "mask", fill_rgb, None), staged)
+    shrunk[...] = staged
 
 
 def _area_period(size: int, side: int) -> tuple[int, int] | None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conceptgen.errors import ConfigError, DataError
-from conceptgen.masks import mask_box
+from conceptgen.masks import mask_box, resize_mask
 from conceptgen.render import (RENDER_MODES, fill_from_mean, highlight_full_video, render_outlined_preview,
                                render_tube_clip, tube_positions)
 
@@ -136,6 +136,24 @@ def test_mask_mode_shrinking_only_the_region_blocks_gives_the_same_bytes(frame_s
     clip = render_tube_clip(frames, list(range(8)), list(masks), boxes, mode="mask", num_frames=8, side=side,
                             fill=fill)
     assert_equals_per_frame_area_resizing(clip, frames, masks, fill, side)
+
+
+@pytest.mark.parametrize("mask_side", [37, 56, 80])
+def test_mask_mode_with_masks_at_a_lower_resolution_gives_the_same_bytes(mask_side):
+    """Masks at the processing resolution are rescaled to the frames (nearest
+    neighbour); the region block taken from their scaled boxes must still hold them,
+    wherever the scaled edges fall against the resize's periods."""
+    rng = np.random.default_rng(mask_side)
+    frames = rng.integers(0, 256, size=(mask_side, 112, 112, 3), dtype=np.uint8)
+    masks = np.zeros((mask_side, mask_side, mask_side), bool)
+    for edge in range(3, mask_side):  # a 3-pixel square ending at every row and column
+        masks[edge, edge - 3:edge, edge - 3:edge] = True
+    fill = (9, 99, 199)
+    for edge in range(3, mask_side):
+        clip = render_tube_clip(frames, [edge], [masks[edge]], [mask_box(masks[edge])], mode="mask",
+                                num_frames=1, side=32, fill=fill)
+        assert_equals_per_frame_area_resizing(clip, frames[edge:edge + 1], [resize_mask(masks[edge], 112, 112)],
+                                              fill, 32)
 
 
 def test_a_tube_shorter_than_the_clip_repeats_its_frames_in_order():
