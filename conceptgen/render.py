@@ -108,7 +108,7 @@ def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequ
                         for p in picked]
         period = _area_period(window[2], side) if mode == "mask" else None
         if period is not None:
-            # nearest-neighbour rescaling may put a mask pixel one pixel outside the scaled box
+            # rescaled masks: one pixel of slack for the nearest-neighbour rounding
             _render_masked_window(frames, frame_indices, picked_masks, window, region, int(rescaled), period,
                                   fill_rgb, clip)
         else:
@@ -186,13 +186,10 @@ def _render_masked_window(frames: np.ndarray, frame_indices: list[int], masks: l
     if right <= left or bottom <= top:
         return
     block = (x0 + left, y0 + top, right - left, bottom - top)  # (x, y, width, height)
-    shrunk = out[:, top // src * dst:bottom // src * dst, left // src * dst:right // src * dst]
-    if shrunk.flags.c_contiguous:
-        _resize_stack_into(_isolate_regions(frames, frame_indices, masks, block, "mask", fill_rgb, None), shrunk)
-        return
-    staged = np.empty(shrunk.shape, dtype=np.uint8)
-    _resize_stack_into(_isolate_regions(frames, frame_indices, masks, block, "mask", fill_rgb, None), staged)
-    shrunk[...] = staged
+    shrunk = np.empty((len(frame_indices), (bottom - top) // src * dst, (right - left) // src * dst, 3),
+                      dtype=np.uint8)
+    _resize_stack_into(_isolate_regions(frames, frame_indices, masks, block, "mask", fill_rgb, None), shrunk)
+    out[:, top // src * dst:bottom // src * dst, left // src * dst:right // src * dst] = shrunk
 
 
 def _area_period(size: int, side: int) -> tuple[int, int] | None:
