@@ -100,8 +100,8 @@ def union_box(boxes: Sequence[Sequence[float]]) -> list[float]:
     if not valid:
         return [0.0, 0.0, 0.0, 0.0]
     # builtins, not numpy: a tube's few boxes are reduced ~5x faster this way
-    return [float(min(b[0] for b in valid)), float(min(b[1] for b in valid)),
-            float(max(b[2] for b in valid)), float(max(b[3] for b in valid))]
+    x0, y0, x1, y1 = zip(*valid)
+    return [float(min(x0)), float(min(y0)), float(max(x1)), float(max(y1))]
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
