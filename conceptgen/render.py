@@ -237,11 +237,11 @@ def _cut(frame: np.ndarray, window: tuple[int, int, int], fill_rgb: np.ndarray) 
     return patch
 
 
-def _filled(height: int, width: int, fill_rgb: np.ndarray, *, count: int | None = None) -> np.ndarray:
-    """A ``(height, width, 3)`` uint8 image of one colour, or ``count`` of them stacked."""
-    out = np.empty(((count or 1) * height, width, 3), dtype=np.uint8)
+def _filled(height: int, width: int, fill_rgb: np.ndarray) -> np.ndarray:
+    """A ``(height, width, 3)`` uint8 image of one colour."""
+    out = np.empty((height, width, 3), dtype=np.uint8)
     _fill_into(out, fill_rgb)
-    return out.reshape(count, height, width, 3) if count is not None else out
+    return out
 
 
 def _fill_into(out: np.ndarray, fill_rgb: np.ndarray) -> None:
