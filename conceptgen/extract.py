@@ -54,8 +54,11 @@ RUNTIME_FIELDS = ("batch_size", "device")
 class ExtractConfig:
     """Everything that decides a run's tubes and embeddings (units: pixels, frames)."""
 
-    model: str = "demo"
+    model: str = "demo"  # a registry.ModelSource: name, checkpoint, model card or package.module:function
     weights: str | None = None
+    model_kwargs: dict | None = None
+    input_spec: dict | None = None  # InputSpec.to_dict()
+    class_names: tuple[str, ...] | None = None
     segmenters: str = "motion,supervoxel"
     sam_checkpoint: str | None = None
     sam_model: str = "vit_b"
@@ -72,10 +75,17 @@ class ExtractConfig:
 
     @classmethod
     def from_options(cls, *, segmenter: str | None = None, layers: str | Sequence[str] | None = None,
-                     mode: str | None = None, **kwargs) -> "ExtractConfig":
-        """From CLI-style options: comma-separated strings, None meaning the default."""
+                     mode: str | None = None, source=None, **kwargs) -> "ExtractConfig":
+        """From CLI-style options: comma-separated strings, None meaning the default;
+        ``source`` a registry.ModelSource (the model flags)."""
         from conceptgen.segment import default_segmenter_names
 
+        if source is not None:
+            kwargs.update(model=source.model, weights=source.weights, model_kwargs=source.model_kwargs,
+                          input_spec=source.spec.to_dict() if source.spec else None,
+                          class_names=source.class_names)
+        if Path(kwargs.get("model", "")).is_file():  # a checkpoint or card: the same file from any folder
+            kwargs["model"] = str(Path(kwargs["model"]).resolve())
         if isinstance(layers, str):
             layers = [x.strip() for x in layers.split(",") if x.strip()]
         segmenters = segmenter or default_segmenter_names(kwargs.get("sam_checkpoint"))
@@ -92,7 +102,17 @@ class ExtractConfig:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["layers"] = tuple(kwargs.get("layers") or ())
+        if kwargs.get("class_names") is not None:
+            kwargs["class_names"] = tuple(kwargs["class_names"])
         return cls(**kwargs)
+
+    def model_source(self):
+        """The model this config names, as a registry.ModelSource."""
+        from conceptgen.registry import InputSpec, ModelSource
+
+        return ModelSource(self.model, weights=self.weights, model_kwargs=self.model_kwargs,
+                           spec=InputSpec.from_dict(self.input_spec) if self.input_spec else None,
+                           class_names=self.class_names)
 
     def validate(self) -> None:
         from conceptgen.render import RENDER_MODES
@@ -252,13 +272,15 @@ class VideoProcessor:
 
 # --- the run orchestrator ------------------------------------------------------------
 def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int | None = None,
-            batch_size: int = 16, device: str = "cpu", only_video_ids: Sequence[int] | None = None
-            ) -> ExtractReport:
+            batch_size: int = 16, device: str = "cpu", only_video_ids: Sequence[int] | None = None,
+            model=None, spec=None) -> ExtractReport:
     """Create or resume a run and process every selected video not yet done.
 
     ``config`` None with ``run_id``: resume that run with its stored config.
-    ``only_video_ids`` restricts this call to those videos (the run stays the same)."""
-    from conceptgen.registry import load_model
+    ``only_video_ids`` restricts this call to those videos (the run stays the same).
+    ``model``: an ``nn.Module`` (with ``spec``, a registry.InputSpec) or LoadedModel to use
+    instead of loading ``config.model``, which then only names it in the run table."""
+    from conceptgen.registry import as_loaded, load_model
 
     started = time.perf_counter()
     if config is None:
@@ -266,9 +288,15 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
             raise ConfigError("give an extraction config or --run ID to resume")
         config = _stored_config(workspace, run_id)
     config.validate()
-    loaded = load_model(config.model, weights=config.weights, device=device, workspace=workspace)
+    if model is not None:
+        loaded = as_loaded(model, spec=spec, class_names=config.class_names)
+        device = str(loaded.device)
+    else:
+        loaded = load_model(config.model_source(), device=device, workspace=workspace)
     if not config.layers:
         config = replace(config, layers=default_layers(loaded))
+    if config.input_spec is None:  # recorded: a model card may change it under the same flags
+        config = replace(config, input_spec=loaded.spec.to_dict())
     run_id, resumed = _open_run(workspace, config, loaded.fingerprint, run_id,
                                 runtime={"batch_size": batch_size, "device": device})
     report = ExtractReport(run_id=run_id, resumed=resumed)

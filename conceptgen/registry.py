@@ -1,29 +1,34 @@
 """The model registry: one call turns a name into an eval-mode video model with its
 input spec, class names and a content fingerprint.
 
-Accepted names (see :func:`available_models`):
+Accepted sources (see :class:`ModelSource` and :func:`available_models`):
 
 * pytorchvideo hub architectures ``x3d_xs x3d_s x3d_m slow_r50 slowfast_r50 mvit_base_16x4``
 * torchvision video architectures ``r3d_18 mc3_18 r2plus1d_18 s3d mvit_v2_s swin3d_t``
 * ``demo``: ``WORKSPACE/models/demo.pt`` written by ``conceptgen train-demo-model``
 * a local checkpoint path: a ``.pt`` dict written by :func:`save_checkpoint` (builder name,
-  builder kwargs, state_dict, class names, input spec) or a TorchScript file.
+  builder kwargs, state_dict, class names, input spec)
+* the user's own network: ``package.module:function`` with model kwargs and a state_dict,
+  or a model card file (JSON/YAML) saying the same; an ``nn.Module`` given to the library
+  goes through :func:`as_loaded`.
 
-Every model returns logits (softmax heads are removed). Architectures are built with
-random weights unless ``pretrained=True`` (downloads; fails at once offline) or
-``weights=PATH`` (a local state_dict for the named architecture).
+TorchScript files are refused with one line: hooks cannot see inside them (see
+conceptgen.capture). Every model returns logits (softmax heads are removed).
+Architectures are built with random weights unless ``pretrained=True`` (downloads; fails
+at once offline) or ``weights=PATH`` (a local state_dict for the named architecture).
 """
 from __future__ import annotations
 
 import difflib
 import functools
 import importlib
+import json
 import socket
 import urllib.parse
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -40,7 +45,6 @@ TV_R3D_STD = (0.22803, 0.22145, 0.216989)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "conceptgen-checkpoint-v1"
-TORCHSCRIPT_META = "conceptgen.json"  # optional _extra_files entry: {"spec": {...}, "class_names": [...]}
 _OFFLINE_TIMEOUT_S = 3.0
 
 
@@ -59,9 +63,25 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(num_frames=int(d["num_frames"]), side=int(d["side"]),
-                   mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]),
-                   pathways=d.get("pathways", "single"), slowfast_alpha=int(d.get("slowfast_alpha", 4)))
+        """From ``{"num_frames", "side"[, "mean", "std", "pathways", "slowfast_alpha"]}``
+        (mean and std default to Kinetics'); raises ModelError naming what is wrong."""
+        known = {"num_frames", "side", "mean", "std", "pathways", "slowfast_alpha"}
+        if not isinstance(d, dict) or not {"num_frames", "side"} <= set(d) or set(d) - known:
+            raise ModelError(f"bad input spec {d!r}; give {{\"num_frames\": N, \"side\": S[, \"mean\": "
+                             "[r, g, b], \"std\": [r, g, b], \"pathways\": \"single\"|\"slowfast\"]}")
+        try:
+            spec = cls(num_frames=int(d["num_frames"]), side=int(d["side"]),
+                       mean=tuple(float(x) for x in d.get("mean", KINETICS_MEAN)),
+                       std=tuple(float(x) for x in d.get("std", KINETICS_STD)),
+                       pathways=d.get("pathways", "single"), slowfast_alpha=int(d.get("slowfast_alpha", 4)))
+        except (TypeError, ValueError) as err:
+            raise ModelError(f"bad input spec {d!r} ({err}); num_frames and side are integers, "
+                             "mean and std three numbers") from err
+        if spec.num_frames < 1 or spec.side < 1 or len(spec.mean) != 3 or len(spec.std) != 3 \
+                or spec.pathways not in ("single", "slowfast"):
+            raise ModelError(f"bad input spec {d!r}; num_frames and side >= 1, mean and std three "
+                             "numbers, pathways single or slowfast")
+        return spec
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,7 +93,7 @@ class InputSpec:
 class LoadedModel:
     name: str
     model: nn.Module  # in eval mode, on ``device``
-    spec: InputSpec
+    spec: InputSpec  # None only inside load_model, until flags, a card or a sidecar give it
     class_names: list[str]
     fingerprint: str  # sha256 over the state_dict (see model_fingerprint)
     device: torch.device
@@ -226,26 +246,256 @@ def available_models() -> list[str]:
     return [*ARCHITECTURES, DEMO_NAME]
 
 
-def build_network(builder: str, builder_kwargs: dict | None = None) -> nn.Module:
-    """Build an untrained network by builder name (an architecture or a project builder)."""
+def build_network(builder: str, builder_kwargs: dict | None = None, *, user_code: bool = False) -> nn.Module:
+    """Build an untrained network by builder name: an architecture, a project builder, or
+    (only with ``user_code``: the user named it on the command line or in a model card)
+    ``package.module:function``. Checkpoint files may name only the first two."""
     kwargs = dict(builder_kwargs or {})
     if builder in ARCHITECTURES:
-        return ARCHITECTURES[builder].build(pretrained=False, **kwargs)
+        return _call_builder(builder, functools.partial(ARCHITECTURES[builder].build, pretrained=False), kwargs)
     if builder in PROJECT_BUILDERS:
-        module, fn = PROJECT_BUILDERS[builder].split(":")
-        return getattr(importlib.import_module(module), fn)(**kwargs)
+        return _call_builder(builder, _import_callable(PROJECT_BUILDERS[builder]), kwargs)
+    if user_code and ":" in builder:
+        return _call_builder(builder, _import_callable(builder), kwargs)
     raise ModelError(f"unknown builder {builder!r}; checkpoints may name one of "
-                     f"{', '.join([*ARCHITECTURES, *PROJECT_BUILDERS])}")
+                     f"{', '.join([*ARCHITECTURES, *PROJECT_BUILDERS])}; for your own network use "
+                     "--model package.module:function")
+
+
+def _import_callable(path: str) -> Callable[..., Any]:
+    """``package.module:function`` (function may be dotted, e.g. Class.method) -> the callable."""
+    module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise ModelError(f"--model {path!r} is not package.module:function")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as err:
+        raise ModelError(f"cannot import {module} for --model {path} ({type(err).__name__}: {err}); "
+                         "install it or add its folder to PYTHONPATH") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"{module} has no {attr!r} for --model {path}; check the function name")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"{path} is not callable; --model needs a function that returns an nn.Module")
+    return obj
+
+
+def _call_builder(name: str, build: Callable[..., Any], kwargs: dict) -> nn.Module:
+    from conceptgen.capture import TORCHSCRIPT_REFUSAL
+
+    try:
+        model = build(**kwargs)
+    except Exception as err:  # user code: any failure is a one-line ModelError
+        first = " ".join(str(err).split())[:200]
+        raise ModelError(f"building {name} with model kwargs {json.dumps(kwargs)} failed "
+                         f"({type(err).__name__}: {first}); check --model-kwargs") from err
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(f"{name} returned TorchScript: {TORCHSCRIPT_REFUSAL}")
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{name} returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+# --------------------------------------------------------------------------- sources
+CARD_SUFFIXES = (".json", ".yaml", ".yml")
+CARD_KEYS = ("builder", "builder_kwargs", "weights", "spec", "class_names", "concept_layers")
+SIDECAR_KEYS = ("spec", "class_names", "concept_layers")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model as the user names it; :func:`load_model` resolves it, for every command.
+
+    ``model`` is one of: a registry name (``conceptgen models``); ``demo``; a conceptgen
+    checkpoint path; a model card file (``.json``/``.yaml`` with :data:`CARD_KEYS`, paths
+    relative to the card); or ``package.module:function``, a builder of the user's own
+    network (user code, run because the user named it). ``model_kwargs`` go to the
+    builder, ``weights`` is a state_dict for it. ``spec``, ``class_names`` and
+    ``concept_layers`` override the card, then a sidecar JSON beside the weights or
+    checkpoint (``model.pt`` -> ``model.json``, with :data:`SIDECAR_KEYS`), then the
+    architecture's own. A builder without class names gets "0".."N-1"."""
+
+    model: str
+    weights: str | None = None
+    model_kwargs: dict | None = None
+    spec: InputSpec | None = None
+    class_names: tuple[str, ...] | None = None
+    concept_layers: tuple[str, ...] = ()
+    pretrained: bool = False
+
+    @classmethod
+    def of(cls, model: "str | Path | ModelSource", *, weights: str | Path | None = None,
+           pretrained: bool = False) -> "ModelSource":
+        """A name or path (with --weights / --pretrained) as a source; a source as it is."""
+        if isinstance(model, ModelSource):
+            return replace(model, weights=str(weights) if weights is not None else model.weights,
+                           pretrained=pretrained or model.pretrained)
+        return cls(str(model), weights=None if weights is None else str(weights), pretrained=pretrained)
+
+    def under(self, card: "ModelSource") -> "ModelSource":
+        """This source's fields where set, else the card's (flags override a card)."""
+        return ModelSource(card.model, weights=self.weights or card.weights,
+                           model_kwargs=self.model_kwargs if self.model_kwargs is not None else card.model_kwargs,
+                           spec=self.spec or card.spec, class_names=self.class_names or card.class_names,
+                           concept_layers=self.concept_layers or card.concept_layers,
+                           pretrained=self.pretrained or card.pretrained)
+
+
+def read_model_card(path: str | Path) -> ModelSource:
+    """A model card (JSON or YAML) as a source; its paths are relative to the card."""
+    path = Path(path)
+    d = _read_mapping(path, CARD_KEYS, "model card")
+    if "builder" not in d:
+        raise ModelError(f"model card {path} has no builder; add builder: package.module:function "
+                         "(or a name from `conceptgen models`)")
+    weights = d.get("weights")
+    if weights is not None and not Path(weights).is_absolute():
+        weights = str((path.parent / weights).resolve())
+    return ModelSource(str(d["builder"]), weights=weights, model_kwargs=dict(d.get("builder_kwargs") or {}),
+                       **_card_extras(d, path))
+
+
+def _card_extras(d: dict, path: Path) -> dict:
+    """spec, class_names and concept_layers of a card or sidecar mapping."""
+    try:
+        return {"spec": InputSpec.from_dict(d["spec"]) if "spec" in d else None,
+                "class_names": tuple(str(c) for c in d["class_names"]) if d.get("class_names") else None,
+                "concept_layers": tuple(str(x) for x in d.get("concept_layers") or ())}
+    except ModelError as err:
+        raise ModelError(f"{path}: {err}") from None
+
+
+def _read_mapping(path: Path, keys: tuple[str, ...], what: str) -> dict:
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            d = json.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text)
+    except Exception as err:  # unreadable or malformed: one line
+        raise ModelError(f"cannot read {what} {path} ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:150]}); fix the file") from err
+    if not isinstance(d, dict):
+        raise ModelError(f"{what} {path} must be a mapping with keys {', '.join(keys)}")
+    unknown = sorted(set(d) - set(keys))
+    if unknown:
+        raise ModelError(f"{what} {path} has unknown keys {', '.join(unknown)}; allowed: {', '.join(keys)}")
+    return d
+
+
+def _sidecar(path: str | Path | None) -> ModelSource:
+    """The sidecar JSON beside a weights or checkpoint file (``x.pt`` -> ``x.json``),
+    as a source holding only spec, class_names and concept_layers."""
+    side = Path(path).with_suffix(".json") if path else None
+    if side is None or side == Path(path) or not side.is_file():
+        return ModelSource("")
+    return ModelSource("", **_card_extras(_read_mapping(side, (*CARD_KEYS, "format"), "sidecar"), side))
+
+
+def parse_model_kwargs(text: str | None) -> dict | None:
+    """``--model-kwargs`` JSON -> a dict (None when not given)."""
+    if text is None:
+        return None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--model-kwargs is not JSON ({err.msg}); give e.g. '{{\"model_depth\": 50}}'") from err
+    if not isinstance(d, dict):
+        raise ConfigError("--model-kwargs must be a JSON object of keyword arguments")
+    return d
+
+
+def parse_input_spec(text: str | None) -> InputSpec | None:
+    """``--input-spec`` JSON -> an InputSpec (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return InputSpec.from_dict(json.loads(text))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--input-spec is not JSON ({err.msg}); give e.g. "
+                          "'{\"num_frames\": 8, \"side\": 112}'") from err
+
+
+def parse_class_names(text: str | None) -> tuple[str, ...] | None:
+    """``--classes`` a,b,c or a text file with one name per line -> names (None when not given)."""
+    if text is None:
+        return None
+    names = Path(text).read_text().splitlines() if Path(text).is_file() else text.split(",")
+    names = tuple(n.strip() for n in names if n.strip())
+    if not names:
+        raise ConfigError("--classes is empty; give names a,b,c or a file with one name per line")
+    return names
+
+
+def as_loaded(model: "nn.Module | LoadedModel", *, spec: InputSpec | None = None,
+              class_names: Sequence[str] | None = None, name: str | None = None) -> LoadedModel:
+    """An ``nn.Module`` handed to the library (as Captum users do) as a LoadedModel: put in
+    eval mode on the device of its parameters. ``spec`` is required unless the module came
+    from load_model; class names default to "0".."N-1". A LoadedModel is returned as is."""
+    from conceptgen.capture import TORCHSCRIPT_REFUSAL
+
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(TORCHSCRIPT_REFUSAL)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected a torch nn.Module or LoadedModel, got {type(model).__name__}")
+    spec = spec or getattr(model, "conceptgen_spec", None)
+    if spec is None:
+        raise ConfigError("pass spec=InputSpec(num_frames=..., side=..., mean=..., std=...) with an nn.Module")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    _attach_spec(model, spec)
+    names = list(class_names) if class_names else _index_names(model, spec, device)
+    return LoadedModel(name=name or type(model).__name__, model=model, spec=spec, class_names=names,
+                       fingerprint=model_fingerprint(model), device=device)
+
+
+def _index_names(model: nn.Module, spec: InputSpec, device: torch.device) -> list[str]:
+    """"0".."N-1" for a model's N logits (one probe forward of a zero clip)."""
+    x = torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device)
+    with torch.inference_mode():
+        logits = model(pack_pathways(x, spec))
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ModelError(f"the model returned {type(logits).__name__} "
+                         f"{tuple(getattr(logits, 'shape', ()))}, not logits (B, classes)")
+    return [str(i) for i in range(logits.shape[1])]
 
 
 # --------------------------------------------------------------------------- loading
-def load_model(name: str | Path, *, weights: str | Path | None = None, pretrained: bool = False,
-               device: str | torch.device = "cpu", workspace=None) -> LoadedModel:
-    """Resolve ``name`` to an eval-mode model returning logits. Raises ModelError."""
+def load_model(source: "str | Path | ModelSource", *, weights: str | Path | None = None,
+               pretrained: bool = False, device: str | torch.device = "cpu", workspace=None) -> LoadedModel:
+    """Resolve a model (a name, path, card or builder: see :class:`ModelSource`) to an
+    eval-mode model returning logits, on ``device``. Raises ModelError / ConfigError."""
+    source = ModelSource.of(source, weights=weights, pretrained=pretrained)
     dev = _device(device)
-    name = str(name)
-    if weights is not None and pretrained:
+    if source.weights is not None and source.pretrained:
         raise ConfigError("give either --pretrained or --weights PATH, not both")
+    while Path(source.model).suffix.lower() in CARD_SUFFIXES and Path(source.model).is_file():
+        source = source.under(read_model_card(source.model))
+    loaded = _resolve(source, workspace)
+    side = _sidecar(source.weights or (source.model if Path(source.model).is_file() else None))
+    loaded.spec = source.spec or side.spec or loaded.spec
+    if loaded.spec is None:
+        raise ModelError(f"no input spec for {source.model}; give --input-spec '{{\"num_frames\": 8, "
+                         f"\"side\": 112}}', a model card with spec, or a sidecar JSON beside the weights")
+    layers = source.concept_layers or side.concept_layers
+    if layers:
+        loaded.metadata = {**loaded.metadata, "concept_layers": list(layers)}
+    loaded.model = loaded.model.to(dev).eval()
+    loaded.device = dev
+    names = source.class_names or side.class_names or loaded.class_names
+    loaded.class_names = list(names) if names else _index_names(loaded.model, loaded.spec, dev)
+    _attach_spec(loaded.model, loaded.spec)
+    return loaded
+
+
+def _resolve(source: ModelSource, workspace) -> LoadedModel:
+    """The network, weights loaded, with its own spec and class names (None if it has none)."""
+    name, path = source.model, Path(source.model)
     if name == DEMO_NAME:
         if workspace is None:
             from conceptgen.workspace import Workspace
@@ -254,22 +504,30 @@ def load_model(name: str | Path, *, weights: str | Path | None = None, pretraine
         if not path.is_file():
             raise ModelError(f"no demo model at {path}; train it with "
                              "`conceptgen train-demo-model --data DIR`")
-        loaded = _load_checkpoint(path, DEMO_NAME)
-    elif name in ARCHITECTURES:
-        loaded = _load_architecture(name, weights=weights, pretrained=pretrained)
-    elif Path(name).is_file():
-        loaded = _load_checkpoint(Path(name), name)
-    elif Path(name).suffix in (".pt", ".pth", ".pyth", ".ckpt", ".jit"):
-        raise ModelError(f"checkpoint {name} does not exist; check the path")
-    else:
-        close = difflib.get_close_matches(name, available_models(), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ModelError(f"unknown model {name!r}; {hint}run `conceptgen models` for the names, "
-                         "or give a checkpoint file path")
-    loaded.model = loaded.model.to(dev).eval()
-    loaded.device = dev
-    _attach_spec(loaded.model, loaded.spec)
-    return loaded
+        return _load_checkpoint(path, DEMO_NAME)
+    if name in ARCHITECTURES:
+        return _load_architecture(name, weights=source.weights, pretrained=source.pretrained,
+                                  kwargs=source.model_kwargs)
+    if path.is_file():
+        return _load_checkpoint(path, name)
+    if ":" in name:
+        return _load_user_network(source)
+    if path.suffix in (".pt", ".pth", ".pyth", ".ckpt", ".jit", *CARD_SUFFIXES):
+        raise ModelError(f"{name} does not exist; check the path")
+    close = difflib.get_close_matches(name, available_models(), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ModelError(f"unknown model {name!r}; {hint}run `conceptgen models` for the names, or give a "
+                     "checkpoint path, a model card or package.module:function")
+
+
+def _load_user_network(source: ModelSource) -> LoadedModel:
+    model = build_network(source.model, source.model_kwargs, user_code=True)
+    if source.weights is not None:
+        _load_state_dict(model, _read_state_dict(Path(source.weights)), f"{source.model} from {source.weights}")
+    _strip_softmax(model)
+    return LoadedModel(name=source.model, model=model, spec=None, class_names=[],
+                       fingerprint=model_fingerprint(model), device=torch.device("cpu"),
+                       metadata={"builder": source.model, "builder_kwargs": dict(source.model_kwargs or {})})
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -282,21 +540,22 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _load_architecture(name: str, *, weights, pretrained: bool) -> LoadedModel:
+def _load_architecture(name: str, *, weights, pretrained: bool, kwargs: dict | None = None) -> LoadedModel:
     arch = ARCHITECTURES[name]
+    kwargs = dict(kwargs or {})
     if pretrained:
         _ensure_downloadable(name, arch.weights_url())
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)
         try:
-            model = arch.build(pretrained=True)
+            model = arch.build(pretrained=True, **kwargs)
         except Exception as err:  # any download/parse failure is a user-facing ModelError
             raise ModelError(f"could not download pretrained weights for {name} ({type(err).__name__}: "
                              f"{err}); download them elsewhere and pass --weights PATH") from err
         finally:
             socket.setdefaulttimeout(previous)
     else:
-        model = arch.build(pretrained=False)
+        model = build_network(name, kwargs)
     if weights is not None:
         _load_state_dict(model, _read_state_dict(Path(weights)), f"{name} from {weights}")
     _strip_softmax(model)
@@ -359,9 +618,8 @@ def _load_checkpoint(path: Path, name: str) -> LoadedModel:
     model = build_network(ckpt["builder"], ckpt.get("builder_kwargs"))
     _load_state_dict(model, ckpt["state_dict"], f"builder {ckpt['builder']}")
     _strip_softmax(model)
-    if "spec" not in ckpt and ckpt["builder"] not in ARCHITECTURES:
-        raise ModelError(f"{path} has no input spec; re-save it with registry.save_checkpoint")
-    spec = InputSpec.from_dict(ckpt["spec"]) if "spec" in ckpt else ARCHITECTURES[ckpt["builder"]].spec
+    spec = InputSpec.from_dict(ckpt["spec"]) if "spec" in ckpt else \
+        ARCHITECTURES[ckpt["builder"]].spec if ckpt["builder"] in ARCHITECTURES else None
     class_names = list(ckpt.get("class_names") or _kinetics_names())
     metadata = {k: v for k, v in ckpt.items() if k not in ("state_dict",)}
     return LoadedModel(name=name, model=model, spec=spec, class_names=class_names,
@@ -377,21 +635,9 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _load_torchscript(path: Path, name: str) -> LoadedModel:
-    import json
-    extra = {TORCHSCRIPT_META: ""}
-    try:
-        model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as err:
-        raise ModelError(f"cannot load TorchScript {path} ({type(err).__name__}); re-export it "
-                         "with torch.jit.save") from err
-    if not extra[TORCHSCRIPT_META]:
-        raise ModelError(f"TorchScript {path} lacks {TORCHSCRIPT_META} metadata; save it with "
-                         f"torch.jit.save(m, PATH, _extra_files={{'{TORCHSCRIPT_META}': "
-                         "json.dumps({'spec': ..., 'class_names': [...]})})")
-    meta = json.loads(extra[TORCHSCRIPT_META])
-    return LoadedModel(name=name, model=model, spec=InputSpec.from_dict(meta["spec"]),
-                       class_names=list(meta["class_names"]), fingerprint=model_fingerprint(model),
-                       device=torch.device("cpu"), metadata=meta)
+    from conceptgen.capture import TORCHSCRIPT_REFUSAL
+
+    raise ModelError(f"{path} is TorchScript: {TORCHSCRIPT_REFUSAL}")
 
 
 def save_checkpoint(path: str | Path, *, builder: str, builder_kwargs: dict, model: nn.Module,

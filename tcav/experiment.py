@@ -204,9 +204,15 @@ class TcavReport:
 
 # --- the method ------------------------------------------------------------------
 def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str | Path,
-             amp: bool = False, batch_size: int = 8) -> TcavReport:
+             amp: bool = False, batch_size: int = 8, spec=None, class_names=None) -> TcavReport:
     """Scores every concept (and its static counterpart) for every target class at
-    every layer against random sets, with the null, tests and diagnostics."""
+    every layer against random sets, with the null, tests and diagnostics.
+
+    ``loaded``: a registry.LoadedModel, or any ``nn.Module`` returning logits with
+    ``spec`` (registry.InputSpec) and optionally ``class_names`` (registry.as_loaded)."""
+    from conceptgen.registry import as_loaded
+
+    loaded = as_loaded(loaded, spec=spec, class_names=class_names)
     config.validate()
     keep_freed_memory()  # batches of forward + backward: no page faults per batch
     targets = {name: loaded.class_index(name) for name in config.targets}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conceptgen.errors import ConceptgenError, ConfigError
 from tcav import examples as ex
@@ -16,12 +17,15 @@ from tcav.experiment import DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavRep
 from tcav.plots import plot_report
 from tcav.results import fail_experiment, finish_experiment, media_folder, start_experiment, write_exports
 
+if TYPE_CHECKING:
+    from conceptgen.registry import ModelSource
+
 
 @dataclass(frozen=True)
 class TcavRequest:
     """What the user asked for, as the CLI spells it."""
 
-    model: str
+    model: "str | ModelSource"          # a name, path, card or package.module:function; or the flags' source
     layers: tuple[str, ...]
     targets: tuple[str, ...]
     concepts: str                      # names, "all-approved" or a folder
@@ -88,10 +92,11 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
 def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
-    from conceptgen.registry import get_layer, load_model
+    from conceptgen.registry import ModelSource, get_layer, load_model
 
     check_devices(request.device, request.amp)
-    loaded = load_model(request.model, weights=request.weights, device=request.device, workspace=workspace)
+    loaded = load_model(ModelSource.of(request.model, weights=request.weights), device=request.device,
+                        workspace=workspace)
     for layer in request.layers:  # fail fast on names, before decoding any video
         get_layer(loaded, layer)
     for target in request.targets:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conceptgen.errors import ConfigError, DataError, LayerNotFoundError, ModelError, UnknownClassError
-from conceptgen.registry import (ARCHITECTURES, InputSpec, TORCHSCRIPT_META, available_models, get_layer,
+from conceptgen.registry import (ARCHITECTURES, InputSpec, available_models, get_layer,
                                  layer_names, load_model, model_fingerprint, normalize_clips, pack_pathways,
                                  pooled_layers, save_checkpoint)
 
@@ -125,15 +125,20 @@ def test_checkpoint_and_torchscript_round_trip(tmp_path):
     with pytest.raises(UnknownClassError):
         loaded.class_index(3)
 
-    scripted = tmp_path / "net.ts"
+
+
+def test_torchscript_is_refused_at_load_time_in_one_line_naming_the_forms_that_work(tmp_path):
+    from conceptgen.demo_model import DEMO_SPEC, build_demo_network
+    net = build_demo_network(num_classes=3).eval()
+    scripted = tmp_path / "net.ts.pt"
     meta = json.dumps({"spec": DEMO_SPEC.to_dict(), "class_names": ["a", "b", "c"]})
-    torch.jit.save(torch.jit.trace(net.eval(), torch.zeros(1, 3, 8, 32, 32)), str(scripted),
-                   _extra_files={TORCHSCRIPT_META: meta})
-    ts = load_model(str(scripted))
-    x = torch.randn(2, 3, 8, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(ts.model(x), net.eval()(x), atol=1e-5)
-    assert ts.spec == DEMO_SPEC
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 8, 32, 32)), str(scripted),
+                   _extra_files={"conceptgen.json": meta})
+    with pytest.raises(ModelError) as exc:
+        load_model(str(scripted))
+    message = str(exc.value)
+    assert "\n" not in message and "TorchScript" in message
+    assert "--model package.module:function" in message and "--weights" in message and "nn.Module" in message
 
 
 def test_unknown_name_and_missing_files_are_one_line_model_errors(tmp_path):

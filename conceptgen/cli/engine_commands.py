@@ -3,6 +3,9 @@ conceptgen.ingest, conceptgen.extract and conceptgen.cluster."""
 from __future__ import annotations
 
 
+from conceptgen.cli.model_options import add_model_options, model_source
+
+
 def register(sub) -> None:
     p = sub.add_parser("ingest", help="add videos (files, folders, globs) to the workspace")
     p.add_argument("paths", nargs="+", metavar="PATH", help="video files, folders (recursive) or globs")
@@ -12,8 +15,7 @@ def register(sub) -> None:
     p.set_defaults(handler=_ingest)
 
     p = sub.add_parser("extract", help="segment, track, embed and preview every video into a run (resumable)")
-    p.add_argument("--model", default="demo", help="registry model name (default demo)")
-    p.add_argument("--weights", metavar="PATH", help="checkpoint for the model")
+    add_model_options(p, model_default="demo")
     p.add_argument("--segmenter", default=None,
                    help="comma-separated: motion,supervoxel,sam (default motion,supervoxel; sam,motion with --sam-checkpoint)")
     p.add_argument("--sam-checkpoint", metavar="PATH")
@@ -61,7 +63,7 @@ def _extract(args, ctx):
         report = extract(ctx.workspace, None, run_id=args.run, batch_size=args.batch_size, device=args.device)
     else:
         config = ExtractConfig.from_options(
-            model=args.model, weights=args.weights, segmenter=args.segmenter,
+            source=model_source(args), segmenter=args.segmenter,
             sam_checkpoint=args.sam_checkpoint, sam_model=args.sam_model, layers=args.layers,
             pooling=args.pooling, mode=args.mode, amp=args.amp, seed=args.seed,
             max_side=args.max_side, max_frames=args.max_frames, videos=args.videos)

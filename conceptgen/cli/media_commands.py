@@ -4,6 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from conceptgen.cli.model_options import add_model_options, model_source
+
+
 def register(sub) -> None:
     p = sub.add_parser("synth", help="write synthetic action videos with exact ground truth")
     p.add_argument("--out", required=True, type=Path, help="output folder (empty, or a set to resume)")
@@ -23,7 +26,7 @@ def register(sub) -> None:
     p = sub.add_parser("models", help="list model names, or one model's layers")
     p.add_argument("--layers", metavar="NAME", default=None,
                    help="print the layer names of model NAME; [pooled] marks layers after global pooling")
-    p.add_argument("--weights", default=None, help="state_dict to load into NAME (optional)")
+    add_model_options(p, model_flag=False)
     p.add_argument("--pretrained", action="store_true", help="download NAME's pretrained weights")
     p.set_defaults(handler=_models)
 
@@ -52,10 +55,9 @@ def _models(args, ctx):
     if args.layers is None:
         for name in registry.available_models():
             ctx.echo(name)
-        ctx.echo("(or a checkpoint path: a conceptgen .pt file or TorchScript)")
+        ctx.echo("(or a conceptgen checkpoint path, a model card .json/.yaml, or package.module:function)")
         return
-    loaded = registry.load_model(args.layers, weights=args.weights, pretrained=args.pretrained,
-                                 workspace=ctx.workspace)
+    loaded = registry.load_model(model_source(args, args.layers), workspace=ctx.workspace)
     pooled = registry.pooled_layers(loaded)
     for name in registry.layer_names(loaded):
         ctx.echo(f"{name} [pooled]" if name in pooled else name)

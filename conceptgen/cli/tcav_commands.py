@@ -1,13 +1,13 @@
 """`conceptgen tcav` and `conceptgen gradcam`: glue over tcav.workflow and tcav.gradcam."""
 from __future__ import annotations
 
+from conceptgen.cli.model_options import add_model_options, model_source
 from conceptgen.errors import ConfigError
 
 
 def register(sub) -> None:
     p = sub.add_parser("tcav", help="score concepts for a class with Video-TCAV, with significance tests")
-    p.add_argument("--model", required=True, help="model name (`conceptgen models`), demo, or checkpoint path")
-    p.add_argument("--weights", default=None, help="weights file for an architecture name")
+    add_model_options(p)
     p.add_argument("--layers", required=True, help="comma-separated layer names (`conceptgen models --layers`)")
     p.add_argument("--target", required=True, help="class name(s) or index(es), comma-separated")
     p.add_argument("--concepts", required=True,
@@ -42,8 +42,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("gradcam", help="Grad-CAM overlay video and per-frame heat curve for one video")
     p.add_argument("--video", required=True, help="video file")
-    p.add_argument("--model", required=True, help="model name, demo, or checkpoint path")
-    p.add_argument("--weights", default=None, help="weights file for an architecture name")
+    add_model_options(p)
     p.add_argument("--layer", required=True, help="a layer with time and space (C, T, H, W)")
     p.add_argument("--target", required=True, help="class name or index")
     p.add_argument("--out", default=None, help="output folder (default WORKSPACE/media/gradcam)")
@@ -71,11 +70,11 @@ def _tcav(args, ctx) -> int:
     from tcav.workflow import TcavRequest, run_experiment
 
     request = TcavRequest(
-        model=args.model, layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
+        model=model_source(args), layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
         concepts=args.concepts, random_sets=_random_sets(args.random_sets), seed=args.seed, device=args.device,
         classifier=args.classifier, test=args.test, correction=args.correction, mode=args.mode,
         class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
-        weights=args.weights, amp=args.amp, batch_size=args.batch_size,
+        amp=args.amp, batch_size=args.batch_size,
         null_sets=args.null_sets, statistic=args.statistic)
     outcome = run_experiment(ctx.workspace, request)
     for line in format_table(outcome.report):
@@ -115,7 +114,7 @@ def _gradcam(args, ctx) -> int:
     from tcav.workflow import check_devices
 
     check_devices(args.device, False)
-    loaded = load_model(args.model, weights=args.weights, device=args.device, workspace=ctx.workspace)
+    loaded = load_model(model_source(args), device=args.device, workspace=ctx.workspace)
     out = Path(args.out) if args.out else Path(ctx.workspace.media) / "gradcam"
     files = gradcam_video(args.video, loaded, args.layer, args.target, out)
     ctx.echo(f"overlay video: {files.video}")
