@@ -184,23 +184,32 @@ def test_torchscript_and_bad_user_input_are_one_line_errors(user_model, tmp_path
                    weights=root / "missing.pt")
 
 
-def _readme_example() -> str:
+def _readme_blocks() -> tuple[str, str]:
+    """The bash and the python block of the README's "Your own model" section."""
     text = (REPO / "README.md").read_text()
     section = text[text.index("## Your own model"):]
-    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    section = section[:section.index("\n## ", 3)]
+    bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return bash, python
 
 
 def test_the_readme_example_runs(tmp_path):
-    """The README's "Your own model" block, run as written (conceptgen and python on PATH)."""
+    """Both blocks of the README's "Your own model", run as written (conceptgen and python on PATH)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "conceptgen").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m conceptgen "$@"\n')
-    (bin_dir / "conceptgen").chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    for name, command in (("conceptgen", f'"{sys.executable}" -m conceptgen'), ("python", f'"{sys.executable}"')):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CONCEPTGEN_QUIET": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("CONCEPTGEN_WORKSPACE", None)
-    out = subprocess.run(["bash", "-euo", "pipefail", "-c", _readme_example()], cwd=tmp_path, env=env,
+    bash, python = _readme_blocks()
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", bash], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
-    assert "blocks.3" in out.stdout and "verdict" in out.stdout
+    assert "blocks.3" in out.stdout.splitlines() and "verdict" in out.stdout and "growing" in out.stdout
+    out = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert any(line.startswith("rightward dynamic blocks.3 right ") for line in out.stdout.splitlines())
