@@ -16,7 +16,7 @@ import torch
 from sqlalchemy import select
 
 from conceptgen.demo_model import DEMO_SPEC
-from conceptgen.embed import HookEmbedder
+from conceptgen.embed import HookEmbedder, embed_clips
 from conceptgen.extract import ExtractConfig, extract
 from conceptgen.ingest import ingest
 from conceptgen.orm import Tube
@@ -47,6 +47,23 @@ def test_hook_embeddings_on_cuda_equal_cpu_and_amp_stays_close():
         a, b = with_amp[layer], on_cpu[layer]
         cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cosine.min() > 0.999
+
+
+def test_cuda_embeddings_and_tcav_arrays_do_not_depend_on_the_batch_size():
+    from tcav.activations import forward_backward
+
+    gpu = _on(load_demo(None), "cuda")
+    clips = np.random.default_rng(1).integers(0, 256, (13, DEMO_SPEC.num_frames, DEMO_SPEC.side, DEMO_SPEC.side, 3),
+                                              dtype=np.uint8)
+    embedder = HookEmbedder(gpu, ("stage2", "stage3"))
+    reference = embed_clips(embedder, list(clips), batch_size=1)
+    grads = {}
+    for batch_size in (1, 2, 5, 16):
+        again = embed_clips(embedder, list(clips), batch_size=batch_size)
+        assert all(again[k].tobytes() == reference[k].tobytes() for k in reference), batch_size
+        parts = [forward_backward(gpu, ["stage2"], clips[i:i + batch_size], [1]) for i in range(0, 13, batch_size)]
+        grads[batch_size] = torch.cat([p.gradients[("stage2", 1)] for p in parts]).cpu().numpy().tobytes()
+    assert len(set(grads.values())) == 1
 
 
 def test_extract_on_cuda_finds_the_cpu_tubes_with_matching_embeddings(tmp_path):
