@@ -23,6 +23,7 @@ deterministic algorithms and autotuning off, so every forward has the same shape
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -222,6 +223,9 @@ def _per_thread_omp() -> bool:
 
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}
 _EXECUTORS_LOCK = threading.Lock()
+# A forked child (annotator workers, multiprocessing) inherits the pools but not their
+# threads: it must start its own.
+os.register_at_fork(after_in_child=_EXECUTORS.clear)
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:

@@ -139,3 +139,22 @@ def test_tcav_scores_do_not_depend_on_the_batch_size(tcav_toy, tmp_path):
                  r.logit_changes.tobytes(), r.p_value) for r in report.results]
 
     assert signature(reports[0]) and all(signature(r) == signature(reports[0]) for r in reports[1:])
+
+
+_FORKED: dict = {}  # what a forked child inherits (the model does not pickle)
+
+
+def test_a_forked_child_runs_clipwise_forwards_with_its_own_threads(x3d):
+    import multiprocessing
+
+    clips = _clips(x3d.spec, 4)
+    here = HookEmbedder(x3d, LAYERS[:1]).embed(clips)[LAYERS[0]]  # the parent's pool exists now
+    _FORKED.update(loaded=x3d, clips=clips)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(_embed_in_child).get(timeout=300)
+    assert child.tobytes() == here.tobytes()
+
+
+def _embed_in_child():
+    torch.set_num_threads(2)
+    return HookEmbedder(_FORKED["loaded"], LAYERS[:1]).embed(_FORKED["clips"])[LAYERS[0]]
