@@ -1,11 +1,14 @@
 """Embedding throughput: the pipeline's embedding stage against the model's bare forward.
 
-    python benchmarks/embedding.py [--tubes 96] [--batch-size 16] [--device cuda [--amp]]
+    python benchmarks/embedding.py [--tubes 96] [--batch-size 16] [--device cuda [--amp]] [--quick]
 
 Tubes are the ground-truth object tubes of a small synthetic set (so segmentation is
 not timed). The pipeline stage = render each tube clip (render.render_tube_clip) +
-LoadedModel.prepare + forward with hooks + pooling, batch by batch (embed.embed_clips).
-The bare model = the same network's forward on the same, already prepared batches.
+LoadedModel.prepare + forward with hooks + pooling, batch by batch (embed.embed_clips;
+each clip its own forward on one intra-op thread, clips concurrent: conceptgen.capture).
+The bare model = the same network's batched forward on the same, already prepared
+batches, at the process's thread count: so the overhead includes what bit-identical
+results per clip cost.
 The demo network is used (trained weights when ``--workspace`` holds demo.pt, else
 random weights: throughput does not depend on the weights), or ``--model ARCH``, a
 registry architecture with random weights. CPU with 2 threads, or ``--device cuda``
@@ -82,7 +85,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    p.add_argument("--quick", action="store_true", help="a correctness run: 32 tubes, 2 repeats")
     args = p.parse_args(argv)
+    if args.quick:
+        args.tubes, args.repeats = 32, 2
 
     import torch
 
