@@ -272,10 +272,12 @@ def bare_model_seconds(loaded, inputs, config, batch_size: int) -> float:
     requested layers' outputs (``torch.autograd.grad``: no weight gradients, no
     caching, no hashing, nothing stored). What extraction adds above this is its
     overhead. (A plain ``.backward()`` also computes every weight's gradient and
-    runs down to the input, so it would be a slower, flattering baseline.)"""
+    runs down to the input, so it would be a slower, flattering baseline.) Batched at
+    the process's thread count, so the overhead includes what per-clip forwards (bit-
+    identical results whatever the batch: conceptgen.capture) cost."""
     import torch
 
-    from tcav.activations import forward_backward
+    from conceptgen.capture import capture_layers
 
     pool = sorted(inputs.random_pool, key=lambda e: e.key)
     _, _, used = random_set_plan(pool, int(config.random_sets), config.random_set_size, config.seed)
@@ -285,10 +287,12 @@ def bare_model_seconds(loaded, inputs, config, batch_size: int) -> float:
     with torch.no_grad():
         for i in range(0, len(forward_only), batch_size):
             loaded.model(loaded.prepare(np.stack([e.load() for e in forward_only[i:i + batch_size]])))
-    for target in config.targets:
-        k, ex = loaded.class_index(target), inputs.class_examples[target]
-        for i in range(0, len(ex), batch_size):
-            forward_backward(loaded, config.layers, np.stack([e.load() for e in ex[i:i + batch_size]]), [k])
+    with capture_layers(loaded.model, config.layers) as capture:
+        for target in config.targets:
+            k, ex = loaded.class_index(target), inputs.class_examples[target]
+            for i in range(0, len(ex), batch_size):
+                seen = capture.forward(loaded.prepare(np.stack([e.load() for e in ex[i:i + batch_size]])))
+                torch.autograd.grad(seen.output[:, k].sum(), [a for acts in seen.layers.values() for a in acts])
     return time.perf_counter() - t
 
 
