@@ -144,17 +144,25 @@ def test_tcav_scores_do_not_depend_on_the_batch_size(tcav_toy, tmp_path):
 _FORKED: dict = {}  # what a forked child inherits (the model does not pickle)
 
 
+def _first_layer_clipwise(loaded, clips) -> np.ndarray:
+    with capture_layers(loaded.model, LAYERS[:1], stop_after_last=True) as capture:
+        def one(part):
+            with torch.inference_mode():
+                return {"a": capture.forward(loaded.prepare(part)).layers[LAYERS[0]][0]}
+        return run_clipwise(one, clips, loaded.device, workers=2)["a"].numpy()
+
+
 def test_a_forked_child_runs_clipwise_forwards_with_its_own_threads(x3d):
     import multiprocessing
 
     clips = _clips(x3d.spec, 4)
-    here = HookEmbedder(x3d, LAYERS[:1]).embed(clips)[LAYERS[0]]  # the parent's pool exists now
+    here = _first_layer_clipwise(x3d, clips)  # the parent's pool of 2 threads exists now
     _FORKED.update(loaded=x3d, clips=clips)
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        child = pool.apply_async(_embed_in_child).get(timeout=300)
+        child = pool.apply_async(_in_child).get(timeout=300)
     assert child.tobytes() == here.tobytes()
 
 
-def _embed_in_child():
-    torch.set_num_threads(2)
-    return HookEmbedder(_FORKED["loaded"], LAYERS[:1]).embed(_FORKED["clips"])[LAYERS[0]]
+def _in_child() -> np.ndarray:
+    torch.set_num_threads(1)  # the parent's OpenMP team does not survive a fork (libgomp)
+    return _first_layer_clipwise(_FORKED["loaded"], _FORKED["clips"])
