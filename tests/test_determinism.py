@@ -166,3 +166,32 @@ def test_a_forked_child_runs_clipwise_forwards_with_its_own_threads(x3d):
 def _in_child() -> np.ndarray:
     torch.set_num_threads(1)  # the parent's OpenMP team does not survive a fork (libgomp)
     return _first_layer_clipwise(_FORKED["loaded"], _FORKED["clips"])
+
+
+def test_stored_embeddings_are_the_same_bytes_for_every_batch_size(tmp_path):
+    # float16 storage hides this CPU's last-bit differences (the tests above catch them);
+    # on the Xeon of the issue the batched forward changed stored bytes too.
+    from sqlalchemy import select
+
+    from conceptgen.extract import ExtractConfig, extract
+    from conceptgen.ingest import ingest
+    from conceptgen.orm import Embedding, Tube, Video
+    from conceptgen.synth import generate_synthetic_set
+    from conceptgen.workspace import Workspace
+
+    videos = generate_synthetic_set(tmp_path / "synth", n_videos=2, seed=4, num_frames=12, size=64)
+    stored = {}
+    for batch_size in (1, 3, 16):
+        ws = Workspace.resolve(tmp_path / f"ws{batch_size}")
+        ws.ensure_dirs()
+        ingest(ws, [videos.root / "videos"])
+        torch.manual_seed(0)  # x3d_xs's random weights: the same in every workspace
+        extract(ws, ExtractConfig.from_options(model="x3d_xs", layers=LAYERS, seed=0), batch_size=batch_size)
+        with ws.session() as s:
+            stored[batch_size] = s.execute(
+                select(Video.sha256, Tube.track_index, Embedding.layer, Embedding.vector)
+                .join(Tube, Tube.video_id == Video.id).join(Embedding, Embedding.tube_id == Tube.id)
+                .order_by(Video.sha256, Tube.track_index, Embedding.layer)).all()
+        ws.close()
+    assert len(stored[1]) >= 2 * len(LAYERS)
+    assert stored[3] == stored[1] and stored[16] == stored[1]
