@@ -178,3 +178,41 @@ def tcav_toy():
     torch.set_num_threads(2)
     loaded, _accuracy = train_toy_model(seed=0)
     return loaded
+
+
+# --- database backends: every store test runs on SQLite and on a real PostgreSQL server ---------
+import os as _os_db
+import uuid as _uuid_db
+
+import pytest as _pytest_db
+
+POSTGRES_URL_ENV = "CONCEPTGEN_TEST_POSTGRES_URL"  # a server URL (.ci/run exports one)
+
+
+@_pytest_db.fixture(scope="session")
+def postgres_server():
+    """A callable ``new_database() -> URL`` on a real PostgreSQL server: the one at
+    $CONCEPTGEN_TEST_POSTGRES_URL, else a throwaway cluster started here (stopped at the
+    end of the session). Skips, saying why, only when no PostgreSQL server binaries exist."""
+    from conceptgen.pgtemp import ThrowawayPostgres, create_database_at, server_bindir
+
+    url = _os_db.environ.get(POSTGRES_URL_ENV)
+    if url:
+        yield lambda: create_database_at(url, f"t_{_uuid_db.uuid4().hex[:12]}")
+        return
+    if server_bindir() is None:
+        _pytest_db.skip(f"NO POSTGRESQL: install the server (apt-get install postgresql) or set {POSTGRES_URL_ENV}; "
+                        "the PostgreSQL half of the store tests did not run")
+    server = ThrowawayPostgres.start()
+    try:
+        yield lambda: server.create_database(f"t_{_uuid_db.uuid4().hex[:12]}")
+    finally:
+        server.stop()
+
+
+@_pytest_db.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database URL: a SQLite file, and a new database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_server")()
