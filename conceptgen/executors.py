@@ -197,7 +197,8 @@ class RayExecutor(Executor):
                     return
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 actor, item, attempts = pending.pop(ref)
-                load[actor] = max(0, load[actor] - 1)
+                if actor in load:
+                    load[actor] -= 1
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:  # the work itself raised: the caller's error

@@ -118,7 +118,8 @@ class ExtractReport:
     resumed: bool
     n_done: int = 0
     n_failed: int = 0
-    n_skipped: int = 0  # already done before this call
+    n_skipped: int = 0  # already done before this call, or claimed by another driver
+    n_discarded: int = 0  # computed, but another driver had taken the video over (nothing written)
     n_tubes: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video path, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (video path, note) for done videos
@@ -129,7 +130,7 @@ class ExtractReport:
         for stage, secs in outcome.stage_seconds.items():
             self.stage_seconds[stage] += secs
         if outcome.status == "lost":
-            self.n_skipped += 1  # another driver committed this video
+            self.n_discarded += 1
         elif outcome.status == "failed":
             self.n_failed += 1
             self.failures.append((outcome.path, outcome.reason))
