@@ -81,14 +81,9 @@ class ThrowawayPostgres:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; returns its URL."""
-        import psycopg
-
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template``; returns its URL."""
+        return create_database_at(self.url(), name, template=template)
 
     def stop(self) -> None:
         try:
@@ -103,15 +98,16 @@ class ThrowawayPostgres:
         self.stop()
 
 
-def create_database_at(server_url: str, name: str) -> str:
-    """A new empty database on the server of ``server_url`` (any database of it); returns its URL."""
+def create_database_at(server_url: str, name: str, *, template: str | None = None) -> str:
+    """A new database on the server of ``server_url`` (any database of it), empty or a copy
+    of the database ``template`` (which must have no open connections); returns its URL."""
     import psycopg
     from sqlalchemy.engine import make_url
 
     url = make_url(server_url)
     with psycopg.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password,
                          dbname=url.database or "postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     return url.set(database=name).render_as_string(hide_password=False)
 
 

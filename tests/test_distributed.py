@@ -221,3 +221,25 @@ def test_a_claim_of_a_dead_local_process_is_taken_at_once(claim_ws):
 
     assert claim_video(claim_ws, 1, 2, f"{socket.gethostname()}:{dead_pid}:feedbeef")
     assert claim_video(claim_ws, 1, 2, new_owner())  # no need to wait for the heartbeat to expire
+
+
+# --- the annotator under 20 concurrent reviewers, on SQLite and PostgreSQL ----------------
+def test_twenty_concurrent_reviewers_lose_no_update(tmp_path, db_url):
+    """The real server (2 worker processes) and 20 reviewer clients deciding on a hot set
+    of clusters for a few seconds (benchmarks/annotator_load.py, small): the audit log
+    replays exactly to the final database, with no server errors."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "annotator_load.py"), "--clusters", "30",
+                           "--tubes", "600", "--clients", "20", "--seconds", "6", "--workers", "2",
+                           "--threads", "4", "--workspace", str(tmp_path), "--db-url", db_url],
+                          capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "CONCEPTGEN_QUIET": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["database"] == db_url.split(":")[0].split("+")[0]
+    assert result["decisions"] > 20 and result["client_failures"] == 0
+    assert result["errors_5xx"] == 0 and result["lost_updates"] == 0
