@@ -19,6 +19,7 @@ to the database, guarded by claims), so the driver only schedules and reports.
 from __future__ import annotations
 
 import socket
+import uuid
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import replace
@@ -69,19 +70,23 @@ def model_on(loaded, device: str | None):
 
 # --- Ray ----------------------------------------------------------------------------
 class _ModelActor:
-    """A Ray actor holding one worker (model loaded once); ``run(item)`` does one item."""
+    """A Ray actor holding the model (loaded once) and the worker of the current map."""
 
-    def __init__(self, make_worker, loaded, device: str | None, threads: int):
+    def __init__(self, loaded, device: str | None, threads: int):
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.worker = make_worker(model_on(loaded, device))
+        self.loaded = model_on(loaded, device)
+        self.key, self.worker = None, None
 
     def ready(self) -> str:
         return socket.gethostname()
 
-    def run(self, item):
+    def run(self, key: str, make_worker, item):
+        if key != self.key:  # a new map: build its worker once, over the same model
+            self.key, self.worker = key, make_worker(self.loaded)
         return self.worker(item)
+
 
 def _check_reachable(address: str) -> None:
     """One-line UnreachableError when HOST:PORT does not accept a TCP connection."""
@@ -123,6 +128,7 @@ class RayExecutor(Executor):
                  num_gpus_per_worker: float = 0.0, in_flight_per_worker: int = 2):
         if cpus_per_worker <= 0 or num_gpus_per_worker < 0 or (workers is not None and workers < 1):
             raise ConfigError("Ray workers need > 0 CPUs each, >= 0 GPUs each and at least one worker")
+        self._pool = None
         self._started = connect_ray(address)
         import ray
 
@@ -142,84 +148,95 @@ class RayExecutor(Executor):
                               f"{cpus_per_worker:g}: add nodes or lower the CPUs per worker")
         self.cpus, self.gpus, self.in_flight = cpus_per_worker, num_gpus_per_worker, in_flight_per_worker
         self.device = "cuda" if num_gpus_per_worker > 0 else None
+        self._pool: tuple[str, list] | None = None  # (model fingerprint, live actors)
         self.lost_workers = 0  # workers that died during this executor's maps
         self.requeued = 0      # items handed to another worker after theirs died
 
-    def _start_actors(self, make_worker, loaded) -> list:
+    def _actors_for(self, loaded) -> list:
+        """The live actors holding ``loaded`` (started on first use; the model is put once)."""
         import ray
 
-        cpu_loaded = model_on(loaded, "cpu")  # weights travel once, device-neutral
-        ref = ray.put(cpu_loaded)
+        if self._pool is not None and self._pool[0] == loaded.fingerprint and self._pool[1]:
+            return self._pool[1]
+        self._kill_pool()
+        ref = ray.put(model_on(loaded, "cpu"))  # weights travel once, device-neutral
         actor_cls = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus or None, max_restarts=0)(_ModelActor)
-        actors = [actor_cls.remote(make_worker, ref, self.device, max(1, int(self.cpus)))
-                  for _ in range(self.workers)]
+        actors = [actor_cls.remote(ref, self.device, max(1, int(self.cpus))) for _ in range(self.workers)]
         alive = []
         for actor, ready in zip(actors, [a.ready.remote() for a in actors]):
             try:
                 ray.get(ready)
                 alive.append(actor)
-            except ray.exceptions.RayError as err:
-                if isinstance(err, ray.exceptions.RayTaskError):
-                    raise err.as_instanceof_cause() from None
+            except ray.exceptions.RayTaskError as err:
+                raise err.as_instanceof_cause() from None
+            except ray.exceptions.RayError:
                 self.lost_workers += 1
         if not alive:
             raise UnreachableError("no Ray worker could start; see `ray status` on the head node")
+        self._pool = (loaded.fingerprint, alive)
         return alive
 
     def map_unordered(self, make_worker, loaded, items):
         import ray
 
-        actors = deque(self._start_actors(make_worker, loaded))
+        pool = self._actors_for(loaded)
+        key = uuid.uuid4().hex
+        make_ref = ray.put(make_worker)
         pending: dict = {}  # object ref -> (actor, item, attempts)
         retry: deque = deque()
         source = iter(items)
-        load = {a: 0 for a in actors}
-        try:
-            while True:
-                # Fill every live worker up to its in-flight bound, retries first.
-                while actors:
-                    actor = min(actors, key=lambda a: load[a])
-                    if load[actor] >= self.in_flight:
+        load = {a: 0 for a in pool}
+        while True:
+            # Fill every live worker up to its in-flight bound, retries first.
+            while load:
+                actor = min(load, key=load.get)
+                if load[actor] >= self.in_flight:
+                    break
+                if retry:
+                    item, attempts = retry.popleft()
+                else:
+                    item = next(source, _END)
+                    if item is _END:
                         break
-                    if retry:
-                        item, attempts = retry.popleft()
-                    else:
-                        item = next(source, _END)
-                        if item is _END:
-                            break
-                        attempts = 0
-                    pending[actor.run.remote(item)] = (actor, item, attempts)
-                    load[actor] += 1
-                if not pending:
-                    if retry:
-                        raise ConceptgenError(f"all {self.workers} Ray workers died; {len(retry)} item(s) undone. "
-                                              "Run the same command again to resume")
-                    return
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                actor, item, attempts = pending.pop(ref)
+                    attempts = 0
+                pending[actor.run.remote(key, make_ref, item)] = (actor, item, attempts)
+                load[actor] += 1
+            if not pending:
+                if retry:
+                    raise ConceptgenError(f"all {self.workers} Ray workers died; {len(retry)} item(s) undone. "
+                                          "Run the same command again to resume")
+                return
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            actor, item, attempts = pending.pop(ref)
+            if actor in load:
+                load[actor] -= 1
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as err:  # the work itself raised: the caller's error
+                raise err.as_instanceof_cause() from None
+            except ray.exceptions.RayError:  # the worker or its node died: hand the item on
                 if actor in load:
-                    load[actor] -= 1
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:  # the work itself raised: the caller's error
-                    raise err.as_instanceof_cause() from None
-                except ray.exceptions.RayError:  # the worker or its node died: hand the item on
-                    if actor in load:
-                        del load[actor]
-                        actors.remove(actor)
-                        self.lost_workers += 1
-                    if attempts + 1 >= MAX_ATTEMPTS:
-                        raise ConceptgenError(f"{MAX_ATTEMPTS} Ray workers died on one item ({item!r:.80}); "
-                                              "it may be too large for a worker's memory") from None
-                    retry.append((item, attempts + 1))
-                    self.requeued += 1
-                    continue
-                yield item, result
-        finally:
-            for actor in list(load):
+                    del load[actor]
+                    pool.remove(actor)
+                    self.lost_workers += 1
+                if attempts + 1 >= MAX_ATTEMPTS:
+                    raise ConceptgenError(f"{MAX_ATTEMPTS} Ray workers died on one item ({item!r:.80}); "
+                                          "it may be too large for a worker's memory") from None
+                retry.append((item, attempts + 1))
+                self.requeued += 1
+                continue
+            yield item, result
+
+    def _kill_pool(self) -> None:
+        if self._pool is not None:
+            import ray
+
+            for actor in self._pool[1]:
                 ray.kill(actor)
+            self._pool = None
 
     def close(self) -> None:
+        self._kill_pool()
         if self._started:
             import ray
 

@@ -85,7 +85,7 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
     return TcavInputs(concepts, classes, pool)
 
 
-def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
+def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
     from conceptgen.registry import get_layer, load_model
@@ -108,7 +108,7 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
         "class_examples": request.class_examples, "random_pool": request.random_pool})
     try:
         report = run_tcav(loaded, inputs, config, cache_dir=Path(workspace.cache) / "tcav",
-                          amp=request.amp, batch_size=request.batch_size)
+                          amp=request.amp, batch_size=request.batch_size, executor=executor)
     except ConceptgenError as err:
         fail_experiment(workspace, experiment_id, str(err))
         raise

@@ -243,3 +243,36 @@ def test_twenty_concurrent_reviewers_lose_no_update(tmp_path, db_url):
     assert result["database"] == db_url.split(":")[0].split("+")[0]
     assert result["decisions"] > 20 and result["client_failures"] == 0
     assert result["errors_5xx"] == 0 and result["lost_updates"] == 0
+
+
+# --- TCAV activations on Ray workers ---------------------------------------------------
+def test_tcav_activations_on_ray_workers_equal_the_in_process_ones(tcav_toy, tmp_path, monkeypatch):
+    """The same ActivationStore, its batches run by two Ray workers: every activation and
+    gradient matches the in-process store's, and all are written once to the cache."""
+    import numpy as np
+    import ray
+
+    from conceptgen.executors import RayExecutor
+    from tcav.activations import ActivationStore
+    from tcav.examples import Example
+    from tcav.toy import class_clips
+
+    examples = [Example.from_array(c) for c in class_clips("right", 10, seed=1)]
+    here = ActivationStore(tmp_path / "here", tcav_toy, ["conv1", "conv2"], batch_size=3)
+    here.ensure(examples, targets=[0])
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        with RayExecutor(workers=2) as executor:
+            remote = ActivationStore(tmp_path / "ray", tcav_toy, ["conv1", "conv2"], batch_size=3, executor=executor)
+            remote.ensure(examples, targets=[0])
+            assert remote.computed == 10 and executor.workers == 2
+            remote.ensure(examples, targets=[0])  # all cached now: nothing recomputed
+            assert remote.computed == 10
+    finally:
+        ray.shutdown()
+    for layer in ("conv1", "conv2"):
+        np.testing.assert_allclose(remote.activations(examples, layer), here.activations(examples, layer),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(remote.gradients(examples, layer, 0), here.gradients(examples, layer, 0),
+                                   rtol=1e-5, atol=1e-7)

@@ -1,6 +1,7 @@
 """`conceptgen tcav` and `conceptgen gradcam`: glue over tcav.workflow and tcav.gradcam."""
 from __future__ import annotations
 
+from conceptgen.cli.engine_commands import add_executor_options, executor_from_args
 from conceptgen.errors import ConfigError
 
 
@@ -38,6 +39,7 @@ def register(sub) -> None:
                    help="family-wise correction over every hypothesis (default bonferroni)")
     p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward/backward (default 8)")
+    add_executor_options(p)
     p.set_defaults(handler=_tcav)
 
     p = sub.add_parser("gradcam", help="Grad-CAM overlay video and per-frame heat curve for one video")
@@ -77,7 +79,9 @@ def _tcav(args, ctx) -> int:
         class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
         weights=args.weights, amp=args.amp, batch_size=args.batch_size,
         null_sets=args.null_sets, statistic=args.statistic)
-    outcome = run_experiment(ctx.workspace, request)
+    ctx.workspace.engine  # an unreachable database fails here, before Ray starts
+    with executor_from_args(args) as executor:
+        outcome = run_experiment(ctx.workspace, request, executor=executor)
     for line in format_table(outcome.report):
         ctx.echo(line)
     for warning in outcome.report.warnings:
