@@ -180,6 +180,21 @@ def test_two_drivers_share_a_run_and_compute_each_video_once(tmp_path, demo_work
         w.close()
 
 
+def test_the_engine_commands_run_end_to_end_on_every_database(tmp_path, demo_workspace, small_videos, db_url,
+                                                              capsys):
+    """ingest -> extract -> cluster -> runs through the CLI, the store at --db-url."""
+    ws = demo_ws(tmp_path / "ws", demo_workspace, db_url)
+    cli = ["--quiet", "--workspace", str(ws.root), "--db-url", db_url]
+    assert main([*cli, "ingest", str(small_videos)]) == 0
+    assert main([*cli, "extract", "--seed", "0"]) == 0
+    assert main([*cli, "cluster", "--run", "1", "--k", "3", "--min-videos", "1", "--min-size", "1"]) == 0
+    assert main([*cli, "runs"]) == 0
+    out = capsys.readouterr().out
+    assert f"{N_VIDEOS} videos done" in out and "clustering 1" in out
+    assert_written_once(ws, N_VIDEOS)
+    ws.close()
+
+
 @pytest.fixture
 def claim_ws(tmp_path, db_url):
     """A workspace on ``db_url`` with one run and two videos rows (no files needed for claims)."""
