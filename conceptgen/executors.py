@@ -73,9 +73,12 @@ class _ModelActor:
     """A Ray actor holding the model (loaded once) and the worker of the current map."""
 
     def __init__(self, loaded, device: str | None, threads: int):
+        import cv2
         import torch
 
+        # The worker's CPU share: Ray reserves ``threads`` CPUs for it; use no more.
         torch.set_num_threads(max(1, threads))
+        cv2.setNumThreads(max(1, threads))
         self.loaded = model_on(loaded, device)
         self.key, self.worker = None, None
 
