@@ -6,7 +6,7 @@ the annotator on a PostgreSQL store.
     python benchmarks/distributed.py --device cuda --num-gpus-per-task 0.5   # on a GPU machine
 
 What is measured (the synthetic set, ``--model`` with random weights: throughput does not
-depend on the weights; segmenters motion,supervoxel; the store is a throwaway PostgreSQL
+depend on the weights, but one random initialisation is saved and used by every run; segmenters motion,supervoxel; the store is a throwaway PostgreSQL
 server when its binaries exist, else SQLite; every run is warmed up first on other videos
 so model loading and Ray actor start-up are not timed):
 
@@ -85,16 +85,30 @@ class Stores:
             self.server.stop()
 
 
-def timed_run(ws: Workspace, videos: Path, model: str, warmup: int, executor=None, device: str = "cpu"):
+def fixed_weights(model: str, work: Path, seed: int) -> str:
+    """One random initialisation of ``model``, saved, so every run uses the same weights."""
+    import torch
+
+    from conceptgen.registry import load_model
+
+    torch.manual_seed(seed)
+    path = work / f"{model}-random.pt"
+    torch.save(load_model(model).model.state_dict(), path)
+    return str(path)
+
+
+def timed_run(ws: Workspace, videos: Path, model: str, weights: str, warmup: int, executor=None,
+              device: str = "cpu"):
     """Warm up on ``warmup`` videos (another seed: another run), then time a run over all.
     Returns (seconds, run id)."""
     ingest(ws, [videos])
     with ws.session() as s:
         ids = list(s.scalars(select(Video.id).order_by(Video.id)))
-    extract(ws, ExtractConfig.from_options(model=model, seed=1), only_video_ids=ids[:warmup], executor=executor,
-            device=device)
+    extract(ws, ExtractConfig.from_options(model=model, weights=weights, seed=1), only_video_ids=ids[:warmup],
+            executor=executor, device=device)
     t = time.perf_counter()
-    report = extract(ws, ExtractConfig.from_options(model=model, seed=0), executor=executor, device=device)
+    report = extract(ws, ExtractConfig.from_options(model=model, weights=weights, seed=0), executor=executor,
+                     device=device)
     return time.perf_counter() - t, report.run_id
 
 
@@ -162,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                                size=args.size)
         videos = work / "synth" / "videos"
         warmup = max(1, args.workers)
+        weights = fixed_weights(args.model, work, args.seed)
 
         limit_threads(args.cpus_per_worker)  # one worker's CPU share, in this process
         ws_one = stores.workspace("inprocess")
-        s_one, run_one = timed_run(ws_one, videos, args.model, 1, device=args.device)
+        s_one, run_one = timed_run(ws_one, videos, args.model, weights, 1, device=args.device)
         limit_threads(None)
         ws_all = stores.workspace("inprocess-all")
-        s_all, _ = timed_run(ws_all, videos, args.model, 1, device=args.device)
+        s_all, _ = timed_run(ws_all, videos, args.model, weights, 1, device=args.device)
         print(f"in-process: {s_one:.1f} s with {args.cpus_per_worker} thread(s), {s_all:.1f} s with all", flush=True)
 
         started_ray = args.address is None and not ray.is_initialized()
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             with RayExecutor(args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                              num_gpus_per_worker=args.num_gpus_per_task) as executor:
                 ws_ray = stores.workspace("ray")
-                s_ray, run_ray = timed_run(ws_ray, videos, args.model, warmup, executor=executor)
+                s_ray, run_ray = timed_run(ws_ray, videos, args.model, weights, warmup, executor=executor)
                 workers = executor.workers
         finally:
             if started_ray:
