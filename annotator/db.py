@@ -9,6 +9,7 @@ from typing import Iterator
 
 from flask import current_app, g
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from conceptgen.errors import NotFoundError
@@ -60,7 +61,7 @@ class WriterTurn:
 
     @contextmanager
     def __call__(self, ws: Workspace) -> Iterator[None]:
-        if ws.engine.dialect.name == "postgresql":
+        if make_url(ws.db_url).get_backend_name() == "postgresql":
             # Held by this request's transaction until its commit or rollback.
             db().execute(select(func.pg_advisory_xact_lock(DECISION_LOCK_KEY)))
             yield

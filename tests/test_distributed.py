@@ -127,9 +127,11 @@ def test_ray_cluster_with_a_killed_worker_node_equals_the_single_process_run(tmp
         cluster.shutdown()
 
     report = outcome["report"]
-    assert 1 <= done_at_kill < N_VIDEOS  # the kill really interrupted the run
-    assert executor.lost_workers == 1 and executor.requeued >= 1  # the dead node's videos went elsewhere
-    assert report.n_done == N_VIDEOS and report.n_failed == 0
+    state = (f"done at kill {done_at_kill}, lost workers {executor.lost_workers}, requeued {executor.requeued}, "
+             f"{report.summary_lines()}")
+    assert 1 <= done_at_kill < N_VIDEOS, state  # the kill really interrupted the run
+    assert executor.lost_workers == 1 and executor.requeued >= 1, state  # the dead node's videos went elsewhere
+    assert report.n_done == N_VIDEOS and report.n_failed == 0, state
     assert differences(run_signature(ws), run_signature(reference)) == []
     assert_written_once(ws, N_VIDEOS)
     for w in (reference, ws):
