@@ -136,8 +136,10 @@ def concepts_from_export(root: Path, spec, *, names: Sequence[str] | None = None
         for variant in ("dynamic", "static"):
             clips = [root / e["clip"] for e in entry["examples"] if e["variant"] == variant]
             if clips:
-                out.append(ConceptExamples(entry["name"], variant, [file_example(c, spec) for c in clips],
-                                           source="export"))
+                # A static clip is one frame repeated; H.264 P-frames may drift by a few levels, so
+                # the middle decoded frame is repeated (the same rule as for any clip).
+                examples = [file_example(c, spec, static=variant == "static") for c in clips]
+                out.append(ConceptExamples(entry["name"], variant, examples, source="export"))
     return out
 
 
