@@ -58,3 +58,16 @@ class CAV:
         return cls(concept=meta["concept"], against=meta["against"], layer=meta["layer"],
                    vector=vector, accuracy=float(meta["accuracy"]), classifier=meta["classifier"],
                    seed=int(meta["seed"]))
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Mean cosine over all pairs of rows of ``vectors`` (K, D), K >= 2: how much CAVs
+    fitted with different seeds agree (1 = the same direction every time)."""
+    v = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    if len(v) < 2:
+        raise ValueError("mean_pairwise_cosine needs at least two vectors")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    unit = v / np.where(norms > 0, norms, 1.0)
+    cos = unit @ unit.T
+    upper = np.triu_indices(len(v), k=1)
+    return float(np.mean(cos[upper]))
