@@ -18,7 +18,8 @@ class CAV:
     ``vector`` (D,) float32, unit norm, oriented towards the concept, in the
     layer's flattened activation space (C*T*H*W for a 5-D layer). ``accuracy`` is
     the held-out accuracy in [0, 1]; ``against`` names the other set
-    (``random:<i>``, ``null:<i>`` or another concept's name).
+    (``random:<i>``, ``null:<i>`` or another concept's name). ``bias``: activations
+    ``x`` with ``x . vector + bias > 0`` are on the concept's side.
     """
 
     concept: str
@@ -28,6 +29,7 @@ class CAV:
     accuracy: float
     classifier: str
     seed: int
+    bias: float = 0.0
 
     def save(self, path: str | Path) -> Path:
         """Writes ``path`` (.npz) with the vector, metadata and a checksum."""
@@ -36,7 +38,7 @@ class CAV:
         vector = np.ascontiguousarray(self.vector, dtype=np.float32)
         meta = {"concept": self.concept, "against": self.against, "layer": self.layer,
                 "accuracy": self.accuracy, "classifier": self.classifier, "seed": self.seed,
-                "sha256": sha256_bytes(vector.tobytes())}
+                "bias": self.bias, "sha256": sha256_bytes(vector.tobytes())}
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, vector=vector, meta=np.array(json.dumps(meta)))
         tmp.replace(path)
@@ -57,7 +59,7 @@ class CAV:
             raise IntegrityError(f"CAV file {path} fails its checksum: delete it and recompute")
         return cls(concept=meta["concept"], against=meta["against"], layer=meta["layer"],
                    vector=vector, accuracy=float(meta["accuracy"]), classifier=meta["classifier"],
-                   seed=int(meta["seed"]))
+                   seed=int(meta["seed"]), bias=float(meta.get("bias", 0.0)))
 
 
 def mean_pairwise_cosine(vectors: np.ndarray) -> float:

@@ -182,6 +182,7 @@ class TcavReport:
     skipped: dict[str, str] = field(default_factory=dict)   # example key -> "origin: reason"
     experiment_id: int | None = None
     files: list[Path] = field(default_factory=list)
+    cavs: list[CAV] = field(default_factory=list)   # every concept-vs-random-set CAV (tcav.saved_cavs)
 
     def tested(self) -> list[HypothesisResult]:
         return [r for r in self.results if r.comparison == "random"]
@@ -337,6 +338,7 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
 
     results: list[HypothesisResult] = []
     layer_reports: list[LayerReport] = []
+    all_cavs: list[CAV] = []
     classifier = make_classifier(config.classifier)
     for layer in config.layers:
         # One set's activations in RAM at a time (read back from the cache).
@@ -359,6 +361,7 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
                 _fit(classifier, c.label, f"random:{i}", layer, acts, acts_of(c.variant, rs),
                      stats.derive_seed(seed, "cav", c.label, layer, i))
                 for i, rs in enumerate(random_sets)]
+        all_cavs += [v for c in concepts for v in concept_cavs[c.label]]
         relative_cavs = _relative_cavs(store, classifier, concepts, layer, seed) if config.relative else {}
         for target, k in targets.items():
             grads = store.gradients(inputs.class_examples[target], layer, k)
@@ -393,7 +396,8 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
         "and concept size: use --statistic logit-change or --classifier mean-diff for the nearly free path")
     warnings = [w for w in [power.warning, cost] + [lr.diagnosis.message for lr in layer_reports]
                 + [lr.warning for lr in layer_reports] if w]
-    return TcavReport(config, n_sets, results, layer_reports, power, list(dict.fromkeys(warnings)))
+    return TcavReport(config, n_sets, results, layer_reports, power, list(dict.fromkeys(warnings)),
+                      cavs=all_cavs)
 
 
 @dataclass(frozen=True)
@@ -435,7 +439,7 @@ def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int, 
 
 def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, other: np.ndarray, seed: int) -> CAV:
     fit = classifier.fit(x, other, seed=seed)
-    return CAV(concept, against, layer, fit.vector, fit.accuracy, classifier.name, seed)
+    return CAV(concept, against, layer, fit.vector, fit.accuracy, classifier.name, seed, fit.bias)
 
 
 def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer, grads: dict[str, np.ndarray],

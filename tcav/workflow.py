@@ -15,6 +15,7 @@ from tcav import examples as ex
 from tcav.experiment import DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavReport, run_tcav
 from tcav.plots import plot_report
 from tcav.results import fail_experiment, finish_experiment, media_folder, start_experiment, write_exports
+from tcav.saved_cavs import save_cavs
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
     return TcavInputs(concepts, classes, pool)
 
 
+def _as_path(name: str) -> str:
+    """A model or weights file as an absolute path (so `tcav apply` finds it from anywhere); names as given."""
+    return str(Path(name).resolve()) if Path(name).is_file() else name
+
+
 def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
@@ -104,6 +110,7 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
     config.validate()
     inputs = gather_inputs(workspace, request, loaded.spec)
     experiment_id = start_experiment(workspace, config, loaded, {
+        "model": _as_path(request.model), "weights": request.weights and _as_path(request.weights),
         "concepts": request.concepts, "device": request.device, "amp": request.amp,
         "class_examples": request.class_examples, "random_pool": request.random_pool})
     try:
@@ -115,6 +122,8 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
     report.experiment_id = experiment_id
     folder = media_folder(workspace, experiment_id)
     files = write_exports(report, folder)
+    files.append(save_cavs(report.cavs, inputs.concepts, model_name=loaded.name, model_fingerprint=loaded.fingerprint,
+                           experiment_folder=folder, experiment_id=experiment_id))
     plots = plot_report(report, folder)
     finish_experiment(workspace, experiment_id, report,
                       [str(p.relative_to(workspace.media)) for p in plots])

@@ -1,0 +1,127 @@
+"""Every experiment saves its CAVs; `conceptgen tcav apply` scores new videos with them
+without retraining and refuses a model with another fingerprint. Real mp4 files, a
+real checkpoint of the toy 3D CNN, a real SQLite workspace."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conceptgen import registry
+from conceptgen.cli import main
+from conceptgen.videoio import write_video
+from tcav.saved_cavs import load_cavs
+from tcav.toy import ToyWorld, _background, class_clips, moving_square_clip, static_blob
+
+W = ToyWorld()
+N_SETS = 4
+
+
+def _write_clips(folder, clips):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, clip in enumerate(clips):
+        write_video(folder / f"{i:03d}.mp4", clip)
+
+
+def _run(capsys, *argv):
+    code = main(["--quiet", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def experiment(tcav_toy, tmp_path_factory):
+    """One finished experiment (id 1) on the toy model: (workspace, checkpoint, clip root)."""
+    root = tmp_path_factory.mktemp("saved-cavs")
+    checkpoint = root / "toy.pt"
+    registry.save_checkpoint(checkpoint, builder="tcav_toy", builder_kwargs={}, model=tcav_toy.model,
+                             spec=tcav_toy.spec, class_names=tcav_toy.class_names)
+    rng = np.random.default_rng(0)
+    _write_clips(root / "concepts" / "rightward", [moving_square_clip(rng, W, "right", distractor=False)
+                                                   for _ in range(8)])
+    _write_clips(root / "concepts" / "blob", [static_blob(_background(rng, W), rng, W) for _ in range(8)])
+    _write_clips(root / "concepts" / "random", [moving_square_clip(rng, W, "static") for _ in range(20)])
+    _write_clips(root / "classes" / "right", list(class_clips("right", 6, seed=3)))
+    _write_clips(root / "new", list(class_clips("right", 3, seed=7)) + list(class_clips("left", 3, seed=8)))
+    code = main(["--quiet", "--workspace", str(root / "ws"), "tcav", "--model", str(checkpoint),
+                 "--layers", "conv2", "--target", "right", "--concepts", str(root / "concepts"),
+                 "--class-examples", str(root / "classes"), "--random-sets", str(N_SETS),
+                 "--random-set-size", "8", "--classifier", "mean-diff", "--seed", "1"])
+    assert code == 0
+    return root / "ws", checkpoint, root
+
+
+def test_every_experiment_stores_its_cavs_with_their_provenance(experiment):
+    ws, _checkpoint, _root = experiment
+    saved = load_cavs(ws / "media" / "tcav" / "1")
+    results = json.loads((ws / "media" / "tcav" / "1" / "results.json").read_text())
+    # 2 concepts x (dynamic, static) x 1 layer x N random sets
+    assert len(saved.cavs) == 2 * 2 * N_SETS
+    assert len(saved.model_fingerprint) == 64
+    for (concept, variant, layer), group in saved.groups().items():
+        assert len(group) == N_SETS and layer == "conv2"
+        for g in group:
+            assert g.model_fingerprint == saved.model_fingerprint and g.cav.classifier == "mean-diff"
+            assert np.linalg.norm(g.cav.vector) == pytest.approx(1.0, abs=1e-5)
+            assert np.isfinite(g.cav.bias) and len(g.examples_sha256) == 64 and g.concept_version is None
+        # the stored CAVs are the ones the experiment scored with: same held-out accuracies, in order
+        row = next(r for r in results["results"] if (r["concept"], r["variant"], r["layer"], r["comparison"])
+                   == (concept, variant, layer, "random"))
+        assert [g.cav.accuracy for g in group] == pytest.approx(row["details"]["cav_accuracies"])
+
+
+def test_apply_on_the_experiments_own_class_videos_reproduces_its_tcav_scores(experiment, capsys, tmp_path):
+    ws, _checkpoint, root = experiment
+    out = tmp_path / "applied.json"
+    code, stdout, err = _run(capsys, "--workspace", ws, "tcav", "apply", "--experiment", 1,
+                             "--videos", root / "classes", "--out", out)
+    assert code == 0, err
+    assert "rightward" in stdout and f"scores: {out}" in stdout
+    applied = json.loads(out.read_text())
+    results = json.loads((ws / "media" / "tcav" / "1" / "results.json").read_text())["results"]
+    for score in applied["scores"]:
+        row = next(r for r in results if (r["concept"], r["variant"], r["layer"], r["target"], r["comparison"])
+                   == (score["concept"], score["variant"], score["layer"], score["target"], "random"))
+        assert score["tcav_mean"] == pytest.approx(row["tcav_mean"])
+        assert score["n_cavs"] == N_SETS and len(score["videos"]) == 6
+
+
+def test_apply_scores_new_videos_per_video(experiment, capsys):
+    ws, _checkpoint, root = experiment
+    code, _stdout, err = _run(capsys, "--workspace", ws, "tcav", "apply", "--experiment", 1, "--videos", root / "new")
+    assert code == 0, err
+    applied = json.loads((ws / "media" / "tcav" / "1" / "applied.json").read_text())
+    assert {s["target"] for s in applied["scores"]} == {"right"}
+    for score in applied["scores"]:
+        assert len(score["videos"]) == 6
+        for v in score["videos"]:
+            assert 0 <= v["positive_fraction"] <= 1 and 0 <= v["concept_presence"] <= 1
+        fractions = [v["positive_fraction"] for v in score["videos"]]
+        # TCAV per CAV averaged over CAVs = per-video positive share averaged over videos
+        assert score["tcav_mean"] == pytest.approx(np.mean(fractions))
+
+
+def test_apply_refuses_a_model_with_another_fingerprint_in_one_line(experiment, tcav_toy, capsys, tmp_path):
+    ws, _checkpoint, root = experiment
+    other = copy.deepcopy(tcav_toy.model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    path = tmp_path / "other.pt"
+    registry.save_checkpoint(path, builder="tcav_toy", builder_kwargs={}, model=other, spec=tcav_toy.spec,
+                             class_names=tcav_toy.class_names)
+    code, _out, err = _run(capsys, "--workspace", ws, "tcav", "apply", "--experiment", 1,
+                           "--videos", root / "new", "--model", path)
+    assert code == 2
+    assert err.startswith("error: the CAVs of experiment 1 were trained on model") and "fingerprint" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_apply_to_an_unknown_experiment_and_tcav_without_options_are_one_line_errors(experiment, capsys):
+    ws, _checkpoint, root = experiment
+    code, _out, err = _run(capsys, "--workspace", ws, "tcav", "apply", "--experiment", 99, "--videos", root / "new")
+    assert code == 2 and "no TCAV experiment 99" in err and len(err.strip().splitlines()) == 1
+    code, _out, err = _run(capsys, "--workspace", ws, "tcav", "--layers", "conv2")
+    assert code == 2 and "needs --model, --target, --concepts" in err
