@@ -12,7 +12,8 @@ from pathlib import Path
 
 from conceptgen.errors import ConceptgenError, ConfigError
 from tcav import examples as ex
-from tcav.experiment import DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavReport, run_tcav
+from tcav.experiment import (CALIBRATION_NULL_SETS, DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavReport,
+                             run_tcav)
 from tcav.plots import plot_report
 from tcav.results import fail_experiment, finish_experiment, media_folder, start_experiment, write_exports
 from tcav.saved_cavs import save_cavs
@@ -33,6 +34,7 @@ class TcavRequest:
     test: str = "pseudo"              # pseudo-concept null; or "permutation", "ttest" (random-vs-random)
     null_sets: int = 0                 # test "pseudo": M pseudo-concepts; 0 = auto
     statistic: str = "auto"            # test "pseudo": "logit-change" (auto) or "tcav"
+    calibration_sets: int = CALIBRATION_NULL_SETS   # two-sample tests: pseudo-concepts for calibration.json
     correction: str = "bonferroni"
     mode: str = "crop"
     class_examples: str | None = None  # folder; default: labelled videos in the DB
@@ -106,7 +108,7 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
                         random_sets=request.random_sets, seed=request.seed, classifier=request.classifier,
                         test=request.test, null_sets=request.null_sets, statistic=request.statistic,
                         correction=request.correction, render_mode=request.mode,
-                        random_set_size=request.random_set_size)
+                        random_set_size=request.random_set_size, calibration_sets=request.calibration_sets)
     config.validate()
     inputs = gather_inputs(workspace, request, loaded.spec)
     experiment_id = start_experiment(workspace, config, loaded, {

@@ -12,18 +12,8 @@ import torch
 
 from conceptgen import registry
 from conceptgen.cli import main
-from conceptgen.videoio import write_video
 from tcav.saved_cavs import load_cavs
-from tcav.toy import ToyWorld, _background, class_clips, moving_square_clip, static_blob
-
-W = ToyWorld()
 N_SETS = 4
-
-
-def _write_clips(folder, clips):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, clip in enumerate(clips):
-        write_video(folder / f"{i:03d}.mp4", clip)
 
 
 def _run(capsys, *argv):
@@ -33,25 +23,15 @@ def _run(capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def experiment(tcav_toy, tmp_path_factory):
+def experiment(toy_tcav_clips, tmp_path_factory):
     """One finished experiment (id 1) on the toy model: (workspace, checkpoint, clip root)."""
-    root = tmp_path_factory.mktemp("saved-cavs")
-    checkpoint = root / "toy.pt"
-    registry.save_checkpoint(checkpoint, builder="tcav_toy", builder_kwargs={}, model=tcav_toy.model,
-                             spec=tcav_toy.spec, class_names=tcav_toy.class_names)
-    rng = np.random.default_rng(0)
-    _write_clips(root / "concepts" / "rightward", [moving_square_clip(rng, W, "right", distractor=False)
-                                                   for _ in range(8)])
-    _write_clips(root / "concepts" / "blob", [static_blob(_background(rng, W), rng, W) for _ in range(8)])
-    _write_clips(root / "concepts" / "random", [moving_square_clip(rng, W, "static") for _ in range(20)])
-    _write_clips(root / "classes" / "right", list(class_clips("right", 6, seed=3)))
-    _write_clips(root / "new", list(class_clips("right", 3, seed=7)) + list(class_clips("left", 3, seed=8)))
-    code = main(["--quiet", "--workspace", str(root / "ws"), "tcav", "--model", str(checkpoint),
+    root, ws = toy_tcav_clips, tmp_path_factory.mktemp("saved-cavs") / "ws"
+    code = main(["--quiet", "--workspace", str(ws), "tcav", "--model", str(root / "toy.pt"),
                  "--layers", "conv2", "--target", "right", "--concepts", str(root / "concepts"),
                  "--class-examples", str(root / "classes"), "--random-sets", str(N_SETS),
                  "--random-set-size", "8", "--classifier", "mean-diff", "--seed", "1"])
     assert code == 0
-    return root / "ws", checkpoint, root
+    return ws, root / "toy.pt", root
 
 
 def test_every_experiment_stores_its_cavs_with_their_provenance(experiment):

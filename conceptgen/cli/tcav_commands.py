@@ -37,6 +37,10 @@ def register(sub) -> None:
                         "or the mean TCAV score; the two-sample tests always use the TCAV score")
     p.add_argument("--null-sets", type=int, default=0,
                    help="with --test pseudo: M pseudo-concepts (0 = auto: Bonferroni reachable)")
+    p.add_argument("--calibration-sets", type=int, default=20,
+                   help="with --test permutation|ttest: pseudo-concepts per layer, class and variant scored as "
+                        "concepts for calibration.json (default 20; each costs one CAV fit per random set, nearly "
+                        "free with --classifier mean-diff; 0 = none). --test pseudo measures on its own null")
     p.add_argument("--correction", default="bonferroni", choices=("bonferroni", "holm"),
                    help="family-wise correction over every hypothesis (default bonferroni)")
     p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
@@ -96,12 +100,17 @@ def _tcav(args, ctx) -> int:
         classifier=args.classifier, test=args.test, correction=args.correction, mode=args.mode,
         class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
         weights=args.weights, amp=args.amp, batch_size=args.batch_size,
-        null_sets=args.null_sets, statistic=args.statistic)
+        null_sets=args.null_sets, statistic=args.statistic, calibration_sets=args.calibration_sets)
     outcome = run_experiment(ctx.workspace, request)
     for line in format_table(outcome.report):
         ctx.echo(line)
     for warning in outcome.report.warnings:
         ctx.echo(f"warning: {warning}")
+    if (cal := outcome.report.calibration) is not None and cal.n_families:
+        stability = "n/a" if cal.cav_stability is None else f"{cal.cav_stability:.2f}"
+        ctx.echo(f"calibration: false-positive rate {cal.false_positive_rate:.3g} ({cal.families_rejected}/"
+                 f"{cal.n_families} null families, {cal.n_null_hypotheses} null hypotheses) vs alpha {cal.alpha}; "
+                 f"CAV stability across seeds {stability}")
     ctx.echo(f"experiment {outcome.experiment_id}: {outcome.report.n_random_sets} random sets, "
              f"{len(outcome.report.tested())} hypotheses, {outcome.report.config.correction} correction")
     ctx.echo(f"results: {', '.join(str(p) for p in outcome.files)}")
