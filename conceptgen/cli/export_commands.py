@@ -29,8 +29,10 @@ def register(sub) -> None:
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("import-concepts",
-                       help="import an export folder, or a folder with one sub-folder of clips per concept")
-    p.add_argument("dir", help="export folder (has manifest.json) or folder of concept sub-folders")
+                       help="import an export folder, CVAT for video 1.1 XML (tracks become a new version of "
+                            "each concept), or a folder with one sub-folder of clips per concept")
+    p.add_argument("dir", help="export folder (has manifest.json), a CVAT annotations.xml or folder of them, "
+                               "or a folder of concept sub-folders")
     p.add_argument("--user", default=None, help="record this existing user as the importer")
     p.add_argument("--min-clips", type=int, default=2,
                    help="fewest readable clips a plain-folder concept needs (default 2)")
