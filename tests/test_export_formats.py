@@ -245,3 +245,23 @@ def test_importing_one_videos_task_keeps_the_concepts_examples_on_other_videos(c
         kept = [ex.tube["id"] for ex in after[name].examples if ex.video["sha256"] != video_sha]
         on_video = [ex for ex in after[name].examples if ex.video["sha256"] == video_sha]
         assert kept == others and on_video and all(ex.tube["kind"] == "cvat" for ex in on_video)
+
+
+def test_readme_tool_commands_are_valid_cli_invocations():
+    """Every `conceptgen ...` line of the README's tool sections parses (the commands
+    themselves run in the tests above: export formats, import-concepts, tcav apply)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from conceptgen.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Concepts in other tools", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for block in re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
+                for line in block.splitlines() if line.startswith("conceptgen ")]
+    assert len(commands) >= 4
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        assert callable(args.handler), command
