@@ -8,7 +8,6 @@ import json
 import re
 
 import numpy as np
-import pytest
 from sqlalchemy import select
 
 from annotator import create_app
