@@ -105,3 +105,24 @@ def test_apply_to_an_unknown_experiment_and_tcav_without_options_are_one_line_er
     assert code == 2 and "no TCAV experiment 99" in err and len(err.strip().splitlines()) == 1
     code, _out, err = _run(capsys, "--workspace", ws, "tcav", "--layers", "conv2")
     assert code == 2 and "needs --model, --target, --concepts" in err
+
+
+def test_database_concepts_record_their_version_and_static_cavs_their_variant(tmp_path):
+    from tcav.cav import CAV
+    from tcav.examples import ConceptExamples, Example
+    from tcav.saved_cavs import save_cavs
+
+    clips = [Example.from_array(np.full((2, 4, 4, 3), i, np.uint8)) for i in range(3)]
+    concept = ConceptExamples("sq", "dynamic", clips, concept_id=7, source="db", version=3)
+    vector = np.ones(4, np.float32) / 2
+    cavs = [CAV("sq", "random:0", "conv2", vector, 0.75, "sgd", 11, -0.5),
+            CAV("sq [static]", "random:0", "conv2", -vector, 0.5, "sgd", 12, 0.25)]
+    save_cavs(cavs, [concept], model_name="toy", model_fingerprint="a" * 64, experiment_folder=tmp_path,
+              experiment_id=4)
+    saved = load_cavs(tmp_path)
+    assert saved.experiment_id == 4 and [s.variant for s in saved.cavs] == ["dynamic", "static"]
+    for s, cav in zip(saved.cavs, cavs):
+        assert (s.concept, s.concept_id, s.concept_version) == ("sq", 7, 3)
+        assert (s.cav.bias, s.cav.accuracy, s.cav.seed, s.cav.layer) == (cav.bias, cav.accuracy, cav.seed, "conv2")
+        np.testing.assert_array_equal(s.cav.vector, cav.vector)
+    assert saved.cavs[0].examples_sha256 != saved.cavs[1].examples_sha256   # static clips differ
