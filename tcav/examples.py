@@ -71,6 +71,7 @@ class ConceptExamples:
     examples: list[Example]
     concept_id: int | None = None
     source: str = "folder"
+    version: int | None = None   # the concept version the examples are from (database concepts)
 
     @property
     def label(self) -> str:
@@ -157,7 +158,7 @@ def concepts_from_db(workspace, names: Sequence[str] | str, spec, *, render_mode
     for record in records:
         examples = [_record_example(ex, spec, render_mode, workspace.media, static=False)
                     for ex in record.examples if ex.variant == "dynamic"]
-        out.append(ConceptExamples(record.name, "dynamic", examples, ids.get(record.name), "db"))
+        out.append(ConceptExamples(record.name, "dynamic", examples, ids.get(record.name), "db", record.version))
     return out
 
 
@@ -165,7 +166,7 @@ def static_counterpart(concept: ConceptExamples) -> ConceptExamples:
     """The same examples rendered with one frame repeated (the paper's static concepts):
     DB tubes re-rendered with ``static=True``, other clips' middle frame repeated."""
     statics = [static_example(e) for e in concept.examples]
-    return ConceptExamples(concept.name, "static", statics, concept.concept_id, concept.source)
+    return ConceptExamples(concept.name, "static", statics, concept.concept_id, concept.source, concept.version)
 
 
 def static_example(example: Example) -> Example:
