@@ -39,9 +39,9 @@ def test_uniform_null_p_values_keep_the_familywise_rate_at_alpha():
 
 
 def test_the_ttest_fires_on_pseudo_concepts_and_tcav_warns_in_one_line(toy_tcav_clips, tmp_path, capsys):
-    out, cal = _tcav(capsys, tmp_path / "ws", toy_tcav_clips, "ttest", "--calibration-sets", "20")
-    # 2 layers x 1 class x 2 variants, CALIBRATION_NULL_SETS pseudo-concepts of the concepts' size (8) each
-    assert cal["n_null_hypotheses"] == 4 * 20 and cal["family_size"] == 8 and cal["n_families"] == 10
+    out, cal = _tcav(capsys, tmp_path / "ws", toy_tcav_clips, "ttest", "--calibration-sets", "40")
+    # 2 layers x 1 class x 2 variants, 40 pseudo-concepts of the concepts' size (8) each
+    assert cal["n_null_hypotheses"] == 4 * 40 and cal["family_size"] == 8 and cal["n_families"] == 20
     assert cal["exceeds_alpha"] and cal["false_positive_rate"] > 0.05 and cal["binomial_p"] < 0.01
     warnings = [line for line in out.splitlines() if line.startswith("warning: calibration:")]
     assert len(warnings) == 1 and "false-positive rate" in warnings[0]
