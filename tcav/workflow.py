@@ -12,9 +12,11 @@ from pathlib import Path
 
 from conceptgen.errors import ConceptgenError, ConfigError
 from tcav import examples as ex
-from tcav.experiment import DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavReport, run_tcav
+from tcav.experiment import (CALIBRATION_NULL_SETS, DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavReport,
+                             run_tcav)
 from tcav.plots import plot_report
 from tcav.results import fail_experiment, finish_experiment, media_folder, start_experiment, write_exports
+from tcav.saved_cavs import save_cavs
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class TcavRequest:
     test: str = "pseudo"              # pseudo-concept null; or "permutation", "ttest" (random-vs-random)
     null_sets: int = 0                 # test "pseudo": M pseudo-concepts; 0 = auto
     statistic: str = "auto"            # test "pseudo": "logit-change" (auto) or "tcav"
+    calibration_sets: int = CALIBRATION_NULL_SETS   # two-sample tests: pseudo-concepts for calibration.json
     correction: str = "bonferroni"
     mode: str = "crop"
     class_examples: str | None = None  # folder; default: labelled videos in the DB
@@ -85,6 +88,11 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
     return TcavInputs(concepts, classes, pool)
 
 
+def _as_path(name: str) -> str:
+    """A model or weights file as an absolute path (so `tcav apply` finds it from anywhere); names as given."""
+    return str(Path(name).resolve()) if Path(name).is_file() else name
+
+
 def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
@@ -100,10 +108,11 @@ def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOut
                         random_sets=request.random_sets, seed=request.seed, classifier=request.classifier,
                         test=request.test, null_sets=request.null_sets, statistic=request.statistic,
                         correction=request.correction, render_mode=request.mode,
-                        random_set_size=request.random_set_size)
+                        random_set_size=request.random_set_size, calibration_sets=request.calibration_sets)
     config.validate()
     inputs = gather_inputs(workspace, request, loaded.spec)
     experiment_id = start_experiment(workspace, config, loaded, {
+        "model": _as_path(request.model), "weights": request.weights and _as_path(request.weights),
         "concepts": request.concepts, "device": request.device, "amp": request.amp,
         "class_examples": request.class_examples, "random_pool": request.random_pool})
     try:
@@ -115,6 +124,8 @@ def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOut
     report.experiment_id = experiment_id
     folder = media_folder(workspace, experiment_id)
     files = write_exports(report, folder)
+    files.append(save_cavs(report.cavs, inputs.concepts, model_name=loaded.name, model_fingerprint=loaded.fingerprint,
+                           experiment_folder=folder, experiment_id=experiment_id))
     plots = plot_report(report, folder)
     finish_experiment(workspace, experiment_id, report,
                       [str(p.relative_to(workspace.media)) for p in plots])
