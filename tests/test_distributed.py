@@ -40,20 +40,19 @@ def demo_ws(root: Path, demo_workspace, db_url: str | None = None) -> Workspace:
 
 
 def run_signature(ws: Workspace) -> dict:
-    """Per video sha256: (track, frames, kind, masks, boxes, embedding bytes) in track order.
-    (Preview bytes are left out: H.264 files made in different processes have been seen
-    to differ, on main too; assert_written_once checks each preview against its sha256.)"""
+    """Per video sha256: (track, frames, kind, masks, boxes, embedding bytes, preview sha256) in track order."""
     out: dict[str, list] = {}
     with ws.session() as s:
         for sha, tube in s.execute(select(Video.sha256, Tube).join(Tube, Tube.video_id == Video.id)
                                    .order_by(Video.sha256, Tube.track_index)).all():
             out.setdefault(sha, []).append((tube.track_index, tube.frame_indices, tube.kind,
                                             [r["counts"] for r in tube.masks_rle], tube.boxes,
-                                            sorted((e.layer, e.vector) for e in tube.embeddings)))
+                                            sorted((e.layer, e.vector) for e in tube.embeddings),
+                                            tube.preview_sha256))
     return out
 
 
-FIELDS = ("track", "frames", "kind", "masks", "boxes", "embeddings")
+FIELDS = ("track", "frames", "kind", "masks", "boxes", "embeddings", "preview")
 
 
 def differences(a: dict, b: dict) -> list[tuple[str, int, str]]:
