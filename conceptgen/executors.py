@@ -252,8 +252,8 @@ def make_executor(name: str = "inprocess", *, address: str | None = None, worker
                   num_gpus_per_task: float = 0.0) -> Executor:
     """The executor named on the command line (``--executor``)."""
     if name == "inprocess":
-        if address is not None or num_gpus_per_task:
-            raise ConfigError("--address and --num-gpus-per-task need --executor ray")
+        if address is not None or num_gpus_per_task or workers is not None:
+            raise ConfigError("--address, --workers and --num-gpus-per-task need --executor ray")
         return InProcessExecutor()
     if name == "ray":
         return RayExecutor(address, workers=workers, num_gpus_per_worker=num_gpus_per_task)
