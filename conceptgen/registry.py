@@ -333,6 +333,21 @@ class ModelSource:
                            pretrained=pretrained or model.pretrained)
         return cls(str(model), weights=None if weights is None else str(weights), pretrained=pretrained)
 
+    def to_dict(self) -> dict:
+        """Plain values, files as absolute paths (a record finds them from any folder)."""
+        def path(p):
+            return str(Path(p).resolve()) if p and Path(p).is_file() else p
+        return {"model": path(self.model), "weights": path(self.weights), "model_kwargs": self.model_kwargs,
+                "input_spec": self.spec.to_dict() if self.spec else None,
+                "class_names": list(self.class_names) if self.class_names else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSource":
+        """Inverse of :meth:`to_dict` (other keys are ignored)."""
+        return cls(d["model"], weights=d.get("weights"), model_kwargs=d.get("model_kwargs"),
+                   spec=InputSpec.from_dict(d["input_spec"]) if d.get("input_spec") else None,
+                   class_names=tuple(d["class_names"]) if d.get("class_names") else None)
+
     def under(self, card: "ModelSource") -> "ModelSource":
         """This source's fields where set, else the card's (flags override a card)."""
         return ModelSource(card.model, weights=self.weights or card.weights,

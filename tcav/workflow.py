@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from conceptgen.errors import ConceptgenError, ConfigError
 from tcav import examples as ex
-from tcav.experiment import DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavReport, run_tcav
+from tcav.experiment import (CALIBRATION_NULL_SETS, DEFAULT_RANDOM_SETS, TcavConfig, TcavInputs, TcavReport,
+                             run_tcav)
 from tcav.plots import plot_report
 from tcav.results import fail_experiment, finish_experiment, media_folder, start_experiment, write_exports
+from tcav.saved_cavs import save_cavs
 
 if TYPE_CHECKING:
     from conceptgen.registry import ModelSource
@@ -36,6 +38,7 @@ class TcavRequest:
     test: str = "pseudo"              # pseudo-concept null; or "permutation", "ttest" (random-vs-random)
     null_sets: int = 0                 # test "pseudo": M pseudo-concepts; 0 = auto
     statistic: str = "auto"            # test "pseudo": "logit-change" (auto) or "tcav"
+    calibration_sets: int = CALIBRATION_NULL_SETS   # two-sample tests: pseudo-concepts for calibration.json
     correction: str = "bonferroni"
     mode: str = "crop"
     class_examples: str | None = None  # folder; default: labelled videos in the DB
@@ -89,14 +92,14 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
     return TcavInputs(concepts, classes, pool)
 
 
-def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
+def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
     from conceptgen.registry import ModelSource, get_layer, load_model
 
     check_devices(request.device, request.amp)
-    loaded = load_model(ModelSource.of(request.model, weights=request.weights), device=request.device,
-                        workspace=workspace)
+    source = ModelSource.of(request.model, weights=request.weights)
+    loaded = load_model(source, device=request.device, workspace=workspace)
     for layer in request.layers:  # fail fast on names, before decoding any video
         get_layer(loaded, layer)
     for target in request.targets:
@@ -105,21 +108,24 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
                         random_sets=request.random_sets, seed=request.seed, classifier=request.classifier,
                         test=request.test, null_sets=request.null_sets, statistic=request.statistic,
                         correction=request.correction, render_mode=request.mode,
-                        random_set_size=request.random_set_size)
+                        random_set_size=request.random_set_size, calibration_sets=request.calibration_sets)
     config.validate()
     inputs = gather_inputs(workspace, request, loaded.spec)
     experiment_id = start_experiment(workspace, config, loaded, {
+        **source.to_dict(),  # `tcav apply` loads the same model from it
         "concepts": request.concepts, "device": request.device, "amp": request.amp,
         "class_examples": request.class_examples, "random_pool": request.random_pool})
     try:
         report = run_tcav(loaded, inputs, config, cache_dir=Path(workspace.cache) / "tcav",
-                          amp=request.amp, batch_size=request.batch_size)
+                          amp=request.amp, batch_size=request.batch_size, executor=executor)
     except ConceptgenError as err:
         fail_experiment(workspace, experiment_id, str(err))
         raise
     report.experiment_id = experiment_id
     folder = media_folder(workspace, experiment_id)
     files = write_exports(report, folder)
+    files.append(save_cavs(report.cavs, inputs.concepts, model_name=loaded.name, model_fingerprint=loaded.fingerprint,
+                           experiment_folder=folder, experiment_id=experiment_id))
     plots = plot_report(report, folder)
     finish_experiment(workspace, experiment_id, report,
                       [str(p.relative_to(workspace.media)) for p in plots])

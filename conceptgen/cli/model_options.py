@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 
-def add_model_options(p, *, model_flag: bool = True, model_default: str | None = None) -> None:
+def add_model_options(p, *, model_flag: bool = True, model_default: str | None = None,
+                      required: bool = True) -> None:
     """Add the model flags to parser ``p`` (``model_flag=False``: the command names the
-    model elsewhere, as `models --layers NAME`)."""
+    model elsewhere, as `models --layers NAME`; ``required=False``: the command checks)."""
     if model_flag:
-        p.add_argument("--model", required=model_default is None, default=model_default,
+        p.add_argument("--model", required=required and model_default is None, default=model_default,
                        help="a name from `conceptgen models`, demo, a conceptgen checkpoint, a model card "
-                            "(.json/.yaml) or package.module:function (your own network's builder)")
+                            "(.json/.yaml) or package.module:function (your own network's builder)"
+                            + ("" if required or model_default else " (required)"))
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="a state_dict for the model (a sidecar PATH.json with spec/class_names is read)")
     p.add_argument("--model-kwargs", default=None, metavar="JSON",
