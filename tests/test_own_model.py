@@ -99,6 +99,11 @@ def test_builder_kwargs_weights_and_sidecar_score_end_to_end_with_conceptgen_tca
         assert exp.target == "right" and {r.target_class for r in results} == {"right"}  # the sidecar's names
         assert {r.concept_name for r in results} == {"rightward", "blob"}
     workspace.close()
+    # The experiment records the builder, its kwargs and weights: `tcav apply` rebuilds the same network.
+    applied = _cli("--workspace", ws, "--quiet", "tcav", "apply", "--experiment", exp.id,
+                   "--videos", clip_folders / "classes")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert "rightward" in applied.stdout
 
 
 def test_a_model_card_and_the_flags_load_the_same_network(user_model):
