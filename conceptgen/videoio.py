@@ -8,9 +8,7 @@ order, so they stay valid for variable-frame-rate sources.
 """
 from __future__ import annotations
 
-import functools
 import os
-import re
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -208,6 +206,23 @@ def read_clip(path: str | Path, num_frames: int, side: int, *, stride: int | Non
     return resize_clip(read_frames(path, indices=indices, max_side=None), side)
 
 
+def clip_from_file(path: str | Path, num_frames: int, side: int, *, static: bool = False) -> np.ndarray:
+    """A clip file (a concept example) uniformly sampled to ``num_frames`` frames at
+    ``side``: (num_frames, side, side, 3) uint8; with ``static`` its middle frame repeated.
+    A file shorter than ``num_frames`` is refused rather than stretched."""
+    info = probe_video(path)
+    if info.frame_count < num_frames:
+        raise DataError(f"{path} has {info.frame_count} frames, shorter than the model's input of "
+                        f"{num_frames} frames: use clips of at least {num_frames} frames")
+    clip = read_clip(path, num_frames, side)
+    return static_clip(clip) if static else clip
+
+
+def static_clip(clip: np.ndarray) -> np.ndarray:
+    """The middle frame of ``clip`` (T, H, W, 3) repeated T times."""
+    return np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
+
+
 def resize_clip(frames: np.ndarray, side: int) -> np.ndarray:
     """Resize (T, H, W, 3) so the short side is ``side`` then centre-crop to
     (T, side, side, 3) uint8 — the usual video-model test transform."""
@@ -237,25 +252,10 @@ def fit_max_side(frame: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- writing
-# x264's name for an instruction set -> Linux's /proc/cpuinfo flag: x264's SIMD up to AVX2.
-_X264_SIMD = (("MMX2", "sse"), ("SSE", "sse"), ("SSE2", "sse2"), ("SSE3", "pni"), ("SSSE3", "ssse3"),
-              ("SSE4.1", "sse4_1"), ("SSE4.2", "sse4_2"), ("AVX", "avx"), ("AVX2", "avx2"), ("FMA3", "fma"),
-              ("BMI2", "bmi2"))
-
-
-@functools.lru_cache(maxsize=1)
-def _x264_params() -> dict[str, str]:
-    """x264 limited to this CPU's instruction sets up to AVX2 (x86 Linux); elsewhere x264's own choice."""
-    try:
-        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
-    except (OSError, AttributeError):
-        return {}
-    names = [name for name, flag in _X264_SIMD if flag in flags]
-    return {"x264-params": "asm=" + ",".join(names)} if names else {}
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: int = 18) -> None:
     """Write (T, H, W, 3) uint8 RGB as H.264 (libx264, yuv420p, +faststart) that browsers
     play. Odd sizes are padded to even by repeating the last row/column. Single-threaded
-    encoding with fixed options and x264's SIMD up to AVX2 makes the bytes deterministic. The file appears
+    encoding with fixed options and no macroblock-tree makes the bytes deterministic. The file appears
     atomically (written beside it, then renamed), so an interrupted write leaves nothing
     and a concurrent reader never sees half a file."""
     path = Path(path)
@@ -279,11 +279,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: 
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(10000))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
-            # x264's AVX-512 code gives different bytes for the same frames from one call to
-            # the next (its macroblock-tree rate control, seen single-threaded, PyAV 18); up to
-            # AVX2 the output is a function of the frames alone. (Turning the macroblock tree
-            # off instead makes a still clip's frames decode differently from each other.)
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", **_x264_params()}
+            # x264's macroblock-tree rate control gives different bytes for the same frames
+            # from one call to the next (seen single-threaded, PyAV 18); without it the
+            # output is a function of the frames alone.
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
             stream.codec_context.thread_count = 1
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
