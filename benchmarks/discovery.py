@@ -40,9 +40,10 @@ sys.path.insert(0, str(REPO))
 from conceptgen.cluster import cluster_run, clustering_labels  # noqa: E402
 from conceptgen.extract import ExtractConfig, extract  # noqa: E402
 from conceptgen.ingest import ingest  # noqa: E402
-from conceptgen.masks import decode_rle, resize_mask  # noqa: E402
+from conceptgen.masks import resize_mask  # noqa: E402
 from conceptgen.orm import Tube, Video  # noqa: E402
 from conceptgen.progress import set_quiet  # noqa: E402
+from conceptgen.tubes import TubeRecord  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
 
 REAL_CLIPS = REPO.parent / "shared" / "data" / "real-clips"
@@ -101,10 +102,9 @@ def match_ground_truth(ws: Workspace, run_id: int, dataset) -> tuple[list[dict],
             gt_all = sv.load_masks()
             tubes = tubes_by_video.get(video_id, [])
             decoded = []
-            for tube in tubes:
-                masks = [decode_rle(r) for r in tube.masks_rle]
+            for tube in map(TubeRecord.from_row, tubes):
                 h, w = gt_all.shape[2:]
-                decoded.append((tube.id, tube.frame_indices, [resize_mask(m, h, w) for m in masks]))
+                decoded.append((tube.id, tube.frame_indices, [resize_mask(m, h, w) for m in tube.masks()]))
             for obj in sv.objects:
                 ious = [tube_object_iou(frames, masks, gt_all[obj.index]) for _, frames, masks in decoded]
                 best = int(np.argmax(ious)) if ious else -1

@@ -458,7 +458,8 @@ def export_demo(workspace: Workspace, concepts: list[str]) -> tuple[Path, bool]:
     """(folder, reused): WORKSPACE/exports/demo with static variants. An export that
     verifies and holds the same concept versions is kept; otherwise it is replaced
     atomically (exports are byte-reproducible, so nothing else changes)."""
-    from conceptgen.export import export_concepts, load_concept_records, read_manifest
+    from conceptgen.concepts import load_concept_records
+    from conceptgen.export import export_concepts, read_manifest
     from conceptgen.errors import ConceptgenError
 
     out = workspace.exports / EXPORT_FOLDER

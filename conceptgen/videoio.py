@@ -206,6 +206,23 @@ def read_clip(path: str | Path, num_frames: int, side: int, *, stride: int | Non
     return resize_clip(read_frames(path, indices=indices, max_side=None), side)
 
 
+def clip_from_file(path: str | Path, num_frames: int, side: int, *, static: bool = False) -> np.ndarray:
+    """A clip file (a concept example) uniformly sampled to ``num_frames`` frames at
+    ``side``: (num_frames, side, side, 3) uint8; with ``static`` its middle frame repeated.
+    A file shorter than ``num_frames`` is refused rather than stretched."""
+    info = probe_video(path)
+    if info.frame_count < num_frames:
+        raise DataError(f"{path} has {info.frame_count} frames, shorter than the model's input of "
+                        f"{num_frames} frames: use clips of at least {num_frames} frames")
+    clip = read_clip(path, num_frames, side)
+    return static_clip(clip) if static else clip
+
+
+def static_clip(clip: np.ndarray) -> np.ndarray:
+    """The middle frame of ``clip`` (T, H, W, 3) repeated T times."""
+    return np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
+
+
 def resize_clip(frames: np.ndarray, side: int) -> np.ndarray:
     """Resize (T, H, W, 3) so the short side is ``side`` then centre-crop to
     (T, side, side, 3) uint8 — the usual video-model test transform."""
