@@ -43,7 +43,7 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from annotator import decisions  # noqa: E402
+from conceptgen.review import decisions  # noqa: E402
 from annotator.testing import create_user, seed_bulk_workspace  # noqa: E402
 from conceptgen.orm import AuditLog  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402

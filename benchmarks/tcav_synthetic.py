@@ -172,7 +172,7 @@ def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names
     Returns the concepts (both variants), the matches and the engine's seconds."""
     from sqlalchemy import select
 
-    from annotator.users import create_user
+    from conceptgen.review.users import create_user
     from conceptgen.cluster import cluster_run, clustering_labels
     from conceptgen.demo import trim_and_accept
     from conceptgen.extract import ExtractConfig, extract

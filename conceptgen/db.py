@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from conceptgen.errors import ConfigError
+from conceptgen.errors import ConfigError, NotFoundError
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -87,3 +87,11 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def get_or_raise(session: Session, model, key: int, what: str, hint: str = ""):
+    """``session.get(model, key)``, or a one-line NotFoundError naming ``what`` and what to do."""
+    row = session.get(model, int(key))
+    if row is None:
+        raise NotFoundError(f"{what} {key} does not exist" + (f"; {hint}" if hint else ""))
+    return row

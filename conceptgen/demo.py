@@ -234,7 +234,7 @@ def cluster_once(workspace: Workspace, run_id: int, config: DemoConfig) -> tuple
 def ensure_demo_user(workspace: Workspace) -> DemoLogin:
     """User ``demo``; its password lives in WORKSPACE/demo_login.txt (mode 0600).
     A missing file (or user) is made again; the pair always matches afterwards."""
-    from annotator.users import authenticate, create_user, set_password
+    from conceptgen.review.users import authenticate, create_user, set_password
     from conceptgen.orm import User
 
     path = workspace.root / LOGIN_FILE
@@ -325,7 +325,7 @@ def trim_and_accept(session, user_id: int, cluster, max_examples: int, name: str
     """Remove outliers and members beyond the ``max_examples`` most central, then accept:
     the same decisions (and AuditLog rows) a reviewer makes in the annotator. ``by``
     names the rule's owner in the concept's description."""
-    from annotator.decisions import accept, set_member_excluded
+    from conceptgen.review.decisions import accept, set_member_excluded
     from conceptgen.orm import ClusterMember
 
     members = session.scalars(select(ClusterMember).where(ClusterMember.cluster_id == cluster.id,

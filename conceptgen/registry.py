@@ -216,7 +216,7 @@ ARCHITECTURES: dict[str, _Arch] = {
 # Builders a checkpoint may name: the architectures above plus project networks.
 # Lazy "module:function" strings keep imports cheap and forbid arbitrary code.
 PROJECT_BUILDERS = {"demo_net": "conceptgen.demo_model:build_demo_network",
-                    "tcav_toy": "tcav.toy:build_toy_network"}
+                    "tcav_toy": "conceptgen.toy_model:build_toy_network"}
 DEMO_NAME = "demo"
 DEMO_FILE = "demo.pt"
 

@@ -10,5 +10,5 @@ Modules, in the order the method uses them:
   diagnostics  degenerate layers, the CAV quality gate, null health (pure)
   experiment   run_tcav: the orchestrator
   results      database rows, CSV and JSON;  plots: matplotlib PNGs;  workflow: the CLI's one call
-  gradcam      the Grad-CAM baseline;  toy: a tiny trained 3D CNN world for tests
+  gradcam      the Grad-CAM baseline;  toy: TCAV inputs of conceptgen.toy_model's world, for tests
 """

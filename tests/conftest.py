@@ -169,11 +169,11 @@ def review_ws(tmp_path, annotator_template):
 # --- tcav: a tiny trained 3D CNN (tests/test_tcav_*.py) ------------------------------
 @_pytest_concepts.fixture(scope="session")
 def tcav_toy():
-    """tcav.toy's 3D CNN (global pooling + linear head) trained to tell a square moving
+    """conceptgen.toy_model's 3D CNN (global pooling + linear head) trained to tell a square moving
     right from one moving left; a LoadedModel on CPU. Treat as read-only (deepcopy to edit)."""
     import torch
 
-    from tcav.toy import train_toy_model
+    from conceptgen.toy_model import train_toy_model
 
     torch.set_num_threads(2)
     loaded, _accuracy = train_toy_model(seed=0)

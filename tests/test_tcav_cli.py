@@ -13,7 +13,7 @@ from conceptgen.cli import main
 from conceptgen.orm import TcavExperiment, TcavResult
 from conceptgen.videoio import probe_video, write_video
 from conceptgen.workspace import Workspace
-from tcav.toy import ToyWorld, _background, class_clips, moving_square_clip, static_blob
+from conceptgen.toy_model import ToyWorld, _background, class_clips, moving_square_clip, static_blob
 
 W = ToyWorld()
 

@@ -6,7 +6,8 @@ from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, redirect, send_file, url_for
 
-from annotator.db import db, get_or_raise, workspace
+from annotator.db import db, workspace
+from conceptgen.db import get_or_raise
 from annotator.views.auth import login_required
 from conceptgen.errors import NotFoundError
 from conceptgen.hashing import sha256_json
