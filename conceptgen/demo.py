@@ -39,6 +39,7 @@ demo left 'running' is marked failed and run again (its activations are cached).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -387,9 +388,8 @@ def random_pool_size(workspace: Workspace) -> int:
 
 def demo_tcav_request(workspace: Workspace, prepared: PreparedDemo, concepts: list[str], config: DemoConfig):
     """The TCAV request the demo makes (a tcav.workflow.TcavRequest)."""
+    from tcav.experiment import TcavConfig, pseudo_test_fits
     from tcav.workflow import TcavRequest
-
-    from tcav.experiment import pseudo_test_fits
 
     pool = random_pool_size(workspace)
     size = min(config.random_set_size, pool // 2)
@@ -397,21 +397,20 @@ def demo_tcav_request(workspace: Workspace, prepared: PreparedDemo, concepts: li
         raise DataError("too few tubes outside the accepted concepts for TCAV random sets; use more --videos")
     # A small demo's pool cannot hold pseudo-concepts beside random sets: the permutation test then.
     test = "pseudo" if pseudo_test_fits(pool, MAX_AUTO_EXAMPLES, size) else "permutation"
-    return TcavRequest(model="demo", layers=tcav_layers(), targets=tcav_targets(workspace),
-                       concepts=",".join(concepts), random_sets=config.random_sets, seed=config.seed,
-                       random_set_size=size, test=test)
+    tcav = TcavConfig(layers=tcav_layers(), targets=tcav_targets(workspace), random_sets=config.random_sets,
+                      seed=config.seed, random_set_size=size, test=test)
+    return TcavRequest(model="demo", concepts=",".join(concepts), config=tcav)
 
 
 def matching_experiments(workspace: Workspace, request, model_fingerprint: str, status: str) -> list[int]:
     """Ids (newest first) of experiments with ``status`` that answer ``request`` with this
-    model and were made after the latest version of each of its concepts."""
+    model (the same stored config, device aside) and were made after the latest version
+    of each of its concepts."""
     from conceptgen.orm import Concept, ConceptVersion, TcavExperiment
 
     names = request.concepts.split(",")
-    want = {"concepts": request.concepts, "layers": list(request.layers), "targets": list(request.targets),
-            "random_sets": request.random_sets, "seed": request.seed, "random_set_size": request.random_set_size,
-            "classifier": request.classifier, "test": request.test, "correction": request.correction,
-            "render_mode": request.mode}
+    # as the JSON column holds it (tuples come back as lists)
+    want = json.loads(json.dumps({k: v for k, v in request.stored_config().items() if k not in ("device", "amp")}))
     with workspace.session() as s:
         newest = s.scalar(select(func.max(ConceptVersion.created_at)).join(Concept)
                           .where(Concept.name.in_(names)))

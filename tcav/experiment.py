@@ -25,7 +25,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -68,6 +68,13 @@ class TcavConfig:
     # (concept name, target class) pairs to test, stated before the run; empty: every pair.
     # Pairs outside it are still scored and reported, but neither tested nor counted.
     hypotheses: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> "TcavConfig":
+        """The config an experiment row keeps (``config_dict`` plus the request's own keys)."""
+        names = {f.name for f in fields(cls)}
+        as_tuple = lambda v: tuple(as_tuple(x) for x in v) if isinstance(v, list) else v  # noqa: E731
+        return cls(**{k: as_tuple(v) for k, v in stored.items() if k in names})
 
     @property
     def test_statistic(self) -> str:

@@ -91,13 +91,14 @@ def write_exports(report: TcavReport, folder: Path) -> list[Path]:
 
 
 # --- database ----------------------------------------------------------------------
-def start_experiment(workspace, config: TcavConfig, loaded, extra_config: dict | None = None) -> int:
-    """A 'running' TcavExperiment row with the full config; returns its id."""
+def start_experiment(workspace, stored_config: dict, loaded) -> int:
+    """A 'running' TcavExperiment row with the full config (``TcavRequest.stored_config()``
+    or ``config_dict(config)``); returns its id."""
     with workspace.session() as s:
-        exp = TcavExperiment(config={**config_dict(config), **(extra_config or {})}, model_name=loaded.name,
-                             model_fingerprint=loaded.fingerprint, target=",".join(config.targets),
-                             layers=list(config.layers), seed=config.seed, status="running", summary={},
-                             plots=[])
+        exp = TcavExperiment(config=dict(stored_config), model_name=loaded.name,
+                             model_fingerprint=loaded.fingerprint, target=",".join(stored_config["targets"]),
+                             layers=list(stored_config["layers"]), seed=stored_config["seed"], status="running",
+                             summary={}, plots=[])
         s.add(exp)
         s.flush()
         return exp.id

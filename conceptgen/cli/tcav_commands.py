@@ -67,16 +67,23 @@ def _random_sets(value: str) -> int | str:
         raise ConfigError(f"--random-sets must be a number or auto, got {value!r}") from None
 
 
+def tcav_config(args):
+    """The command line's :class:`tcav.experiment.TcavConfig`: the one config type from the
+    flags to the stored experiment (``--mode`` is its ``render_mode``, ``--target`` its ``targets``)."""
+    from tcav.experiment import TcavConfig
+
+    return TcavConfig(layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
+                      random_sets=_random_sets(args.random_sets), seed=args.seed, classifier=args.classifier,
+                      test=args.test, statistic=args.statistic, correction=args.correction,
+                      random_set_size=args.random_set_size, render_mode=args.mode, null_sets=args.null_sets)
+
+
 def _tcav(args, ctx) -> int:
     from tcav.workflow import TcavRequest, run_experiment
 
-    request = TcavRequest(
-        model=args.model, layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
-        concepts=args.concepts, random_sets=_random_sets(args.random_sets), seed=args.seed, device=args.device,
-        classifier=args.classifier, test=args.test, correction=args.correction, mode=args.mode,
-        class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
-        weights=args.weights, amp=args.amp, batch_size=args.batch_size,
-        null_sets=args.null_sets, statistic=args.statistic)
+    request = TcavRequest(model=args.model, concepts=args.concepts, config=tcav_config(args),
+                          class_examples=args.class_examples, random_pool=args.random_pool, weights=args.weights,
+                          device=args.device, amp=args.amp, batch_size=args.batch_size)
     outcome = run_experiment(ctx.workspace, request)
     for line in format_table(outcome.report):
         ctx.echo(line)
