@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import conceptgen
-from conceptgen.concepts import (ALL_APPROVED, VARIANTS, ConceptRecord, ExampleRecord, clip_file,  # noqa: F401
-                                 load_concept_records, render_concept_example)
+from conceptgen.concepts import (ConceptRecord, ExampleRecord, clip_file, load_concept_records,
+                                 render_concept_example)
 from conceptgen.errors import ConceptgenError, ConfigError, IntegrityError, NotFoundError
 from conceptgen.hashing import sha256_bytes, sha256_file
 from conceptgen.progress import progress
@@ -260,16 +260,15 @@ def _write_example(folder: "_AtomicFolder", ex: ExampleRecord, variant: str, sib
                    k: int, sub: str, render: dict, media: Path) -> dict[str, Any]:
     clip_rel = f"{sub}/clips/{k:04d}_{variant}.mp4"
     track = ex.track
-    if ex.clip_path is not None and ex.tube is None and variant == ex.variant:
-        folder.copy_file(clip_rel, clip_file(ex, media))  # keep imported bytes as they are
-        rendered = False
-    elif ex.tube is not None or ex.clip_path is not None:
+    if ex.tube is None and ex.clip_path is None:
+        raise ValueError("example has neither a tube nor a clip file")
+    rendered = ex.tube is not None or variant != ex.variant  # an imported clip's own variant keeps its bytes
+    if rendered:
         folder.write_video(clip_rel, render_concept_example(
             ex, media, mode=render["mode"], num_frames=render["num_frames"], side=render["side"],
             static=variant == "static"))
-        rendered = True
     else:
-        raise ValueError("example has neither a tube nor a clip file")
+        folder.copy_file(clip_rel, clip_file(ex, media))
     masks_rel = None
     if track.has_masks:
         masks_rel = f"{sub}/masks/{(sibling if sibling is not None else k):04d}.json"  # shared by variants

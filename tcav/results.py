@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from conceptgen.orm import Concept, TcavExperiment, TcavResult, utcnow
-from tcav.experiment import HypothesisResult, TcavConfig, TcavReport, config_dict
+from tcav.experiment import HypothesisResult, TcavReport, config_dict
 
 CSV_COLUMNS = ("concept", "variant", "layer", "target", "comparison", "tcav_mean", "tcav_std",
                "magnitude_mean", "logit_change_mean", "cav_accuracy_mean", "null_mean", "p_value", "p_corrected",
