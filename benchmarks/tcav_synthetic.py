@@ -281,14 +281,12 @@ def bare_model_seconds(loaded, inputs, config, batch_size: int) -> float:
     runs down to the input, so it would be a slower, flattering baseline.)"""
     import torch
 
-    from conceptgen.registry import get_layer
     from tcav.activations import forward_backward
 
     pool = sorted(inputs.random_pool, key=lambda e: e.key)
     _, _, used = random_set_plan(pool, int(config.random_sets), config.random_set_size, config.seed)
     forward_only = [e for c in inputs.concepts for e in c.examples] + \
         [clips[i] for clips in variant_pools(pool, ("dynamic", "static")).values() for i in used]
-    modules = {name: get_layer(loaded.model, name) for name in config.layers}
     t = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(forward_only), batch_size):
@@ -296,7 +294,7 @@ def bare_model_seconds(loaded, inputs, config, batch_size: int) -> float:
     for target in config.targets:
         k, ex = loaded.class_index(target), inputs.class_examples[target]
         for i in range(0, len(ex), batch_size):
-            forward_backward(loaded, modules, np.stack([e.load() for e in ex[i:i + batch_size]]), [k])
+            forward_backward(loaded, config.layers, np.stack([e.load() for e in ex[i:i + batch_size]]), [k])
     return time.perf_counter() - t
 
 

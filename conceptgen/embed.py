@@ -1,5 +1,6 @@
 """Embed tube clips with the model under study: activations at one or more layers,
-captured by forward hooks in a single forward pass, pooled to one vector per clip.
+captured by forward hooks (conceptgen.capture) in one forward per clip, pooled to one
+vector per clip. A clip's vector is bit-identical whatever batch it came in.
 
 Pooling (activation (B, C, T, H, W) -> vector):
   ``mean``  spatiotemporal mean -> (B, C)
@@ -105,17 +106,15 @@ class Embedder(ABC):
         """clips (B, T, S, S, 3) uint8 at the model's input size -> {layer: (B, D) float32}."""
 
 
-class _StopForward(Exception):
-    """Raised by the last hook so layers after the deepest captured one never run."""
-
-
 class HookEmbedder(Embedder):
-    """The default: forward hooks on a registry model's layers, one forward per batch.
+    """The default: forward hooks on a registry model's layers (conceptgen.capture),
+    each clip in its own fixed-shape forward, so a clip's vector does not depend on the
+    batch it came in (see conceptgen.capture.run_clipwise).
 
     ``amp`` runs the forward under CUDA autocast (float16); it is refused on CPU."""
 
     def __init__(self, loaded, layers: Sequence[str], *, pooling: str = "mean", amp: bool = False):
-        from conceptgen.registry import get_layer  # registry imports torch models; keep it lazy
+        from conceptgen.capture import LayerCapture  # registry imports torch models; keep it lazy
 
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -123,36 +122,24 @@ class HookEmbedder(Embedder):
             raise ConfigError("no layers given; pass --layers NAME[,NAME...]")
         if amp and torch.device(loaded.device).type != "cuda":
             raise ConfigError("--amp needs --device cuda; drop --amp on CPU")
-        keep_freed_memory()  # a forward per batch: no page faults per batch
+        keep_freed_memory()  # a forward per clip: no page faults per forward
         self.loaded = loaded
         self.layers = tuple(layers)
         self.pooling = pooling
         self.amp = amp
-        self._modules = {name: get_layer(loaded.model, name) for name in self.layers}
+        LayerCapture(loaded.model, self.layers, stop_after_last=True)  # fail fast on names and TorchScript
 
     def embed(self, clips: np.ndarray) -> dict[str, np.ndarray]:
-        captured: dict[str, torch.Tensor] = {}
+        from conceptgen.capture import capture_layers, run_clipwise
 
-        def hook_for(name):
-            def hook(_module, _inputs, output):
-                if name not in captured:
-                    captured[name] = pool_activation(output, self.pooling).cpu()
-                if len(captured) == len(self.layers):
-                    raise _StopForward
-            return hook
-
-        handles = [m.register_forward_hook(hook_for(n)) for n, m in self._modules.items()]
-        try:
-            inputs = self.loaded.prepare(clips)
+        def pooled(part: np.ndarray) -> dict[str, torch.Tensor]:
             with torch.inference_mode(), torch.autocast("cuda", enabled=self.amp):
-                try:
-                    self.loaded.model(inputs)
-                except _StopForward:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
-        return {name: captured[name].numpy().astype(np.float32) for name in self.layers}
+                captured = capture.forward(self.loaded.prepare(part))
+                return {n: pool_activation(captured.layers[n], self.pooling).cpu() for n in self.layers}
+
+        with capture_layers(self.loaded.model, self.layers, stop_after_last=True) as capture:
+            vectors = run_clipwise(pooled, clips, self.loaded.device)
+        return {name: vectors[name].numpy().astype(np.float32) for name in self.layers}
 
 
 def batched(items: Iterable, batch_size: int) -> Iterator[list]:

@@ -164,8 +164,12 @@ def code_version() -> str:
 
 
 def run_identity(config: ExtractConfig, model_fingerprint: str) -> str:
-    """sha256 of the result-determining config and the model weights."""
-    return sha256_json({"config": asdict(config), "model_fingerprint": model_fingerprint})
+    """sha256 of the result-determining config, the model weights and how clips go
+    through the model (conceptgen.capture.FORWARD_CONTRACT)."""
+    from conceptgen.capture import FORWARD_CONTRACT
+
+    return sha256_json({"config": asdict(config), "model_fingerprint": model_fingerprint,
+                        "forward": FORWARD_CONTRACT})
 
 
 def video_seed(run_seed: int, video_sha256: str) -> int:
@@ -187,24 +191,15 @@ def default_layers(loaded) -> tuple[str, ...]:
     meta = getattr(loaded, "metadata", {}) or {}
     if meta.get("concept_layers"):
         return tuple(meta["concept_layers"])
-    finished: list[str] = []
+    from conceptgen.capture import capture_layers
+    from conceptgen.registry import layer_names
 
-    def hook_for(name):
-        def hook(_module, _inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 5 and min(output.shape[3:]) > 1:
-                finished.append(name)
-        return hook
-
-    model = loaded.model
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
-    try:
-        spec = loaded.spec
-        probe = np.zeros((1, spec.num_frames, spec.side, spec.side, 3), dtype=np.uint8)
-        with torch.inference_mode():
-            model(loaded.prepare(probe))
-    finally:
-        for h in handles:
-            h.remove()
+    spec = loaded.spec
+    probe = np.zeros((1, spec.num_frames, spec.side, spec.side, 3), dtype=np.uint8)
+    with capture_layers(loaded.model, layer_names(loaded), require_all=False) as capture, \
+            torch.inference_mode():
+        seen = capture.forward(loaded.prepare(probe)).layers  # in the order the layers finished
+    finished = [n for n, ts in seen.items() if len(ts) == 1 and ts[0].dim() == 5 and min(ts[0].shape[3:]) > 1]
     if not finished:
         raise ConfigError(f"cannot choose a layer for model {loaded.name}; pass --layers NAME")
     # A container finishes after its children, so the last entry is the outermost module.

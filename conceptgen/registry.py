@@ -471,31 +471,21 @@ def pooled_layers(model: nn.Module | LoadedModel, spec: InputSpec | None = None)
     module whose output keeps >1 position along more than one axis, every module whose
     output is a vector per sample is pooled. Without a spec, falls back to the first
     global pooling module (adaptive 3D pool to 1) and everything registered after it."""
+    from conceptgen.capture import capture_layers
+
     module = _module(model)
     spec = spec or (model.spec if isinstance(model, LoadedModel) else getattr(module, "conceptgen_spec", None))
-    if spec is None or isinstance(module, torch.jit.ScriptModule):  # scripted modules take no hooks
+    if spec is None:
         return _pooled_by_type(module)
-    order: list[tuple[str, bool]] = []
-    hooks = [m.register_forward_hook(_recorder(n, order)) for n, m in module.named_modules() if n]
-    try:
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
-        x = torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device)
-        with torch.no_grad():
-            module(pack_pathways(x, spec))
-    finally:
-        for h in hooks:
-            h.remove()
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    x = torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device)
+    with capture_layers(module, layer_names(module), require_all=False) as capture, torch.no_grad():
+        seen = capture.forward(pack_pathways(x, spec)).layers  # in the order the layers finished
+    # A vector per sample: every tensor has at most one non-batch axis longer than 1.
+    order = [(n, all(sum(s > 1 for s in t.shape[1:]) <= 1 for t in ts))
+             for n, ts in seen.items() if ts and all(t.ndim >= 2 for t in ts)]
     last_spatial = max((i for i, (_, vec) in enumerate(order) if not vec), default=-1)
     return {n for n, vec in order[last_spatial + 1:] if vec}
-
-
-def _recorder(name: str, order: list):
-    def hook(_module, _inputs, output):
-        first = output[0] if isinstance(output, (tuple, list)) else output
-        if isinstance(first, torch.Tensor) and first.ndim >= 2:
-            # A vector per sample: at most one non-batch axis longer than 1.
-            order.append((name, sum(s > 1 for s in first.shape[1:]) <= 1))
-    return hook
 
 
 def _pooled_by_type(module: nn.Module) -> set[str]:

@@ -13,9 +13,9 @@ transaction, so an interrupted run resumes where it stopped and never duplicates
 work. (One file per array was the first layout: with a small model, writing ~15
 files per class example cost more than the model's own forward and backward.)
 
-All requested layers come from ONE forward per batch (forward hooks) and ONE
-backward per target class (``torch.autograd.grad`` w.r.t. every hooked output
-at once). Work stays on the model's device; AMP (float16 autocast) is opt-in and
+All requested layers come from ONE forward per clip (forward hooks, each clip in
+its own fixed-shape forward: see conceptgen.capture) and ONE backward per target
+class (``torch.autograd.grad`` w.r.t. every hooked output at once). Work stays on the model's device; AMP (float16 autocast) is opt-in and
 CUDA-only.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
+from conceptgen.capture import FORWARD_CONTRACT
 from conceptgen.embed import batched
 from conceptgen.errors import ConceptgenError, ConfigError, DataError
 from conceptgen.hashing import sha256_json
@@ -51,44 +52,47 @@ class ClipExample(Protocol):
 
 @dataclass(frozen=True)
 class BatchOutputs:
-    """One batch's layer outputs: ``activations[layer]`` (B, *shape) and
-    ``gradients[(layer, target)]`` (B, *shape) = d logit_target / d activation."""
+    """One batch's layer outputs: ``activations[layer]`` (B, *shape),
+    ``gradients[(layer, target)]`` (B, *shape) = d logit_target / d activation, and
+    ``logits`` (B, n_classes). A layer with several output tensors (SlowFast) gives them
+    flattened and concatenated, (B, D) (conceptgen.capture.as_activation)."""
 
     activations: dict[str, torch.Tensor]
     gradients: dict[tuple[str, int], torch.Tensor]
+    logits: torch.Tensor
 
 
-def forward_backward(loaded, modules: dict[str, torch.nn.Module], clips: np.ndarray,
+def forward_backward(loaded, layers: Sequence[str], clips: np.ndarray,
                      targets: Sequence[int], *, amp: bool = False) -> BatchOutputs:
-    """One forward with hooks on every module in ``modules`` and, per target class,
-    one backward to all of them. ``clips`` uint8 (B, T, S, S, 3)."""
-    captured: dict[str, torch.Tensor] = {}
+    """Per clip, one forward with hooks on every layer and, per target class, one
+    backward to all of them (conceptgen.capture.run_clipwise: each clip's arrays do not
+    depend on the batch). ``clips`` uint8 (B, T, S, S, 3); ``layers`` dotted names."""
+    from conceptgen.capture import as_activation, capture_layers, run_clipwise
 
-    def hook_for(name):
-        def hook(_module, _inputs, output):
-            captured[name] = output[0] if isinstance(output, (list, tuple)) else output
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    names = list(dict.fromkeys(layers))
     device_type = torch.device(loaded.device).type
-    try:
-        with torch.set_grad_enabled(bool(targets)), torch.autocast(device_type, dtype=torch.float16, enabled=amp):
-            inputs = loaded.prepare(clips)
-            logits = loaded.model(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    names = list(modules)
-    outputs = [captured[n] for n in names]
-    gradients: dict[tuple[str, int], torch.Tensor] = {}
-    for i, target in enumerate(targets):
-        # Examples are independent in eval mode, so the gradient of the summed
-        # logit w.r.t. each example's activation is that example's gradient.
-        grads = torch.autograd.grad(logits[:, target].float().sum(), outputs,
-                                    retain_graph=i < len(targets) - 1, allow_unused=True)
-        for name, out, g in zip(names, outputs, grads):
-            gradients[(name, target)] = (torch.zeros_like(out) if g is None else g).detach()
-    return BatchOutputs({n: o.detach() for n, o in zip(names, outputs)}, gradients)
+
+    def one(part: np.ndarray) -> dict:
+        with torch.set_grad_enabled(bool(targets)), \
+                torch.autocast(device_type, dtype=torch.float16, enabled=amp):
+            captured = capture.forward(loaded.prepare(part))
+        out = {("act", n): as_activation(captured.layers[n]).detach() for n in names}
+        out["logits"] = captured.output.detach().float()
+        for i, target in enumerate(targets):
+            # Examples are independent in eval mode, so the gradient of the summed
+            # logit w.r.t. each example's activation is that example's gradient.
+            tensors = [t for n in names for t in captured.layers[n]]
+            grads = torch.autograd.grad(captured.output[:, target].float().sum(), tensors,
+                                        retain_graph=i < len(targets) - 1, allow_unused=True)
+            grads = iter(torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors, grads))
+            for n in names:
+                out[("grad", n, target)] = as_activation([next(grads) for _ in captured.layers[n]])
+        return out
+
+    with capture_layers(loaded.model, names) as capture:
+        out = run_clipwise(one, clips, loaded.device)
+    return BatchOutputs({n: out[("act", n)] for n in names},
+                        {(n, t): out[("grad", n, t)] for n in names for t in targets}, out["logits"])
 
 
 class BlobCache:
@@ -142,7 +146,8 @@ class ActivationStore:
 
     def __init__(self, cache_dir: str | Path, loaded, layers: Sequence[str], *, amp: bool = False,
                  dtype: str = "float32", batch_size: int = 8):
-        from conceptgen.registry import get_layer, model_fingerprint  # keeps model zoo imports lazy
+        from conceptgen.capture import LayerCapture
+        from conceptgen.registry import model_fingerprint  # keeps model zoo imports lazy
 
         if dtype not in STORAGE_DTYPES:
             raise ConfigError(f"unknown cache dtype {dtype!r}: use one of {', '.join(STORAGE_DTYPES)}")
@@ -153,7 +158,7 @@ class ActivationStore:
         self.root = Path(cache_dir)
         self.loaded = loaded
         self.layers = list(dict.fromkeys(layers))
-        self.modules = {name: get_layer(loaded.model, name) for name in self.layers}
+        LayerCapture(loaded.model, self.layers, stop_after_last=False)  # fail fast on names and TorchScript
         self.amp, self.dtype, self.batch_size = amp, dtype, batch_size
         # Hashed from the live weights, not trusted from a name or an earlier load.
         self.fingerprint = model_fingerprint(loaded.model)
@@ -165,6 +170,7 @@ class ActivationStore:
     # --- keys ---------------------------------------------------------------
     def _key(self, example: ClipExample, layer: str, kind: str, target: int | None) -> str:
         return sha256_json({"model": self.fingerprint, "spec": self._spec, "layer": layer,
+                            "forward": FORWARD_CONTRACT,
                             "example": example.key, "render": example.render_mode,
                             "dtype": self.dtype, "amp": self.amp, "kind": kind, "target": target})
 
@@ -190,7 +196,7 @@ class ActivationStore:
             clips, batch = self._load_batch(batch)
             if not batch:
                 continue
-            out = forward_backward(self.loaded, self.modules, clips, targets, amp=self.amp)
+            out = forward_backward(self.loaded, self.layers, clips, targets, amp=self.amp)
             arrays = {(layer, "act", None): out.activations[layer] for layer in self.layers}
             arrays.update({(layer, "grad", t): out.gradients[(layer, t)] for layer in self.layers for t in targets})
             rows = []

@@ -35,9 +35,7 @@ class GradCam:
 
 def grad_cam(loaded, clip: np.ndarray, layer: str, target: int) -> GradCam:
     """Grad-CAM of one clip, uint8 (T, S, S, 3) at the model's input spec."""
-    from conceptgen.registry import get_layer
-
-    out = forward_backward(loaded, {layer: get_layer(loaded, layer)}, clip[None], [target])
+    out = forward_backward(loaded, [layer], clip[None], [target])
     act, grad = out.activations[layer][0].float(), out.gradients[(layer, target)][0].float()
     if act.ndim != 4 or act[0].numel() <= 1:  # pooled: no time or space left to localise
         raise ConfigError(f"Grad-CAM needs a layer with time and space (C, T, H, W); {layer} gives "
@@ -49,9 +47,7 @@ def grad_cam(loaded, clip: np.ndarray, layer: str, target: int) -> GradCam:
                                           align_corners=False)[0, 0]
     top = float(cam.max())
     heat = (cam / top if top > 0 else cam).cpu().numpy().astype(np.float32)
-    with torch.no_grad():
-        logit = float(loaded.model(loaded.prepare(clip[None]))[0, target])
-    return GradCam(heat, heat.mean(axis=(1, 2)), logit)
+    return GradCam(heat, heat.mean(axis=(1, 2)), float(out.logits[0, target]))
 
 
 def overlay(clip: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:

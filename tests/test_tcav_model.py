@@ -40,17 +40,17 @@ def _arrays(clips):
 
 
 # --- the activation/gradient cache -------------------------------------------------
-def test_all_layers_come_from_one_forward_per_batch_and_are_cached(tcav_toy, tmp_path):
+def test_all_layers_come_from_one_forward_per_clip_and_are_cached(tcav_toy, tmp_path):
     calls = []
     handle = tcav_toy.model.register_forward_hook(lambda *_: calls.append(1))
     try:
         store = ActivationStore(tmp_path, tcav_toy, ["conv1", "conv2", "pool"], batch_size=4)
         examples = _arrays(class_clips("right", 10, seed=1))
         store.ensure(examples, targets=[0, 1])
-        assert len(calls) == 3                      # ceil(10 / 4) batches, all layers at once
+        assert len(calls) == 10                     # one forward per clip, all layers at once
         store.ensure(examples, targets=[0, 1])
         grads = store.gradients(examples, "conv2", 0)
-        assert len(calls) == 3                      # everything came from the cache
+        assert len(calls) == 10                     # everything came from the cache
     finally:
         handle.remove()
     assert grads.shape == (10, 16, 8, 8, 8)
