@@ -456,13 +456,9 @@ def layer_names(model: nn.Module | LoadedModel) -> list[str]:
 
 def get_layer(model: nn.Module | LoadedModel, dotted: str) -> nn.Module:
     """The submodule at ``dotted``; raises LayerNotFoundError with close matches."""
-    modules = dict(_module(model).named_modules())
-    if dotted and dotted in modules:
-        return modules[dotted]
-    names = [n for n in modules if n]
-    close = difflib.get_close_matches(dotted, names, n=5, cutoff=0.5)
-    hint = f"close matches: {', '.join(close)}" if close else "run `conceptgen models --layers NAME`"
-    raise LayerNotFoundError(f"layer {dotted!r} is not in the model; {hint}")
+    from conceptgen.capture import find_layer
+
+    return find_layer(_module(model), dotted)
 
 
 def pooled_layers(model: nn.Module | LoadedModel, spec: InputSpec | None = None) -> set[str]:
