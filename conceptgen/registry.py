@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conceptgen.errors import ConfigError, DataError, LayerNotFoundError, ModelError, UnknownClassError
+from conceptgen.errors import ConfigError, DataError, ModelError, UnknownClassError
 from conceptgen.hashing import sha256_bytes
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
