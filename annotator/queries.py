@@ -426,6 +426,21 @@ class TcavRow:
 
 
 @dataclass
+class CalibrationRow:
+    """An experiment's calibration (tcav.calibration): its test's false-positive rate on its own null."""
+
+    experiment_id: int
+    test: str
+    alpha: float
+    false_positive_rate: float | None
+    families_rejected: int
+    n_families: int
+    n_null_hypotheses: int
+    cav_stability: float | None
+    exceeds_alpha: bool
+
+
+@dataclass
 class ConceptEntry:
     id: int
     name: str
@@ -437,6 +452,7 @@ class ConceptEntry:
     annotators: list[str]
     tcav: list[TcavRow]
     plots: list[str]
+    calibrations: list[CalibrationRow] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return to_plain(self)
@@ -463,8 +479,10 @@ def concept_library(session: Session) -> list[ConceptEntry]:
         annotators[concept_id].add(name)
     tcav: dict[int, list[TcavRow]] = {i: [] for i in ids}
     plots: dict[int, list[str]] = {i: [] for i in ids}
-    for r, exp_plots in session.execute(
-            select(TcavResult, TcavExperiment.plots).join(TcavExperiment, TcavExperiment.id == TcavResult.experiment_id)
+    calibrations: dict[int, dict[int, CalibrationRow]] = {i: {} for i in ids}
+    for r, exp_plots, exp_summary in session.execute(
+            select(TcavResult, TcavExperiment.plots, TcavExperiment.summary)
+            .join(TcavExperiment, TcavExperiment.id == TcavResult.experiment_id)
             .where(TcavResult.concept_id.in_(ids)).order_by(TcavResult.experiment_id.desc(), TcavResult.id)):
         tcav[r.concept_id].append(TcavRow(r.experiment_id, r.target_class, r.layer, r.variant, r.comparison,
                                           float(r.tcav_mean), float(r.tcav_std), r.p_corrected,
@@ -472,8 +490,14 @@ def concept_library(session: Session) -> list[ConceptEntry]:
         for p in exp_plots or []:
             if p not in plots[r.concept_id]:
                 plots[r.concept_id].append(p)
+        cal = (exp_summary or {}).get("calibration")
+        if cal and r.experiment_id not in calibrations[r.concept_id]:
+            calibrations[r.concept_id][r.experiment_id] = CalibrationRow(
+                r.experiment_id, cal["test"], cal["alpha"], cal["false_positive_rate"], cal["families_rejected"],
+                cal["n_families"], cal["n_null_hypotheses"], cal["cav_stability"], bool(cal["exceeds_alpha"]))
     return [ConceptEntry(c.id, c.name, c.description, c.status, c.source, c.current_version, versions[c.id],
-                         sorted(annotators[c.id]), tcav[c.id], plots[c.id]) for c in concepts]
+                         sorted(annotators[c.id]), tcav[c.id], plots[c.id], list(calibrations[c.id].values()))
+            for c in concepts]
 
 
 # --- audit log -----------------------------------------------------------------

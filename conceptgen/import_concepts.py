@@ -51,11 +51,16 @@ class ImportedClip:
 
 def import_concepts(workspace, source_dir: str | Path, *, user: str | None = None,
                     min_clips: int = 2) -> ImportReport:
-    """Import an export folder (has manifest.json) or a plain folder of clips.
+    """Import an export folder (has manifest.json), CVAT for video XML (a file or a folder
+    of them: :mod:`conceptgen.cvat_import`) or a plain folder of clips.
 
     ``user`` is recorded as the importer; ``min_clips`` is the fewest valid clips a
     plain-folder concept needs (an export is taken as it is)."""
+    from conceptgen.cvat_import import import_cvat_video, is_cvat_video
+
     source = Path(source_dir)
+    if is_cvat_video(source) and not (source / MANIFEST).is_file():
+        return import_cvat_video(workspace, source, user=user)
     if not source.is_dir():
         raise NotFoundError(f"{source} is not a folder; pass an export folder or a folder of "
                             "concept sub-folders with clips")

@@ -255,7 +255,7 @@ def fit_max_side(frame: np.ndarray, max_side: int | None) -> np.ndarray:
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: int = 18) -> None:
     """Write (T, H, W, 3) uint8 RGB as H.264 (libx264, yuv420p, +faststart) that browsers
     play. Odd sizes are padded to even by repeating the last row/column. Single-threaded
-    encoding with fixed options makes the bytes deterministic. The file appears
+    encoding with fixed options and no macroblock-tree makes the bytes deterministic. The file appears
     atomically (written beside it, then renamed), so an interrupted write leaves nothing
     and a concurrent reader never sees half a file."""
     path = Path(path)
@@ -279,7 +279,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: 
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(10000))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+            # x264's macroblock-tree rate control gives different bytes for the same frames
+            # from one call to the next (seen single-threaded, PyAV 18); without it the
+            # output is a function of the frames alone.
+            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
             stream.codec_context.thread_count = 1
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),

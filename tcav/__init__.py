@@ -9,6 +9,9 @@ Modules, in the order the method uses them:
   stats        permutation / t-test against the random-vs-random null, Bonferroni / Holm, power (pure)
   diagnostics  degenerate layers, the CAV quality gate, null health (pure)
   experiment   run_tcav: the orchestrator
+  calibration  the test's false-positive rate on the experiment's own null, CAV stability (calibration.json)
   results      database rows, CSV and JSON;  plots: matplotlib PNGs;  workflow: the CLI's one call
+  saved_cavs   every experiment's CAVs on disk (manifest + checksummed vectors)
+  apply        `tcav apply`: new videos scored with saved CAVs, refused on another model
   gradcam      the Grad-CAM baseline;  toy: TCAV inputs of conceptgen.toy_model's world, for tests
 """

@@ -18,7 +18,8 @@ class CAV:
     ``vector`` (D,) float32, unit norm, oriented towards the concept, in the
     layer's flattened activation space (C*T*H*W for a 5-D layer). ``accuracy`` is
     the held-out accuracy in [0, 1]; ``against`` names the other set
-    (``random:<i>``, ``null:<i>`` or another concept's name).
+    (``random:<i>``, ``null:<i>`` or another concept's name). ``bias``: activations
+    ``x`` with ``x . vector + bias > 0`` are on the concept's side.
     """
 
     concept: str
@@ -28,6 +29,7 @@ class CAV:
     accuracy: float
     classifier: str
     seed: int
+    bias: float = 0.0
 
     def save(self, path: str | Path) -> Path:
         """Writes ``path`` (.npz) with the vector, metadata and a checksum."""
@@ -36,7 +38,7 @@ class CAV:
         vector = np.ascontiguousarray(self.vector, dtype=np.float32)
         meta = {"concept": self.concept, "against": self.against, "layer": self.layer,
                 "accuracy": self.accuracy, "classifier": self.classifier, "seed": self.seed,
-                "sha256": sha256_bytes(vector.tobytes())}
+                "bias": self.bias, "sha256": sha256_bytes(vector.tobytes())}
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, vector=vector, meta=np.array(json.dumps(meta)))
         tmp.replace(path)
@@ -57,4 +59,17 @@ class CAV:
             raise IntegrityError(f"CAV file {path} fails its checksum: delete it and recompute")
         return cls(concept=meta["concept"], against=meta["against"], layer=meta["layer"],
                    vector=vector, accuracy=float(meta["accuracy"]), classifier=meta["classifier"],
-                   seed=int(meta["seed"]))
+                   seed=int(meta["seed"]), bias=float(meta.get("bias", 0.0)))
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Mean cosine over all pairs of rows of ``vectors`` (K, D), K >= 2: how much CAVs
+    fitted with different seeds agree (1 = the same direction every time)."""
+    v = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    if len(v) < 2:
+        raise ValueError("mean_pairwise_cosine needs at least two vectors")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    unit = v / np.where(norms > 0, norms, 1.0)
+    cos = unit @ unit.T
+    upper = np.triu_indices(len(v), k=1)
+    return float(np.mean(cos[upper]))

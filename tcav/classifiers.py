@@ -23,12 +23,14 @@ MIN_EXAMPLES_PER_SIDE = 2  # a stratified split needs one of each side in train 
 @dataclass(frozen=True)
 class LinearFit:
     """A trained separator. ``vector`` (D,) float32 unit-norm, towards the concept;
-    ``accuracy`` on the held-out split, in [0, 1]; ``n_train``/``n_test`` examples."""
+    ``accuracy`` on the held-out split, in [0, 1]; ``n_train``/``n_test`` examples;
+    ``bias``: activations ``x`` with ``x . vector + bias > 0`` are called the concept."""
 
     vector: np.ndarray
     accuracy: float
     n_train: int
     n_test: int
+    bias: float = 0.0
 
 
 def stratified_split(labels: np.ndarray, seed: int, held_out: float = HELD_OUT_FRACTION
@@ -64,9 +66,10 @@ class CavClassifier(ABC):
         weights = self._weights(x[train], y[train], seed=seed)
         norm = float(np.linalg.norm(weights))
         vector = (weights / norm if norm > 0 else weights).astype(np.float32)
-        predicted = (x[test] @ vector - self._threshold(x[train], y[train], vector)) > 0
+        bias = -float(self._threshold(x[train], y[train], vector))
+        predicted = (x[test] @ vector + bias) > 0
         accuracy = float(np.mean(predicted == (y[test] == 1)))
-        return LinearFit(vector=vector, accuracy=accuracy, n_train=len(train), n_test=len(test))
+        return LinearFit(vector=vector, accuracy=accuracy, n_train=len(train), n_test=len(test), bias=bias)
 
     @abstractmethod
     def _weights(self, x: np.ndarray, y: np.ndarray, *, seed: int) -> np.ndarray:

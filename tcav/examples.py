@@ -75,6 +75,7 @@ class ConceptExamples:
     examples: list[Example]
     concept_id: int | None = None
     source: str = "folder"
+    version: int | None = None   # the concept version the examples are from (database concepts)
 
     @property
     def label(self) -> str:
@@ -122,8 +123,10 @@ def concepts_from_export(root: Path, spec, *, names: Sequence[str] | None = None
         for variant in ("dynamic", "static"):
             clips = [root / e["clip"] for e in entry["examples"] if e["variant"] == variant]
             if clips:
-                out.append(ConceptExamples(entry["name"], variant, [file_example(c, spec) for c in clips],
-                                           source="export"))
+                # A static clip is one frame repeated; H.264 P-frames may drift by a few levels, so
+                # the middle decoded frame is repeated (the same rule as for any clip).
+                examples = [file_example(c, spec, static=variant == "static") for c in clips]
+                out.append(ConceptExamples(entry["name"], variant, examples, source="export"))
     return out
 
 
@@ -138,7 +141,7 @@ def concepts_from_db(workspace, names: Sequence[str] | str, spec, *, render_mode
     for record in records:
         examples = [_record_example(ex, spec, render_mode, workspace.media, static=False)
                     for ex in record.examples if ex.variant == "dynamic"]
-        out.append(ConceptExamples(record.name, "dynamic", examples, ids.get(record.name), "db"))
+        out.append(ConceptExamples(record.name, "dynamic", examples, ids.get(record.name), "db", record.version))
     return out
 
 
@@ -146,7 +149,7 @@ def static_counterpart(concept: ConceptExamples) -> ConceptExamples:
     """The same examples rendered with one frame repeated (the paper's static concepts):
     DB tubes re-rendered with ``static=True``, other clips' middle frame repeated."""
     statics = [static_example(e) for e in concept.examples]
-    return ConceptExamples(concept.name, "static", statics, concept.concept_id, concept.source)
+    return ConceptExamples(concept.name, "static", statics, concept.concept_id, concept.source, concept.version)
 
 
 def static_example(example: Example) -> Example:

@@ -39,14 +39,16 @@ from conceptgen.errors import ConfigError, DataError
 from conceptgen.malloc_tuning import keep_freed_memory
 from tcav import diagnostics, scoring, stats
 from tcav.activations import ActivationStore
+from tcav.calibration import Calibration, calibrate
 from tcav.cav import CAV
-from tcav.classifiers import MeanDifferenceClassifier, make_classifier
+from tcav.classifiers import MIN_EXAMPLES_PER_SIDE, MeanDifferenceClassifier, make_classifier
 from tcav.examples import ConceptExamples, Example, check_enough, static_counterpart, static_example
 
 DEFAULT_RANDOM_SETS = 10   # as the Video-TCAV paper
 MAX_RANDOM_SETS = 500
 AUTO_START = 10
 PSEUDO_POOL_CAP = 500   # pool clips pseudo-concepts are drawn from (a seeded subset of larger pools)
+CALIBRATION_NULL_SETS = 20   # two-sample tests: pseudo-concepts per cell and size scored for calibration.json
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class TcavConfig:
     max_random_sets: int = 80       # cap for "auto"
     n_resamples: int = stats.DEFAULT_RESAMPLES
     null_sets: int = 0              # test "pseudo": M pseudo-concepts; 0 = auto (Bonferroni reachable)
+    # two-sample tests: pseudo-concepts per (layer, class, variant, size) scored for calibration.json; 0 = none
+    calibration_sets: int = CALIBRATION_NULL_SETS
     # (concept name, target class) pairs to test, stated before the run; empty: every pair.
     # Pairs outside it are still scored and reported, but neither tested nor counted.
     hypotheses: tuple[tuple[str, str], ...] = ()
@@ -107,6 +111,8 @@ class TcavConfig:
             raise ConfigError(f"--random-sets must be between 2 and {MAX_RANDOM_SETS} or auto, got {self.random_sets}")
         if self.null_sets < 0:
             raise ConfigError(f"--null-sets must be 0 (auto) or a positive count, got {self.null_sets}")
+        if self.calibration_sets < 0:
+            raise ConfigError(f"--calibration-sets must be 0 (none) or a positive count, got {self.calibration_sets}")
         if self.random_set_size < 2:
             raise ConfigError(f"--random-set-size must be at least 2, got {self.random_set_size}")
 
@@ -175,6 +181,8 @@ class LayerReport:
     null_logit_changes: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per random-vs-random pair
     # test "pseudo": concept size -> (M,) statistic of each pseudo-concept, averaged over the N random sets
     pseudo_means: dict[int, np.ndarray] = field(default_factory=dict)
+    # two-sample tests: concept size -> (M, N) TCAV scores of pseudo-concepts per random set (calibration)
+    calibration_scores: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def null_mean(self) -> float:
@@ -193,6 +201,8 @@ class TcavReport:
     skipped: dict[str, str] = field(default_factory=dict)   # example key -> "origin: reason"
     experiment_id: int | None = None
     files: list[Path] = field(default_factory=list)
+    cavs: list[CAV] = field(default_factory=list)   # every concept-vs-random-set CAV (tcav.saved_cavs)
+    calibration: Calibration | None = None   # the test's false-positive rate on this null
 
     def tested(self) -> list[HypothesisResult]:
         return [r for r in self.results if r.comparison == "random"]
@@ -241,6 +251,9 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
     else:
         report = _score_auto(store, concepts, inputs, pool, targets, config)
     report.skipped = dict(store.failed)
+    report.calibration = calibrate(report)
+    if report.calibration.warning:
+        report.warnings.append(report.calibration.warning)
     if store.failed:
         report.warnings.append(f"skipped {len(store.failed)} clip(s) that failed to load, e.g. "
                                f"{next(iter(store.failed.values()))}")
@@ -341,9 +354,11 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
     draw = _draw_random(store, concepts, pool, config, n_sets, seed)
     results: list[HypothesisResult] = []
     layer_reports: list[LayerReport] = []
+    all_cavs: list[CAV] = []
     for layer in config.layers:
         null_cavs, null_differences, random_means = _random_vs_random(store, classifier, draw, layer, seed)
         concept_cavs, concept_means = _concept_vs_random(store, classifier, concepts, draw, layer, seed)
+        all_cavs += [v for c in concepts for v in concept_cavs[c.label]]
         relative_cavs = _relative_cavs(store, classifier, concepts, layer, seed) if config.relative else {}
         means = _Means(concept_means, random_means, null_differences)
         for target, k in targets.items():
@@ -352,14 +367,27 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
                                            config, means)
             layer_reports += reports
             results += scored
+    # after the diagnosis: pseudo-concepts only in (layer, class) cells with hypotheses to test
+    nulls, family = _testable_family(results, layer_reports, config)
     n_null_sets = 0
-    if config.test == "pseudo":  # after the diagnosis: only (layer, class) cells with hypotheses to test
-        n_null_sets = _pseudo_concept_null(store, classifier, draw, results, layer_reports, inputs, targets,
-                                           config, seed)
+    if config.test == "pseudo":
+        n_null_sets = _pseudo_concept_null(store, classifier, draw, family, nulls, inputs, targets, config, seed)
+    elif config.calibration_sets:
+        _two_sample_calibration_null(store, classifier, draw.pools, draw.random_sets, draw.null_pairs, family, nulls,
+                                     inputs, targets, config, seed)
     power = _test_and_correct(results, layer_reports, config, n_sets, seed,
                               grid=max(len(inputs.class_examples[t]) for t in targets), n_null_sets=n_null_sets)
     return TcavReport(config, n_sets, results, layer_reports, power,
-                      _report_warnings(power, layer_reports, config, classifier.name, n_null_sets, n_sets))
+                      _report_warnings(power, layer_reports, config, classifier.name, n_null_sets, n_sets),
+                      cavs=all_cavs)
+
+
+def _testable_family(results, layer_reports, config: TcavConfig) -> tuple[dict, list[HypothesisResult]]:
+    """({(layer, class, variant): its null}, the hypotheses tested and corrected together)."""
+    nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
+    family = [r for r in results if r.comparison == "random"
+              and _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
+    return nulls, family
 
 
 @dataclass(frozen=True)
@@ -424,14 +452,11 @@ def _concept_vs_random(store, classifier, concepts, draw: _RandomDraw, layer: st
     return cavs, means
 
 
-def _pseudo_concept_null(store, classifier, draw: _RandomDraw, results, layer_reports, inputs: TcavInputs,
+def _pseudo_concept_null(store, classifier, draw: _RandomDraw, family, nulls, inputs: TcavInputs,
                          targets: dict[str, int], config: TcavConfig, seed: int) -> int:
     """Step 5 for test "pseudo": M pseudo-concepts of each tested concept size, scored
     like a concept against the same random sets, in every (layer, class, variant) cell
     that holds a hypothesis of the family. Fills each null's ``pseudo_means``; returns M."""
-    nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
-    family = [r for r in results if r.comparison == "random"
-              and _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
     n_null_sets = null_set_count(config, len(family))
     pseudo_sets = {size: draw_pseudo_concepts(draw.candidates, n_null_sets, size, seed)
                    for size in sorted({r.n_examples for r in family})}
@@ -469,6 +494,29 @@ class _Means:
     null_differences: dict[str, np.ndarray]
 
 
+def _two_sample_calibration_null(store, classifier, pools, random_sets, null_pairs, family, nulls, inputs,
+                                 targets, config: TcavConfig, seed: int) -> None:
+    """For the calibration report of the two-sample tests (:mod:`tcav.calibration`):
+    ``config.calibration_sets`` pseudo-concepts per concept size, drawn (stream
+    "calibration") from the pool clips the random sets and pairs already computed,
+    each scored against the N random sets exactly as a concept (N CAV fits each,
+    nearly free with mean-difference CAVs); stored per cell in ``calibration_scores``."""
+    used = sorted({i for rs in random_sets for i in rs} | {i for a, b in null_pairs for i in a + b})
+    sets = {size: draw_pseudo_concepts(used, config.calibration_sets, size, stats.derive_seed(seed, "calibration"))
+            for size in sorted({r.n_examples for r in family})
+            if pseudo_test_fits(len(used), size, config.random_set_size)}
+    for layer in config.layers:
+        cells = {(r.target, r.variant) for r in family if r.layer == layer}
+        grads = {t: store.gradients(inputs.class_examples[t], layer, targets[t]) for t in sorted({t for t, _ in cells})}
+        for variant in sorted({v for _, v in cells}):
+            for size, pseudo_sets in sets.items():
+                scores = pseudo_tcav_per_set(store, classifier, pools[variant], pseudo_sets, random_sets, layer,
+                                             grads, seed)
+                for t, m in scores.items():
+                    if (t, variant) in cells:
+                        nulls[(layer, t, variant)].calibration_scores[size] = m
+
+
 def variant_pools(pool: Sequence[Example], variants: Sequence[str]) -> dict[str, list[Example]]:
     """The random pool rendered as each concept variant: index i is the same clip in
     every variant (static: one frame repeated, as the static concepts)."""
@@ -498,7 +546,7 @@ def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int, 
 
 def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, other: np.ndarray, seed: int) -> CAV:
     fit = classifier.fit(x, other, seed=seed)
-    return CAV(concept, against, layer, fit.vector, fit.accuracy, classifier.name, seed)
+    return CAV(concept, against, layer, fit.vector, fit.accuracy, classifier.name, seed, fit.bias)
 
 
 def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer, grads: dict[str, np.ndarray],
@@ -511,38 +559,57 @@ def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer,
     and a pseudo-concept that covers them all is left out of the null.
     The logit change and mean-difference CAVs are scored from grad . clip
     projections (no D-sized work per set); other classifiers fit M x N CAVs."""
-    # float64 on both sides: numpy's mixed float32 x float64 matmul skips BLAS (~300x slower)
-    flat = {t: g.reshape(len(g), -1).astype(np.float64) for t, g in grads.items()}
     if statistic == "logit-change":
-        split_seed = None   # no CAV, no train split
+        flat = _flat(grads)
+        projections, pseudo, randoms = _pseudo_projections(store, pool, pseudo_sets, random_sets, layer, flat)
+        out = {t: scoring.pseudo_logit_changes(proj.mean(axis=0), pseudo, randoms) for t, proj in projections.items()}
     else:
-        base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
-        split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
-    if statistic == "tcav" and classifier.name != MeanDifferenceClassifier.name:
-        out = _pseudo_fitted_tcav(store, classifier, pool, pseudo_sets, random_sets, layer, flat, split_seed)
-    else:
-        out = _pseudo_from_projections(store, pool, pseudo_sets, random_sets, layer, flat, statistic, split_seed)
+        per_set = pseudo_tcav_per_set(store, classifier, pool, pseudo_sets, random_sets, layer, grads, seed)
+        out = {t: np.array([np.mean(row[~np.isnan(row)]) if not np.isnan(row).all() else np.nan for row in m])
+               for t, m in per_set.items()}
     return {t: m[~np.isnan(m)] for t, m in out.items()}
 
 
+def _flat(grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # float64 on both sides: numpy's mixed float32 x float64 matmul skips BLAS (~300x slower)
+    return {t: g.reshape(len(g), -1).astype(np.float64) for t, g in grads.items()}
+
+
+def pseudo_tcav_per_set(store, classifier, pool, pseudo_sets, random_sets, layer, grads: dict[str, np.ndarray],
+                        seed: int) -> dict[str, np.ndarray]:
+    """Target -> (M, N) TCAV score of each pseudo-concept (row) against each random set
+    (column) less the clips it shares with it, NaN where it covers the set: scored
+    exactly as a concept (one CAV per random set; mean-difference CAVs from
+    grad . clip projections, other classifiers fitted)."""
+    flat = _flat(grads)
+    base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
+    split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
+    if classifier.name != MeanDifferenceClassifier.name:
+        return _pseudo_fitted_tcav(store, classifier, pool, pseudo_sets, random_sets, layer, flat, split_seed)
+    projections, pseudo, randoms = _pseudo_projections(store, pool, pseudo_sets, random_sets, layer, flat)
+    return {t: _pseudo_mean_difference_tcav(proj, pseudo, randoms, split_seed) for t, proj in projections.items()}
+
+
 def _pseudo_fitted_tcav(store, classifier, pool, pseudo_sets, random_sets, layer, flat, split_seed):
-    """Target -> (M,) mean TCAV score of each pseudo-concept, one classifier fit per random set."""
+    """Target -> (M, N) TCAV score of each pseudo-concept, one classifier fit per random set."""
     acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
-    out = {t: np.empty(len(pseudo_sets)) for t in flat}
+    out = {t: np.full((len(pseudo_sets), len(random_sets)), np.nan) for t in flat}
     for j, ps in enumerate(pseudo_sets):
         x, mine = acts_of(ps), set(ps)
-        cavs = [classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector
-                for i, other in enumerate([i for i in rs if i not in mine] for rs in random_sets) if other]
+        fitted = [(i, classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector)
+                  for i, other in enumerate([i for i in rs if i not in mine] for rs in random_sets)
+                  if len(other) >= MIN_EXAMPLES_PER_SIDE]
+        if not fitted:
+            continue
+        columns, cavs = [i for i, _ in fitted], np.stack([v for _, v in fitted])
         for t, g in flat.items():
-            out[t][j] = float(np.mean(scoring.tcav_score(scoring.directional_derivatives(g, np.stack(cavs))))
-                              ) if cavs else np.nan
+            out[t][j, columns] = scoring.tcav_score(scoring.directional_derivatives(g, cavs))
     return out
 
 
-def _pseudo_from_projections(store, pool, pseudo_sets, random_sets, layer, flat, statistic, split_seed):
-    """Target -> (M,) logit change or mean-difference TCAV score of each pseudo-concept,
-    from grad . clip projections of the clips the sets use."""
-    # grad . activation for every class example (row) and every clip any set uses (column)
+def _pseudo_projections(store, pool, pseudo_sets, random_sets, layer, flat):
+    """grad . clip for every class example (row) and every clip any set uses (column),
+    per target, with the sets' 0/1 membership over those columns: (projections, pseudo, randoms)."""
     columns = sorted({i for ps in pseudo_sets for i in ps} | {i for rs in random_sets for i in rs})
     projections = {t: np.zeros((len(g), len(columns))) for t, g in flat.items()}
     for start in range(0, len(columns), 32):  # the clips stream through RAM in chunks
@@ -552,10 +619,7 @@ def _pseudo_from_projections(store, pool, pseudo_sets, random_sets, layer, flat,
             projections[t][:, start:start + len(acts)] = g @ acts.T
     column_of = {i: c for c, i in enumerate(columns)}
     members = lambda sets: _membership([[column_of[i] for i in x] for x in sets], len(columns))  # noqa: E731
-    pseudo, randoms = members(pseudo_sets), members(random_sets)
-    if statistic == "logit-change":
-        return {t: scoring.pseudo_logit_changes(proj.mean(axis=0), pseudo, randoms) for t, proj in projections.items()}
-    return {t: _pseudo_mean_difference_tcav(proj, pseudo, randoms, split_seed) for t, proj in projections.items()}
+    return projections, members(pseudo_sets), members(random_sets)
 
 
 def _membership(sets: Sequence[Sequence[int]], n: int) -> np.ndarray:
@@ -569,17 +633,15 @@ def _membership(sets: Sequence[Sequence[int]], n: int) -> np.ndarray:
 def _pseudo_mean_difference_tcav(projections: np.ndarray, pseudo: np.ndarray, randoms: np.ndarray,
                                  split_seed) -> np.ndarray:
     """Mean-difference CAV TCAV scores of each pseudo-concept (rows of ``pseudo``)
-    against each random set less their overlap, averaged over the sets: (M,), NaN
-    where every random set was covered. ``projections`` (n, P) grad . clip."""
-    out = np.empty(len(pseudo))
+    against each random set (columns) less their overlap: (M, N), NaN where the
+    pseudo-concept covers the set. ``projections`` (n, P) grad . clip."""
+    out = np.full((len(pseudo), len(randoms)), np.nan)
     for j, mine in enumerate(pseudo):
-        scores = []
         for i, theirs in enumerate(randoms):
             c, o = np.flatnonzero(mine), np.flatnonzero((theirs > 0) & (mine == 0))
             if len(o):
-                scores.append(MeanDifferenceClassifier.tcav_from_projections(
-                    projections[:, c], projections[:, o], seed=split_seed(j, i)))
-        out[j] = np.mean(scores) if scores else np.nan
+                out[j, i] = MeanDifferenceClassifier.tcav_from_projections(
+                    projections[:, c], projections[:, o], seed=split_seed(j, i))
     return out
 
 

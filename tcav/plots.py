@@ -6,6 +6,8 @@
   degenerate layers.
 * ``static_dynamic_<class>.png``: dynamic and static bars side by side.
 * ``temporal_<class>.png``: the temporal TCAV curve over the layer's time slices.
+* ``calibration.png``: the null p-values (flat when the test is calibrated) and the
+  measured false-positive rate against alpha (:mod:`tcav.calibration`).
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def plot_report(report: TcavReport, folder: str | Path) -> list[Path]:
             out.append(plot_static_dynamic(report, target, folder / f"static_dynamic_{_safe(target)}.png"))
         if any(r.temporal is not None for r in report.tested()):
             out.append(plot_temporal(report, target, folder / f"temporal_{_safe(target)}.png"))
+    if report.calibration is not None and report.calibration.n_null_hypotheses:
+        out.append(plot_calibration(report.calibration, folder / "calibration.png"))
     return out
 
 
@@ -130,6 +134,34 @@ def plot_temporal(report: TcavReport, target: str, path: Path) -> Path:
         ax.set_title(layer, fontsize=9)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("share of S (solid), fraction S_t>0 (dotted)")
+    return _save(plt, fig, path)
+
+
+def plot_calibration(calibration, path: Path) -> Path:
+    """Left: histogram of the null hypotheses' raw p-values against the flat density of a
+    calibrated test. Right: measured false-positive rates against the nominal alpha."""
+    plt = _pyplot()
+    c = calibration
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.6))
+    fig.suptitle(f"calibration of the {c.test} test on this experiment's null "
+                 f"({c.n_null_hypotheses} pseudo-concept hypotheses)", fontsize=10)
+    bins = np.linspace(0, 1, 21)
+    left.hist(c.null_p_values, bins=bins, density=True, color="#a6bddb", edgecolor="black")
+    left.axhline(1.0, ls="--", color="black", lw=1, label="calibrated")
+    left.axvline(c.alpha, color="red", lw=1, label=f"alpha {c.alpha}")
+    left.set_xlabel("raw p-value of a null hypothesis")
+    left.set_ylabel("density")
+    left.legend(fontsize=7)
+    names = [f"family-wise\n({c.correction}, {c.family_size} per family)", "raw (uncorrected)"]
+    values = [c.false_positive_rate or 0.0, c.raw_false_positive_rate or 0.0]
+    right.bar([0, 1], values, color=["#dd8452" if c.exceeds_alpha else "#4c72b0", "#a6bddb"], edgecolor="black")
+    right.axhline(c.alpha, ls="--", color="red", lw=1, label=f"nominal alpha {c.alpha}")
+    right.set_xticks([0, 1], names, fontsize=8)
+    right.set_ylabel("false-positive rate")
+    stability = "n/a" if c.cav_stability is None else f"{c.cav_stability:.2f}"
+    right.set_title(f"{c.families_rejected}/{c.n_families} null families significant; "
+                    f"CAV stability {stability}", fontsize=8)
+    right.legend(fontsize=7)
     return _save(plt, fig, path)
 
 

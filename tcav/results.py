@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from conceptgen.orm import Concept, TcavExperiment, TcavResult, utcnow
+from tcav.calibration import write_calibration
 from tcav.experiment import HypothesisResult, TcavReport, config_dict
 
 CSV_COLUMNS = ("concept", "variant", "layer", "target", "comparison", "tcav_mean", "tcav_std",
@@ -68,6 +69,7 @@ def summary(report: TcavReport) -> dict[str, Any]:
         "power": {"min_p": report.power.min_p, "min_p_corrected": report.power.min_p_corrected,
                   "n_hypotheses": report.power.n_hypotheses, "possible": report.power.possible},
         "auto_history": report.auto_history,
+        "calibration": report.calibration.summary() if report.calibration else None,
     }
 
 
@@ -77,7 +79,8 @@ def rows(report: TcavReport) -> list[dict[str, Any]]:
 
 
 def write_exports(report: TcavReport, folder: Path) -> list[Path]:
-    """results.csv (one row per hypothesis) and results.json (config, summary, rows)."""
+    """results.csv (one row per hypothesis), results.json (config, summary, rows) and,
+    beside them, calibration.json (:mod:`tcav.calibration`)."""
     folder.mkdir(parents=True, exist_ok=True)
     table = rows(report)
     csv_path, json_path = folder / "results.csv", folder / "results.json"
@@ -87,7 +90,9 @@ def write_exports(report: TcavReport, folder: Path) -> list[Path]:
         writer.writerows(table)
     json_path.write_text(json.dumps({"config": config_dict(report.config), "summary": summary(report),
                                      "results": table}, indent=1, sort_keys=True))
-    return [csv_path, json_path]
+    if report.calibration is None:
+        return [csv_path, json_path]
+    return [csv_path, json_path, write_calibration(report.calibration, folder)]
 
 
 # --- database ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from tcav import examples as ex
 from tcav.experiment import TcavConfig, TcavInputs, TcavReport, config_dict, run_tcav
 from tcav.plots import plot_report
 from tcav.results import fail_experiment, finish_experiment, media_folder, start_experiment, write_exports
+from tcav.saved_cavs import save_cavs
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,12 @@ class TcavRequest:
     batch_size: int = 8
 
     def stored_config(self) -> dict:
-        """The experiment's stored config: every TcavConfig field plus the sources and device."""
-        return {**config_dict(self.config), "concepts": self.concepts, "device": self.device, "amp": self.amp,
-                "class_examples": self.class_examples, "random_pool": self.random_pool}
+        """The experiment's stored config: every TcavConfig field plus the model, the sources
+        and the device (model and weights files as absolute paths, so `tcav apply` finds them)."""
+        return {**config_dict(self.config), "model": _as_path(self.model),
+                "weights": self.weights and _as_path(self.weights), "concepts": self.concepts,
+                "device": self.device, "amp": self.amp, "class_examples": self.class_examples,
+                "random_pool": self.random_pool}
 
 
 @dataclass
@@ -84,6 +88,11 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
     return TcavInputs(concepts, classes, pool)
 
 
+def _as_path(name: str) -> str:
+    """A model or weights file as an absolute path (so `tcav apply` finds it from anywhere); names as given."""
+    return str(Path(name).resolve()) if Path(name).is_file() else name
+
+
 def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
@@ -108,6 +117,8 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
     report.experiment_id = experiment_id
     folder = media_folder(workspace, experiment_id)
     files = write_exports(report, folder)
+    files.append(save_cavs(report.cavs, inputs.concepts, model_name=loaded.name, model_fingerprint=loaded.fingerprint,
+                           experiment_folder=folder, experiment_id=experiment_id))
     plots = plot_report(report, folder)
     finish_experiment(workspace, experiment_id, report,
                       [str(p.relative_to(workspace.media)) for p in plots])

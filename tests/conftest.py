@@ -178,3 +178,32 @@ def tcav_toy():
     torch.set_num_threads(2)
     loaded, _accuracy = train_toy_model(seed=0)
     return loaded
+
+
+# --- tcav: the toy model as a checkpoint with clip folders (saved CAVs, calibration) -----
+@_pytest_concepts.fixture(scope="session")
+def toy_tcav_clips(tcav_toy, tmp_path_factory):
+    """Folder with ``toy.pt`` (tcav_toy as a conceptgen checkpoint), ``concepts/`` (rightward,
+    blob, a random/ pool of 20), ``classes/right`` (6 videos) and ``new/`` (3 right, 3 left)."""
+    import numpy as np
+
+    from conceptgen import registry
+    from conceptgen.videoio import write_video
+    from conceptgen.toy_model import ToyWorld, _background, class_clips, moving_square_clip, static_blob
+
+    world, root = ToyWorld(), tmp_path_factory.mktemp("toy-tcav-clips")
+    registry.save_checkpoint(root / "toy.pt", builder="tcav_toy", builder_kwargs={}, model=tcav_toy.model,
+                             spec=tcav_toy.spec, class_names=tcav_toy.class_names)
+    rng = np.random.default_rng(0)
+    folders = {
+        "concepts/rightward": [moving_square_clip(rng, world, "right", distractor=False) for _ in range(8)],
+        "concepts/blob": [static_blob(_background(rng, world), rng, world) for _ in range(8)],
+        "concepts/random": [moving_square_clip(rng, world, "static") for _ in range(20)],
+        "classes/right": list(class_clips("right", 6, seed=3)),
+        "new": list(class_clips("right", 3, seed=7)) + list(class_clips("left", 3, seed=8)),
+    }
+    for name, clips in folders.items():
+        (root / name).mkdir(parents=True)
+        for i, clip in enumerate(clips):
+            write_video(root / name / f"{i:03d}.mp4", clip)
+    return root

@@ -1,18 +1,21 @@
-"""`conceptgen tcav` and `conceptgen gradcam`: glue over tcav.workflow and tcav.gradcam."""
+"""`conceptgen tcav`, `conceptgen tcav apply` and `conceptgen gradcam`: glue over tcav.workflow,
+tcav.apply and tcav.gradcam."""
 from __future__ import annotations
 
 from conceptgen.errors import ConfigError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tcav", help="score concepts for a class with Video-TCAV, with significance tests")
-    p.add_argument("--model", required=True, help="model name (`conceptgen models`), demo, or checkpoint path")
+    p = sub.add_parser("tcav", help="score concepts for a class with Video-TCAV, with significance tests "
+                                    "(`conceptgen tcav apply`: score new videos with an experiment's saved CAVs)")
+    # --model, --layers, --target and --concepts are required for scoring (checked in _tcav), not for `apply`
+    p.add_argument("--model", help="model name (`conceptgen models`), demo, or checkpoint path (required)")
     p.add_argument("--weights", default=None, help="weights file for an architecture name")
-    p.add_argument("--layers", required=True, help="comma-separated layer names (`conceptgen models --layers`)")
-    p.add_argument("--target", required=True, help="class name(s) or index(es), comma-separated")
-    p.add_argument("--concepts", required=True,
+    p.add_argument("--layers", help="comma-separated layer names (`conceptgen models --layers`) (required)")
+    p.add_argument("--target", help="class name(s) or index(es), comma-separated (required)")
+    p.add_argument("--concepts",
                    help="comma-separated approved concept names, all-approved, or a folder "
-                        "(one sub-folder of clips per concept, or a `conceptgen export` folder)")
+                        "(one sub-folder of clips per concept, or a `conceptgen export` folder) (required)")
     p.add_argument("--random-sets", default="10", help="N random sets (2-500, default 10) or auto")
     p.add_argument("--random-set-size", type=int, default=20, help="clips per random set (default 20)")
     p.add_argument("--random-pool", default=None,
@@ -34,11 +37,27 @@ def register(sub) -> None:
                         "or the mean TCAV score; the two-sample tests always use the TCAV score")
     p.add_argument("--null-sets", type=int, default=0,
                    help="with --test pseudo: M pseudo-concepts (0 = auto: Bonferroni reachable)")
+    p.add_argument("--calibration-sets", type=int, default=20,
+                   help="with --test permutation|ttest: pseudo-concepts per layer, class and variant scored as "
+                        "concepts for calibration.json (default 20; each costs one CAV fit per random set, nearly "
+                        "free with --classifier mean-diff; 0 = none). --test pseudo measures on its own null")
     p.add_argument("--correction", default="bonferroni", choices=("bonferroni", "holm"),
                    help="family-wise correction over every hypothesis (default bonferroni)")
     p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward/backward (default 8)")
     p.set_defaults(handler=_tcav)
+    actions = p.add_subparsers(dest="tcav_action", metavar="ACTION")
+    a = actions.add_parser("apply", help="score new videos with an experiment's saved CAVs (no retraining)")
+    a.add_argument("--experiment", type=int, required=True, help="TCAV experiment id")
+    a.add_argument("--videos", required=True, help="folder of videos (DIR/*.mp4, or DIR/<class>/*.mp4)")
+    a.add_argument("--model", dest="apply_model", metavar="MODEL", default=None,
+                   help="model name or checkpoint (default: the experiment's); its fingerprint must match")
+    a.add_argument("--weights", dest="apply_weights", metavar="WEIGHTS", default=None, help="weights file (default: the experiment's)")
+    a.add_argument("--target", dest="apply_target", metavar="CLASS", default=None,
+                   help="class name(s), comma-separated (default: the experiment's targets)")
+    a.add_argument("--device", dest="apply_device", metavar="DEVICE", default="cpu", help="cpu or cuda (default cpu)")
+    a.add_argument("--out", default=None, help="JSON report (default WORKSPACE/media/tcav/<id>/applied.json)")
+    a.set_defaults(handler=_tcav_apply)
 
     p = sub.add_parser("gradcam", help="Grad-CAM overlay video and per-frame heat curve for one video")
     p.add_argument("--video", required=True, help="video file")
@@ -75,11 +94,17 @@ def tcav_config(args):
     return TcavConfig(layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
                       random_sets=_random_sets(args.random_sets), seed=args.seed, classifier=args.classifier,
                       test=args.test, statistic=args.statistic, correction=args.correction,
-                      random_set_size=args.random_set_size, render_mode=args.mode, null_sets=args.null_sets)
+                      random_set_size=args.random_set_size, render_mode=args.mode, null_sets=args.null_sets,
+                      calibration_sets=args.calibration_sets)
 
 
 def _tcav(args, ctx) -> int:
     from tcav.workflow import TcavRequest, run_experiment
+
+    missing = [flag for flag, value in (("--model", args.model), ("--layers", args.layers),
+                                        ("--target", args.target), ("--concepts", args.concepts)) if not value]
+    if missing:
+        raise ConfigError(f"conceptgen tcav needs {', '.join(missing)}: see `conceptgen tcav --help`")
 
     request = TcavRequest(model=args.model, concepts=args.concepts, config=tcav_config(args),
                           class_examples=args.class_examples, random_pool=args.random_pool, weights=args.weights,
@@ -89,10 +114,32 @@ def _tcav(args, ctx) -> int:
         ctx.echo(line)
     for warning in outcome.report.warnings:
         ctx.echo(f"warning: {warning}")
+    if (cal := outcome.report.calibration) is not None and cal.n_families:
+        stability = "n/a" if cal.cav_stability is None else f"{cal.cav_stability:.2f}"
+        ctx.echo(f"calibration: false-positive rate {cal.false_positive_rate:.3g} ({cal.families_rejected}/"
+                 f"{cal.n_families} null families, {cal.n_null_hypotheses} null hypotheses) vs alpha {cal.alpha}; "
+                 f"CAV stability across seeds {stability}")
     ctx.echo(f"experiment {outcome.experiment_id}: {outcome.report.n_random_sets} random sets, "
              f"{len(outcome.report.tested())} hypotheses, {outcome.report.config.correction} correction")
     ctx.echo(f"results: {', '.join(str(p) for p in outcome.files)}")
     ctx.echo(f"plots: {', '.join(str(p) for p in outcome.plots)}")
+    return 0
+
+
+def _tcav_apply(args, ctx) -> int:
+    from tcav.apply import apply_experiment
+
+    report = apply_experiment(ctx.workspace, args.experiment, args.videos, model=args.apply_model,
+                              weights=args.apply_weights, device=args.apply_device, out=args.out,
+                              targets=_split(args.apply_target, "--target") if args.apply_target else ())
+    ctx.echo(f"{'concept':<24} {'variant':<8} {'layer':<20} {'class':<14} {'TCAV':>5} {'±':>5} {'CAVs':>5} {'videos':>6}")
+    for s in report.scores:
+        ctx.echo(f"{s.concept[:24]:<24} {s.variant:<8} {s.layer[:20]:<20} {s.target[:14]:<14} "
+                 f"{s.tcav_mean:5.2f} {s.tcav_std:5.2f} {s.n_cavs:5d} {len(s.videos):6d}")
+    if report.skipped:
+        ctx.echo(f"warning: skipped {len(report.skipped)} video(s) that failed to load, e.g. "
+                 f"{next(iter(report.skipped.values()))}")
+    ctx.echo(f"scores: {report.out}")
     return 0
 
 
