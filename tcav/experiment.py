@@ -18,7 +18,8 @@
    (``_score_layer``). With ``test="pseudo"`` (the default) also M pseudo-concepts (pool sets of each
    concept's size, stream "pseudo-concepts") against the same N random sets: the
    calibrated null, ranking the class-logit change (see :mod:`tcav.stats`;
-   ``_pseudo_concept_null``).
+   ``_pseudo_concept_null``); with the two-sample tests, ``config.calibration_sets``
+   pseudo-concepts for the calibration report only (``_two_sample_calibration_null``).
 6. Test every concept score set against the null of its variant, correct over
    the family of testable hypotheses (those in ``config.hypotheses``, at layers
    not diagnosed degenerate from the class gradients alone, so the filter is
