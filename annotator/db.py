@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from flask import current_app, g
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from conceptgen.workspace import Workspace
@@ -18,6 +20,9 @@ except ImportError:  # not POSIX: one server process, the thread lock alone suff
     fcntl = None
 
 WRITE_LOCK_FILE = "annotator.write.lock"
+# PostgreSQL: the decisions' turn is this transaction-scoped advisory lock, shared by
+# every worker on every machine that serves the database (a file lock is one machine's).
+DECISION_LOCK_KEY = 0x636F6E63  # "conc"
 
 
 def workspace() -> Workspace:
@@ -35,7 +40,9 @@ class WriterTurn:
     """Decisions take turns: a thread lock inside a process, plus an exclusive
     ``flock`` on ``WORKSPACE/annotator.write.lock`` across the server's worker
     processes. SQLite has one writer anyway, and a queue here is fairer and faster
-    than SQLite's sleeping busy-wait; the version checks keep other writers safe."""
+    than SQLite's sleeping busy-wait; the version checks keep other writers safe.
+    On PostgreSQL the turn is a database advisory lock instead, so servers on several
+    machines take turns too (and multi-row decisions such as merges cannot deadlock)."""
 
     def __init__(self) -> None:
         self._thread_lock = threading.Lock()
@@ -53,6 +60,11 @@ class WriterTurn:
 
     @contextmanager
     def __call__(self, ws: Workspace) -> Iterator[None]:
+        if make_url(ws.db_url).get_backend_name() == "postgresql":
+            # Held by this request's transaction until its commit or rollback.
+            db().execute(select(func.pg_advisory_xact_lock(DECISION_LOCK_KEY)))
+            yield
+            return
         with self._thread_lock:
             fd = self._file(ws)
             if fd is not None:

@@ -3,6 +3,7 @@ concurrent reviewers; reports page and API latency and proves no update was lost
 
     python benchmarks/annotator_load.py            # 1,000 clusters, 100,000 tubes, 20 clients, 60 s
     python benchmarks/annotator_load.py --quick    # 200 clusters, 20,000 tubes, 20 clients, 20 s
+    python benchmarks/annotator_load.py --quick --db-url postgresql+psycopg://USER@HOST/EMPTY_DB
 
 Each client logs in as its own user and loops: gallery page (random status/sort/page),
 cluster detail page (random cluster/page), or a decision through the JSON API
@@ -64,9 +65,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, port: int, threads: int, workers: int) -> subprocess.Popen:
+def start_server(root: Path, port: int, threads: int, workers: int, db_url: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "CONCEPTGEN_QUIET": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "conceptgen", "--workspace", str(root), "serve",
+    url = ["--db-url", db_url] if db_url else []
+    proc = subprocess.Popen([sys.executable, "-m", "conceptgen", "--workspace", str(root), *url, "serve",
                              "--port", str(port), "--threads", str(threads), "--workers", str(workers)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="server worker processes (default: serve's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workspace", default=None, help="folder to seed (default: a temporary one, deleted)")
+    ap.add_argument("--db-url", default=None,
+                    help="an EMPTY database to seed and serve, e.g. PostgreSQL (default: SQLite in the workspace)")
     add_flag(ap)
     args = ap.parse_args(argv)
     n_clusters = args.clusters or (200 if args.quick else 1000)
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="annotator-load-") if args.workspace is None else None
     root = Path(args.workspace or tmp.name) / "ws"
-    ws = Workspace.resolve(root)
+    ws = Workspace.resolve(root, args.db_url)
     t = time.perf_counter()
     info = seed_bulk_workspace(ws, n_clusters=n_clusters, n_tubes=n_tubes, n_videos=min(1000, n_tubes),
                                seed=args.seed)
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from conceptgen.cli.annotator_commands import DEFAULT_THREADS, DEFAULT_WORKERS
 
     threads, workers = args.threads or DEFAULT_THREADS, args.workers or DEFAULT_WORKERS
-    server = start_server(root, port, threads, workers)
+    server = start_server(root, port, threads, workers, args.db_url)
     try:
         # one reviewer alone first: the service time without queueing behind 19 others
         alone = Client(0, f"http://127.0.0.1:{port}", info.cluster_ids, info.run_id, 0.0, args.seed + 1)
@@ -265,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         final = decisions.snapshot_state(s)
         afters = [row.after for row in s.scalars(select(AuditLog).order_by(AuditLog.id))]
     lost = decisions.state_differences(decisions.replay(initial, afters), final)
+    database = ws.engine.dialect.name
     ws.close()
     if tmp is not None:
         tmp.cleanup()
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"requests {n_requests} in {wall:.1f} s ({n_requests / wall:.1f}/s); status codes {dict(sorted(codes.items()))}; "
           f"decisions logged {len(afters)}; client failures {len(failures)} {failures[:3]}", flush=True)
     result = {
-        "clusters": n_clusters, "tubes": n_tubes, "clients": args.clients, "seconds": seconds,
+        "database": database, "clusters": n_clusters, "tubes": n_tubes, "clients": args.clients, "seconds": seconds,
         "gallery_p50_ms": round(percentile(latency["gallery"], 50), 1),
         "gallery_p95_ms": round(percentile(latency["gallery"], 95), 1),
         "detail_p50_ms": round(percentile(latency["detail"], 50), 1),

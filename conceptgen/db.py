@@ -11,19 +11,43 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from conceptgen.errors import ConfigError, NotFoundError
+from conceptgen.errors import ConfigError, NotFoundError, UnreachableError
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
 
+CONNECT_TIMEOUT_S = 10  # a server that does not answer within this is reported unreachable
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
 def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL journaling, foreign keys and a busy timeout."""
+    """Create an engine; SQLite gets WAL journaling, foreign keys and a busy timeout;
+    a server database gets a connect timeout and pre-ping (connections survive restarts)."""
     is_sqlite = url.startswith("sqlite")
-    kwargs = {"connect_args": {"timeout": 30, "check_same_thread": False}} if is_sqlite else {}
-    engine = create_engine(url, **kwargs)
+    if is_sqlite:
+        kwargs = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    else:
+        kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+    try:
+        engine = create_engine(url, **kwargs)
+    except ArgumentError as err:
+        raise ConfigError(f"--db-url {safe_url(url)!r} is not a database URL ({err}); use e.g. "
+                          "sqlite:///path/concepts.db or postgresql+psycopg://user:password@host:5432/db") from None
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"the driver for {safe_url(url)} is not installed ({err.name}); "
+                          "install it, e.g. pip install 'conceptgen[distributed]' for PostgreSQL") from None
     if is_sqlite:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no branch
@@ -62,8 +86,24 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    """The database's Alembic revision; UnreachableError (one line) when the server does not answer."""
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except DBAPIError as err:
+        if not err.connection_invalidated and not _is_connect_failure(err):
+            raise
+        reason = " ".join(str(err.orig).split())[:200] if err.orig is not None else type(err).__name__
+        raise UnreachableError(f"cannot reach the database at {safe_url(engine.url.render_as_string(False))}: "
+                               f"{reason}; check --db-url (host, port, user, password) and that the server "
+                               "is running") from None
+
+
+def _is_connect_failure(err: DBAPIError) -> bool:
+    """An error raised while connecting (refused, timed out, unknown host, bad password, no such database)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(err, (OperationalError, InterfaceError))
 
 
 def head_revision() -> str:

@@ -47,5 +47,9 @@ class NotFoundError(ConceptgenError):
     """A record (run, cluster, concept, user) that does not exist."""
 
 
+class UnreachableError(ConceptgenError):
+    """A database server or Ray cluster that cannot be reached (address, port, credentials)."""
+
+
 class IntegrityError(ConceptgenError):
     """A checksum mismatch or other corruption in stored or exported data."""

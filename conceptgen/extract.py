@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from functools import partial
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
 
 import cv2
 import numpy as np
 import sqlalchemy.exc
 import torch
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 import conceptgen
 from conceptgen.embed import POOLINGS, HookEmbedder, embed_clips, vector_to_blob
@@ -43,6 +43,9 @@ from conceptgen.masks import encode_rle
 from conceptgen.orm import Clustering, Embedding, Run, RunVideo, Tube, Video, utcnow
 from conceptgen.progress import progress
 from conceptgen.workspace import Workspace
+
+if TYPE_CHECKING:
+    from conceptgen.executors import Executor
 
 DEFAULT_RENDER_MODE = "mask"  # keeps position and scale, so motion survives (benchmarks/discovery.py)
 PREVIEW_MAX_SIDE = 256
@@ -115,16 +118,31 @@ class ExtractReport:
     resumed: bool
     n_done: int = 0
     n_failed: int = 0
-    n_skipped: int = 0  # already done before this call
+    n_skipped: int = 0  # already done before this call, or claimed by another driver
+    n_discarded: int = 0  # computed, but another driver had taken the video over (nothing written)
     n_tubes: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video path, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (video path, note) for done videos
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     seconds: float = 0.0
 
+    def add(self, outcome: "VideoOutcome") -> None:
+        for stage, secs in outcome.stage_seconds.items():
+            self.stage_seconds[stage] += secs
+        if outcome.status == "lost":
+            self.n_discarded += 1
+        elif outcome.status == "failed":
+            self.n_failed += 1
+            self.failures.append((outcome.path, outcome.reason))
+        else:
+            self.n_done += 1
+            self.n_tubes += outcome.n_tubes
+            if outcome.note:
+                self.notes.append((outcome.path, outcome.note))
+
     def summary_lines(self) -> list[str]:
         lines = [f"run {self.run_id} ({'resumed' if self.resumed else 'new'}): {self.n_done} videos done, "
-                 f"{self.n_failed} failed, {self.n_skipped} already done; {self.n_tubes} tubes "
+                 f"{self.n_failed} failed, {self.n_skipped} already done (here or by another driver); {self.n_tubes} tubes "
                  f"in {self.seconds:.1f}s"]
         lines += [f"  note: {p}: {n}" for p, n in self.notes]
         lines += [f"  failed: {p}: {r}" for p, r in self.failures]
@@ -250,38 +268,150 @@ class VideoProcessor:
                                 num_frames=spec.num_frames, side=spec.side, fill=self.fill)
 
 
+# --- one video, start to finish (the same code on every executor) ----------------------
+@dataclass(frozen=True)
+class ExtractTask:
+    """What a worker needs besides the model: where to write, which run, and whose claim."""
+
+    workspace: Workspace
+    run_id: int
+    config: ExtractConfig
+    batch_size: int
+    owner: str  # the driver's claim token (conceptgen.claims)
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    video_id: int
+    path: str
+    sha256: str
+    fps: float | None
+    frame_count: int | None
+
+    @classmethod
+    def of(cls, video: Video) -> "VideoJob":
+        return cls(video.id, video.path, video.sha256, video.fps, video.frame_count)
+
+
+@dataclass
+class VideoOutcome:
+    """One video's fate: 'done', 'failed' (reason recorded on its RunVideo row) or 'lost'
+    (its claim was taken over by another driver; nothing of it was written)."""
+
+    video_id: int
+    path: str
+    status: str
+    n_tubes: int = 0
+    note: str | None = None
+    reason: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class VideoWorker:
+    """Decode -> process -> store for one video at a time; built once per worker
+    (process or Ray actor) with the model, writing straight to the database."""
+
+    def __init__(self, task: ExtractTask, loaded):
+        self.task = task
+        self.clock_totals: dict[str, float] = defaultdict(float)
+        self.processor = VideoProcessor(task.config, loaded, batch_size=task.batch_size,
+                                        clock=partial(_timed, self.clock_totals))
+
+    def __call__(self, job: VideoJob) -> VideoOutcome:
+        from conceptgen.claims import ClaimLostError
+        from conceptgen.videoio import read_frames
+
+        task, config, clock = self.task, self.task.config, self.processor.clock
+        self.clock_totals.clear()
+        t0 = time.perf_counter()
+        seed_everything(video_seed(config.seed, job.sha256))
+        try:
+            with clock("decode"):
+                indices = None if config.max_frames is None else range(min(job.frame_count, config.max_frames))
+                frames = read_frames(job.path, indices=indices, max_side=config.max_side)
+            result = self.processor(frames)
+            with clock("store"):
+                _store_video(task, job, result, seconds=time.perf_counter() - t0)
+        except (ClaimLostError, sqlalchemy.exc.IntegrityError):
+            return VideoOutcome(job.video_id, job.path, "lost", stage_seconds=dict(self.clock_totals))
+        except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
+            reason = str(err) if isinstance(err, ConceptgenError) else " ".join(f"{type(err).__name__}: {err}".split())
+            _store_failure(task, job.video_id, reason, time.perf_counter() - t0)
+            return VideoOutcome(job.video_id, job.path, "failed", reason=reason, stage_seconds=dict(self.clock_totals))
+        return VideoOutcome(job.video_id, job.path, "done", n_tubes=len(result.tubes), note=result.note,
+                            stage_seconds=dict(self.clock_totals))
+
+
 # --- the run orchestrator ------------------------------------------------------------
 def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int | None = None,
-            batch_size: int = 16, device: str = "cpu", only_video_ids: Sequence[int] | None = None
-            ) -> ExtractReport:
+            batch_size: int = 16, device: str = "cpu", only_video_ids: Sequence[int] | None = None,
+            executor: "Executor | None" = None) -> ExtractReport:
     """Create or resume a run and process every selected video not yet done.
 
     ``config`` None with ``run_id``: resume that run with its stored config.
-    ``only_video_ids`` restricts this call to those videos (the run stays the same)."""
+    ``only_video_ids`` restricts this call to those videos (the run stays the same).
+    ``executor``: where videos are processed (default: this process; see
+    conceptgen.executors). Each video is claimed before it is computed, so several
+    drivers, or a resumed one, never compute or write a video twice."""
+    from conceptgen.claims import ClaimKeeper
+    from conceptgen.executors import InProcessExecutor
     from conceptgen.registry import load_model
 
     started = time.perf_counter()
+    executor = executor or InProcessExecutor()
     if config is None:
         if run_id is None:
             raise ConfigError("give an extraction config or --run ID to resume")
         config = _stored_config(workspace, run_id)
     config.validate()
-    loaded = load_model(config.model, weights=config.weights, device=device, workspace=workspace)
+    if device == "cuda" and executor.device == "cpu":
+        raise ConfigError("--device cuda with --executor ray needs --num-gpus-per-task (e.g. 1 or 0.5)")
+    # Remote workers get the model through the object store and move it to their own device.
+    loaded = load_model(config.model, weights=config.weights, device=device if executor.device is None else "cpu",
+                        workspace=workspace)
     if not config.layers:
         config = replace(config, layers=default_layers(loaded))
+    _check_worker_options(config, executor.device or device)
     run_id, resumed = _open_run(workspace, config, loaded.fingerprint, run_id,
-                                runtime={"batch_size": batch_size, "device": device})
+                                runtime={"batch_size": batch_size, "device": executor.device or device})
     report = ExtractReport(run_id=run_id, resumed=resumed)
-    clock = partial(_timed, report.stage_seconds)
-    processor = VideoProcessor(config, loaded, batch_size=batch_size, clock=clock)
     todo, report.n_skipped = _videos_to_do(workspace, run_id, config.videos)
     if only_video_ids is not None:
         todo = [v for v in todo if v.id in set(only_video_ids)]
-    for video in progress(todo, desc=f"extract run {run_id}", unit="video"):
-        _process_video(workspace, run_id, video, config, processor, clock, report)
+    with ClaimKeeper(workspace) as owner:
+        task = ExtractTask(workspace, run_id, config, batch_size, owner)
+        jobs = _claimed_jobs(workspace, run_id, owner, todo, report)
+        outcomes = executor.map_unordered(partial(VideoWorker, task), loaded, jobs)
+        bar = progress(outcomes, total=len(todo), desc=f"extract run {run_id} ({executor.workers} worker"
+                       f"{'s' if executor.workers > 1 else ''})", unit="video")
+        for _job, outcome in bar:
+            report.add(outcome)
     _finish_run(workspace, run_id)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_worker_options(config: ExtractConfig, device: str) -> None:
+    """Fails on options the workers would refuse, before any video is claimed."""
+    from conceptgen.segment import build_segmenters
+
+    build_segmenters(config.segmenters, sam_checkpoint=config.sam_checkpoint, sam_model=config.sam_model,
+                     keyframe_every=config.keyframe_every)  # cheap: SAM's weights load on first use
+    if config.amp and device != "cuda":
+        raise ConfigError("--amp needs --device cuda; drop --amp on CPU")
+
+
+def _claimed_jobs(workspace: Workspace, run_id: int, owner: str, videos: Sequence[Video],
+                  report: ExtractReport) -> Iterator[VideoJob]:
+    """The videos this driver claims, one by one as workers take them; a video another
+    live driver holds, or finished meanwhile, is counted as skipped."""
+    from conceptgen.claims import claim_video
+
+    for video in videos:
+        if claim_video(workspace, run_id, video.id, owner):
+            yield VideoJob.of(video)
+        else:
+            report.n_skipped += 1
 
 
 def _stored_config(workspace: Workspace, run_id: int) -> ExtractConfig:
@@ -326,86 +456,64 @@ def _videos_to_do(workspace: Workspace, run_id: int, selector: str) -> tuple[lis
     return [v for v in videos if v.id not in done], sum(v.id in done for v in videos)
 
 
-def _process_video(workspace: Workspace, run_id: int, video: Video, config: ExtractConfig,
-                   processor: VideoProcessor, clock: Callable[[str], ContextManager], report: ExtractReport) -> None:
-    from conceptgen.videoio import read_frames
-
-    t0 = time.perf_counter()
-    seed_everything(video_seed(config.seed, video.sha256))
-    try:
-        with clock("decode"):
-            indices = None if config.max_frames is None else range(min(video.frame_count, config.max_frames))
-            frames = read_frames(video.path, indices=indices, max_side=config.max_side)
-        result = processor(frames)
-        with clock("store"):
-            _store_video(workspace, run_id, video, result, fps=video.fps, seconds=time.perf_counter() - t0)
-    except sqlalchemy.exc.IntegrityError:
-        report.n_skipped += 1  # another process committed this video first
-        return
-    except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
-        reason = str(err) if isinstance(err, ConceptgenError) else " ".join(f"{type(err).__name__}: {err}".split())
-        _store_failure(workspace, run_id, video.id, reason, time.perf_counter() - t0)
-        report.n_failed += 1
-        report.failures.append((video.path, reason))
-        return
-    report.n_done += 1
-    report.n_tubes += len(result.tubes)
-    if result.note:
-        report.notes.append((video.path, result.note))
+def preview_relpath(run_id: int, video_sha256: str, track_index: int) -> str:
+    """Where a tube's preview lives, relative to WORKSPACE/media. Named by content (run,
+    video, track), not by row id: a retried write lands on the same file, never an orphan."""
+    return f"previews/run{run_id}/{video_sha256}-{track_index}.mp4"
 
 
-def preview_relpath(run_id: int, tube_id: int) -> str:
-    """Where a tube's preview lives, relative to WORKSPACE/media."""
-    return f"previews/run{run_id}/tube{tube_id}.mp4"
-
-
-def _store_video(workspace: Workspace, run_id: int, video: Video, result: VideoTubes, *, fps: float | None,
-                 seconds: float) -> None:
-    """Tubes, embeddings, previews and the RunVideo row of one video, in one transaction."""
+def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, seconds: float) -> None:
+    """Tubes, embeddings, previews and the RunVideo outcome of one video, in one transaction
+    that first turns this driver's claim into 'done' (ClaimLostError: nothing is written)."""
+    from conceptgen.claims import finish_claim
     from conceptgen.render import render_outlined_preview
     from conceptgen.videoio import write_video
 
+    workspace, run_id = task.workspace, task.run_id
     config_layers = list(result.embeddings)
     h, w = result.frames.shape[1:3]
+    pooling, mode = task.config.pooling, task.config.render_mode
     with workspace.session() as s:
-        s.execute(delete(RunVideo).where(RunVideo.run_id == run_id, RunVideo.video_id == video.id,
-                                         RunVideo.status == "failed"))
-        run = s.get(Run, run_id)
-        pooling, mode = run.config["pooling"], run.config["render_mode"]
+        finish_claim(s, run_id, job.video_id, task.owner, status="done", n_tubes=len(result.tubes),
+                     error=result.note, seconds=seconds)
         for i, tube in enumerate(result.tubes):
-            row = Tube(run_id=run_id, video_id=video.id, track_index=i, start_frame=int(tube.frames[0]),
+            # Written before the commit; a retry writes identical bytes to the same name.
+            rel = preview_relpath(run_id, job.sha256, i)
+            preview = render_outlined_preview(result.frames, tube.frames, tube.masks, max_side=PREVIEW_MAX_SIDE)
+            write_video(workspace.media / rel, preview, fps=float(job.fps or 8.0))
+            row = Tube(run_id=run_id, video_id=job.video_id, track_index=i, start_frame=int(tube.frames[0]),
                        end_frame=int(tube.frames[-1]) + 1, frame_indices=[int(f) for f in tube.frames],
                        kind=tube.kind, mask_height=int(h), mask_width=int(w),
                        masks_rle=[encode_rle(m) for m in tube.masks],
                        boxes=[[float(v) for v in b] for b in tube.boxes],
-                       area=float(tube.mean_area()), score=float(tube.score))
+                       area=float(tube.mean_area()), score=float(tube.score),
+                       preview_path=rel, preview_sha256=sha256_file(workspace.media / rel))
+            row.embeddings = [Embedding(layer=layer, pooling=pooling, render_mode=mode,
+                                        dim=int(result.embeddings[layer][i].size), dtype="float16",
+                                        vector=vector_to_blob(result.embeddings[layer][i]))
+                              for layer in config_layers]
             s.add(row)
-            s.flush()
-            for layer in config_layers:
-                vec = result.embeddings[layer][i]
-                s.add(Embedding(tube_id=row.id, layer=layer, pooling=pooling, render_mode=mode,
-                                dim=int(vec.size), dtype="float16", vector=vector_to_blob(vec)))
-            # Written before the commit; if the commit never happens the next attempt
-            # reuses the id and overwrites the file with identical bytes.
-            rel = preview_relpath(run_id, row.id)
-            preview = render_outlined_preview(result.frames, tube.frames, tube.masks, max_side=PREVIEW_MAX_SIDE)
-            write_video(workspace.media / rel, preview, fps=float(fps or 8.0))
-            row.preview_path, row.preview_sha256 = rel, sha256_file(workspace.media / rel)
-        s.add(RunVideo(run_id=run_id, video_id=video.id, status="done", error=result.note,
-                       n_tubes=len(result.tubes), seconds=seconds))
 
 
-def _store_failure(workspace: Workspace, run_id: int, video_id: int, reason: str, seconds: float) -> None:
-    with workspace.session() as s:
-        s.execute(delete(RunVideo).where(RunVideo.run_id == run_id, RunVideo.video_id == video_id))
-        s.add(RunVideo(run_id=run_id, video_id=video_id, status="failed", error=reason, n_tubes=0,
-                       seconds=seconds))
+def _store_failure(task: ExtractTask, video_id: int, reason: str, seconds: float) -> None:
+    from conceptgen.claims import ClaimLostError, finish_claim
+
+    try:
+        with task.workspace.session() as s:
+            finish_claim(s, task.run_id, video_id, task.owner, status="failed", error=reason, seconds=seconds)
+    except ClaimLostError:
+        pass  # another driver owns this video now; its outcome stands
 
 
 def _finish_run(workspace: Workspace, run_id: int) -> None:
+    """Marks the run finished, unless another driver still holds claims on it."""
     with workspace.session() as s:
         run = s.get(Run, run_id)
-        failed = s.scalar(select(func.count()).where(RunVideo.run_id == run_id, RunVideo.status == "failed"))
+        counts = dict(s.execute(select(RunVideo.status, func.count()).where(RunVideo.run_id == run_id)
+                                .group_by(RunVideo.status)).all())
+        failed = counts.get("failed", 0)
+        if counts.get("claimed"):
+            return
         run.status, run.finished_at = "finished", utcnow()
         run.error = f"{failed} video(s) failed; see `conceptgen runs {run_id}`" if failed else None
 

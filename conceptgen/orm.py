@@ -83,7 +83,12 @@ class Run(Base):
 
 
 class RunVideo(Base):
-    """Per-video progress of a run; a video is committed whole, so resume skips 'done'."""
+    """Per-video progress of a run; a video is committed whole, so resume skips 'done'.
+
+    A video being computed is 'claimed' by one driver (``claimed_by``, refreshed at
+    ``heartbeat_at``); the unique (run, video) key makes the claim exclusive on any
+    database, so two drivers or workers never compute the same video twice
+    (``conceptgen.claims``)."""
 
     __tablename__ = "run_videos"
     __table_args__ = (UniqueConstraint("run_id", "video_id"),)
@@ -91,7 +96,9 @@ class RunVideo(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(16))  # done | failed
+    status: Mapped[str] = mapped_column(String(16))  # claimed | done | failed
+    claimed_by: Mapped[Optional[str]] = mapped_column(String(200))  # host:pid:token of the claiming driver
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     error: Mapped[Optional[str]] = mapped_column(Text)
     n_tubes: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[Optional[float]] = mapped_column(Float)
@@ -111,6 +118,8 @@ class Tube(Base):
     """
 
     __tablename__ = "tubes"
+    # One row per (run, video, track): a retried or duplicated write cannot add a second copy.
+    __table_args__ = (UniqueConstraint("run_id", "video_id", "track_index"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)

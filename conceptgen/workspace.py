@@ -76,6 +76,10 @@ class Workspace:
         """Context manager: ``with ws.session() as s: ...`` commits on success."""
         return db.session_scope(self.sessions)
 
+    def __getstate__(self) -> dict:
+        """Pickles (to Ray workers) as its folder and URL; the engine is made again on use."""
+        return {"root": self.root, "db_url": self.db_url, "_engine": None, "_sessions": None}
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -95,6 +96,22 @@ def forward_backward(loaded, layers: Sequence[str], clips: np.ndarray,
                         {(n, t): out[("grad", n, t)] for n in names for t in targets}, out["logits"])
 
 
+class BatchForward:
+    """A worker's step of :meth:`ActivationStore.ensure`: ``(index, clips)`` ->
+    ``(index, {(layer, kind, target): array (B, *shape) in the storage dtype})``.
+    Built once per worker over its model, in this process or on a Ray actor."""
+
+    def __init__(self, layers: Sequence[str], targets: Sequence[int], amp: bool, dtype: str, loaded):
+        self.loaded, self.layers, self.targets, self.amp, self.dtype = loaded, list(layers), list(targets), amp, dtype
+
+    def __call__(self, item: tuple[int, np.ndarray]) -> tuple[int, dict[tuple[str, str, int | None], np.ndarray]]:
+        index, clips = item
+        out = forward_backward(self.loaded, self.layers, clips, self.targets, amp=self.amp)
+        tensors = {(layer, "act", None): out.activations[layer] for layer in self.layers}
+        tensors.update({(layer, "grad", t): out.gradients[(layer, t)] for layer in self.layers for t in self.targets})
+        return index, {what: t.float().cpu().numpy().astype(self.dtype, copy=False) for what, t in tensors.items()}
+
+
 class BlobCache:
     """key -> numpy array in one SQLite file (WAL, safe across processes).
     ``put_many`` writes a whole batch in one transaction: all or nothing."""
@@ -142,11 +159,15 @@ class ActivationStore:
     """Activations and class-logit gradients of examples at some layers of one model.
 
     ``loaded`` is a :class:`conceptgen.registry.LoadedModel` (``model``, ``spec``,
-    ``prepare``, ``device``). ``layers`` are dotted module names."""
+    ``prepare``, ``device``). ``layers`` are dotted module names. ``executor``
+    (conceptgen.executors) runs the forward/backward batches: in this process by
+    default, or on Ray workers for large concept and class sets; clips are decoded
+    here and every result is written here, batch by batch, as it arrives."""
 
     def __init__(self, cache_dir: str | Path, loaded, layers: Sequence[str], *, amp: bool = False,
-                 dtype: str = "float32", batch_size: int = 8):
+                 dtype: str = "float32", batch_size: int = 8, executor=None):
         from conceptgen.capture import LayerCapture
+        from conceptgen.executors import InProcessExecutor
         from conceptgen.registry import model_fingerprint  # keeps model zoo imports lazy
 
         if dtype not in STORAGE_DTYPES:
@@ -166,6 +187,7 @@ class ActivationStore:
         self.computed = 0  # examples run through the model by this store (cache misses)
         self.failed: dict[str, str] = {}  # example key -> "origin: reason" (skipped, not fatal)
         self.cache = BlobCache(self.root / CACHE_FILE)
+        self.executor = executor or InProcessExecutor()
 
     # --- keys ---------------------------------------------------------------
     def _key(self, example: ClipExample, layer: str, kind: str, target: int | None) -> str:
@@ -192,18 +214,20 @@ class ActivationStore:
         if not missing:
             return
         batches = list(batched(missing, self.batch_size))
-        for batch in progress(batches, desc=desc, unit="batch"):
-            clips, batch = self._load_batch(batch)
-            if not batch:
-                continue
-            out = forward_backward(self.loaded, self.layers, clips, targets, amp=self.amp)
-            arrays = {(layer, "act", None): out.activations[layer] for layer in self.layers}
-            arrays.update({(layer, "grad", t): out.gradients[(layer, t)] for layer in self.layers for t in targets})
-            rows = []
-            for what, tensor in arrays.items():
-                values = tensor.float().cpu().numpy().astype(self.dtype, copy=False)
-                rows += [(keys[e.key, e.render_mode][what], values[i]) for i, e in enumerate(batch)]
-            self.cache.put_many(rows)
+        kept: dict[int, list] = {}
+
+        def decoded():  # lazily: only the batches in flight are held in memory
+            for index, batch in enumerate(batches):
+                clips, kept[index] = self._load_batch(batch)
+                if kept[index]:
+                    yield index, clips
+
+        work = partial(BatchForward, self.layers, targets, self.amp, self.dtype)
+        results = self.executor.map_unordered(work, self.loaded, decoded())
+        for _item, (index, arrays) in progress(results, total=len(batches), desc=desc, unit="batch"):
+            batch = kept.pop(index)
+            self.cache.put_many([(keys[e.key, e.render_mode][what], values[i])
+                                 for what, values in arrays.items() for i, e in enumerate(batch)])
             self.computed += len(batch)
 
     def _load_batch(self, batch):

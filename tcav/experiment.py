@@ -226,13 +226,14 @@ class TcavReport:
 
 # --- the method ------------------------------------------------------------------
 def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str | Path,
-             amp: bool = False, batch_size: int = 8) -> TcavReport:
+             amp: bool = False, batch_size: int = 8, executor=None) -> TcavReport:
     """Scores every concept (and its static counterpart) for every target class at
-    every layer against random sets, with the null, tests and diagnostics."""
+    every layer against random sets, with the null, tests and diagnostics.
+    ``executor`` (conceptgen.executors) computes the activations: here by default, or on Ray workers."""
     config.validate()
     keep_freed_memory()  # batches of forward + backward: no page faults per batch
     targets = {name: loaded.class_index(name) for name in config.targets}
-    store = ActivationStore(cache_dir, loaded, config.layers, amp=amp, batch_size=batch_size)
+    store = ActivationStore(cache_dir, loaded, config.layers, amp=amp, batch_size=batch_size, executor=executor)
     concepts = _with_static_variants(inputs.concepts, config)
     unknown = sorted({(c, t) for c, t in config.hypotheses
                       if c not in {k.name for k in concepts} or t not in targets})

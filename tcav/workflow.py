@@ -93,7 +93,7 @@ def _as_path(name: str) -> str:
     return str(Path(name).resolve()) if Path(name).is_file() else name
 
 
-def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
+def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
     from conceptgen.registry import get_layer, load_model
@@ -110,7 +110,7 @@ def run_experiment(workspace, request: TcavRequest) -> TcavOutcome:
     experiment_id = start_experiment(workspace, request.stored_config(), loaded)
     try:
         report = run_tcav(loaded, inputs, config, cache_dir=Path(workspace.cache) / "tcav",
-                          amp=request.amp, batch_size=request.batch_size)
+                          amp=request.amp, batch_size=request.batch_size, executor=executor)
     except ConceptgenError as err:
         fail_experiment(workspace, experiment_id, str(err))
         raise

@@ -153,17 +153,52 @@ def annotator_template(tmp_path_factory):
 
 
 @_pytest_concepts.fixture
-def review_ws(tmp_path, annotator_template):
-    """(workspace, SeedInfo): a private copy of the seeded review workspace."""
+def review_backend(request):
+    """'sqlite', or 'postgresql' in modules that set ``RUN_ON_EVERY_DATABASE = True``."""
+    return getattr(request, "param", "sqlite")
+
+
+@_pytest_concepts.fixture
+def review_ws(tmp_path, annotator_template, review_backend, request):
+    """(workspace, SeedInfo): a private copy of the seeded review workspace (its database
+    a copy of the seeded one: a SQLite file, or a PostgreSQL database made from a template)."""
     import shutil
 
     from conceptgen.workspace import Workspace
 
-    root, info = annotator_template
+    if review_backend == "postgresql":
+        root, info, template = request.getfixturevalue("annotator_template_postgres")
+        url = request.getfixturevalue("postgres_server")(template=template)
+    else:
+        (root, info), url = annotator_template, None
     shutil.copytree(root, tmp_path / "ws")
-    ws = Workspace.resolve(tmp_path / "ws")
+    ws = Workspace.resolve(tmp_path / "ws", url)
     yield ws, info
     ws.close()
+
+
+@_pytest_concepts.fixture(scope="session")
+def annotator_template_postgres(tmp_path_factory, postgres_server):
+    """The seeded review workspace of ``annotator_template``, made on PostgreSQL: (media
+    folder, SeedInfo, template database name); tests get databases copied from it."""
+    import torch
+    from sqlalchemy.engine import make_url
+
+    from annotator.testing import seed_review_workspace
+    from conceptgen.workspace import Workspace
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("annotator-template-pg") / "ws"
+    ws = Workspace.resolve(root, postgres_server())
+    info = seed_review_workspace(ws, n_clusters=4, tubes_per_cluster=6, n_videos=3, seed=0)
+    ws.close()  # a template database must have no open connections
+    return root, info, make_url(ws.db_url).database
+
+
+def pytest_generate_tests(metafunc):
+    """Modules with ``RUN_ON_EVERY_DATABASE = True`` run their review_ws tests on SQLite and PostgreSQL."""
+    if getattr(metafunc.module, "RUN_ON_EVERY_DATABASE", False) and "review_ws" in metafunc.fixturenames:
+        metafunc.parametrize("review_backend", ["sqlite", "postgresql"], indirect=True)
 
 
 # --- tcav: a tiny trained 3D CNN (tests/test_tcav_*.py) ------------------------------
@@ -207,3 +242,41 @@ def toy_tcav_clips(tcav_toy, tmp_path_factory):
         for i, clip in enumerate(clips):
             write_video(root / name / f"{i:03d}.mp4", clip)
     return root
+
+
+# --- database backends: every store test runs on SQLite and on a real PostgreSQL server ---------
+import os as _os_db
+import uuid as _uuid_db
+
+import pytest as _pytest_db
+
+POSTGRES_URL_ENV = "CONCEPTGEN_TEST_POSTGRES_URL"  # a server URL (.ci/run exports one)
+
+
+@_pytest_db.fixture(scope="session")
+def postgres_server():
+    """A callable ``new_database(template=None) -> URL`` on a real PostgreSQL server: the one at
+    $CONCEPTGEN_TEST_POSTGRES_URL, else a throwaway cluster started here (stopped at the
+    end of the session). Skips, saying why, only when no PostgreSQL server binaries exist."""
+    from conceptgen.pgtemp import ThrowawayPostgres, create_database_at, server_bindir
+
+    url = _os_db.environ.get(POSTGRES_URL_ENV)
+    if url:
+        yield lambda template=None: create_database_at(url, f"t_{_uuid_db.uuid4().hex[:12]}", template=template)
+        return
+    if server_bindir() is None:
+        _pytest_db.skip(f"NO POSTGRESQL: install the server (apt-get install postgresql) or set {POSTGRES_URL_ENV}; "
+                        "the PostgreSQL half of the store tests did not run")
+    server = ThrowawayPostgres.start()
+    try:
+        yield lambda template=None: server.create_database(f"t_{_uuid_db.uuid4().hex[:12]}", template=template)
+    finally:
+        server.stop()
+
+
+@_pytest_db.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database URL: a SQLite file, and a new database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_server")()

@@ -8,6 +8,8 @@ from conceptgen.review import decisions as d
 from conceptgen.errors import StaleVersionError
 from conceptgen.orm import AuditLog, Cluster, ClusterMember, Concept, ConceptVersion, User
 
+RUN_ON_EVERY_DATABASE = True  # review_ws on SQLite and on PostgreSQL (tests/conftest.py)
+
 
 def _user(ws, name="alice"):
     with ws.session() as s:

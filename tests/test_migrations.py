@@ -67,3 +67,17 @@ def test_workspace_and_db_url_from_environment(tmp_path, monkeypatch):
     assert (tmp_path / "other.db").is_file()
     assert not (tmp_path / "envws" / "concepts.db").exists()
     ws.close()
+
+
+def test_migrations_round_trip_without_drift_on_every_database(db_url):
+    """Upgrade, no autogenerate diff, downgrade to base and up again: on SQLite and PostgreSQL."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == [], f"models and migrations disagree on {engine.dialect.name}: {diff}"
+    db.downgrade(engine, "base")
+    assert _tables(engine) == set()
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()

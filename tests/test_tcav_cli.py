@@ -55,15 +55,15 @@ def _run(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_tcav_command_scores_stores_exports_and_plots(toy_checkpoint, clip_folders, tmp_path, capsys):
-    ws = tmp_path / "ws"
-    code, out, err = _run(capsys, "--workspace", ws, "tcav", "--model", toy_checkpoint, "--layers", "conv2,pool",
+def test_tcav_command_scores_stores_exports_and_plots(toy_checkpoint, clip_folders, tmp_path, capsys, db_url):
+    ws = tmp_path / "ws"  # the store at db_url: SQLite and PostgreSQL
+    code, out, err = _run(capsys, "--workspace", ws, "--db-url", db_url, "tcav", "--model", toy_checkpoint, "--layers", "conv2,pool",
                           "--target", "right", "--concepts", clip_folders / "concepts", "--class-examples",
                           clip_folders / "classes", "--random-sets", 4, "--random-set-size", 8,
                           "--classifier", "mean-diff", "--seed", 1)
     assert code == 0, err
     assert "verdict" in out and "(degenerate)" in out and "warning: layer pool is degenerate" in out
-    workspace = Workspace.resolve(ws)
+    workspace = Workspace.resolve(ws, db_url)
     with workspace.session() as s:
         exp = s.scalars(select(TcavExperiment)).one()
         results = s.scalars(select(TcavResult).where(TcavResult.comparison == "random")).all()

@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="process only the first N frames of each video")
     p.add_argument("--videos", default="all", help="'all' or 'label=NAME'")
     p.add_argument("--run", type=int, default=None, metavar="ID", help="resume this run (its stored config)")
+    add_executor_options(p)
     p.set_defaults(handler=_extract)
 
     p = sub.add_parser("cluster", help="cluster a run's tube embeddings into candidate concepts")
@@ -46,6 +47,26 @@ def register(sub) -> None:
     p.set_defaults(handler=_runs)
 
 
+def add_executor_options(p) -> None:
+    """--executor/--address/--workers/--num-gpus-per-task (extract and tcav share them)."""
+    p.add_argument("--executor", default="inprocess", choices=("inprocess", "ray"),
+                   help="where the model work runs: this process (default) or a Ray cluster")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="Ray cluster to join: 'auto' (this node's cluster) or the head's HOST:PORT "
+                        "(default: start Ray on this machine)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray workers (default: one per CPU, or per --num-gpus-per-task GPUs, of the cluster)")
+    p.add_argument("--num-gpus-per-task", type=float, default=0.0, metavar="F",
+                   help="GPUs per Ray worker, e.g. 1 or 0.5 (workers then run on CUDA)")
+
+
+def executor_from_args(args):
+    from conceptgen.executors import make_executor
+
+    return make_executor(args.executor, address=args.address, workers=args.workers,
+                         num_gpus_per_task=args.num_gpus_per_task)
+
+
 def _ingest(args, ctx):
     from conceptgen.ingest import ingest
 
@@ -57,15 +78,15 @@ def _ingest(args, ctx):
 def _extract(args, ctx):
     from conceptgen.extract import ExtractConfig, extract
 
-    if args.run is not None:
-        report = extract(ctx.workspace, None, run_id=args.run, batch_size=args.batch_size, device=args.device)
-    else:
-        config = ExtractConfig.from_options(
-            model=args.model, weights=args.weights, segmenter=args.segmenter,
-            sam_checkpoint=args.sam_checkpoint, sam_model=args.sam_model, layers=args.layers,
-            pooling=args.pooling, mode=args.mode, amp=args.amp, seed=args.seed,
-            max_side=args.max_side, max_frames=args.max_frames, videos=args.videos)
-        report = extract(ctx.workspace, config, batch_size=args.batch_size, device=args.device)
+    config = None if args.run is not None else ExtractConfig.from_options(
+        model=args.model, weights=args.weights, segmenter=args.segmenter,
+        sam_checkpoint=args.sam_checkpoint, sam_model=args.sam_model, layers=args.layers,
+        pooling=args.pooling, mode=args.mode, amp=args.amp, seed=args.seed,
+        max_side=args.max_side, max_frames=args.max_frames, videos=args.videos)
+    ctx.workspace.engine  # an unreachable database fails here, before Ray starts
+    with executor_from_args(args) as executor:
+        report = extract(ctx.workspace, config, run_id=args.run, batch_size=args.batch_size, device=args.device,
+                         executor=executor)
     for line in report.summary_lines():
         ctx.echo(line)
     return 1 if report.n_failed and not report.n_done else 0

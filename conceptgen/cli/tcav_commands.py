@@ -2,6 +2,7 @@
 tcav.apply and tcav.gradcam."""
 from __future__ import annotations
 
+from conceptgen.cli.engine_commands import add_executor_options, executor_from_args
 from conceptgen.errors import ConfigError
 
 
@@ -45,6 +46,7 @@ def register(sub) -> None:
                    help="family-wise correction over every hypothesis (default bonferroni)")
     p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward/backward (default 8)")
+    add_executor_options(p)
     p.set_defaults(handler=_tcav)
     actions = p.add_subparsers(dest="tcav_action", metavar="ACTION")
     a = actions.add_parser("apply", help="score new videos with an experiment's saved CAVs (no retraining)")
@@ -109,7 +111,9 @@ def _tcav(args, ctx) -> int:
     request = TcavRequest(model=args.model, concepts=args.concepts, config=tcav_config(args),
                           class_examples=args.class_examples, random_pool=args.random_pool, weights=args.weights,
                           device=args.device, amp=args.amp, batch_size=args.batch_size)
-    outcome = run_experiment(ctx.workspace, request)
+    ctx.workspace.engine  # an unreachable database fails here, before Ray starts
+    with executor_from_args(args) as executor:
+        outcome = run_experiment(ctx.workspace, request, executor=executor)
     for line in format_table(outcome.report):
         ctx.echo(line)
     for warning in outcome.report.warnings:
