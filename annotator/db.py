@@ -12,7 +12,6 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from conceptgen.errors import NotFoundError
 from conceptgen.workspace import Workspace
 
 try:
@@ -78,11 +77,3 @@ class WriterTurn:
 
 
 writer_turn = WriterTurn()
-
-
-def get_or_raise(session: Session, model, key: int, what: str, hint: str = ""):
-    """``session.get(model, key)``, or a one-line NotFoundError naming ``what`` and what to do."""
-    row = session.get(model, int(key))
-    if row is None:
-        raise NotFoundError(f"{what} {key} does not exist" + (f"; {hint}" if hint else ""))
-    return row

@@ -6,7 +6,7 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from annotator.decisions import NameTakenError
+from conceptgen.review.decisions import NameTakenError
 from conceptgen.errors import ConceptgenError, NotFoundError, StaleVersionError
 
 STATUS = ((NotFoundError, 404), (StaleVersionError, 409), (NameTakenError, 409))

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, case, func, select, union_all
 from sqlalchemy.orm import Session
 
-from annotator.decisions import REVIEWABLE
+from conceptgen.review.decisions import REVIEWABLE
 from conceptgen.errors import ConfigError, NotFoundError
 from conceptgen.orm import (
     AuditLog,

@@ -51,7 +51,7 @@ def moving_square_clip(n_frames: int, size: tuple[int, int], colour: tuple[int, 
 
 
 def create_user(ws: Workspace, name: str, password: str) -> None:
-    from annotator.users import create_user as add
+    from conceptgen.review.users import create_user as add
 
     with ws.session() as s:
         if s.scalar(select(User).where(User.name == name)) is None:

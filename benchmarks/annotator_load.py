@@ -43,11 +43,17 @@ from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from annotator import decisions  # noqa: E402
 from annotator.testing import create_user, seed_bulk_workspace  # noqa: E402
+from conceptgen.review import decisions  # noqa: E402
 from conceptgen.orm import AuditLog  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
+from targets import Target, add_flag, check, exit_status  # noqa: E402
+
+# Stated targets (README, Benchmarks): p95 under 200 ms for the gallery and the detail page.
+# The run exits 1 on a miss (--no-targets: 0); 5xx, lost updates and failed clients always do.
+TARGETS = (Target("gallery_p95_ms", "<", 200), Target("detail_p95_ms", "<", 200))
 
 PASSWORD = "benchmark-password"
 TOKEN = re.compile(r'name="csrf-token" content="([^"]+)"')
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workspace", default=None, help="folder to seed (default: a temporary one, deleted)")
     ap.add_argument("--db-url", default=None,
                     help="an EMPTY database to seed and serve, e.g. PostgreSQL (default: SQLite in the workspace)")
+    add_flag(ap)
     args = ap.parse_args(argv)
     n_clusters = args.clusters or (200 if args.quick else 1000)
     n_tubes = args.tubes or (20_000 if args.quick else 100_000)
@@ -300,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         "errors_5xx": sum(n for code, n in codes.items() if code >= 500),
         "decisions": len(afters), "lost_updates": len(lost), "client_failures": len(failures),
     }
+    result.update(check(result, TARGETS, enforce=not args.no_targets))
     print(json.dumps(result), flush=True)
-    return 0 if result["errors_5xx"] == 0 and not lost and not failures else 1
+    # 5xx, lost updates and failed clients are bugs, not missed targets: --no-targets keeps them fatal
+    return 1 if result["errors_5xx"] or lost or failures else exit_status(result)
 
 
 if __name__ == "__main__":

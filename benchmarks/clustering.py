@@ -28,6 +28,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from targets import Target, add_flag, check, exit_status  # noqa: E402
+
+# Stated target (README, Benchmarks): >= 10x faster at equal or better inertia. Exits 1 on a miss
+# (--no-targets: 0); small --n runs are dominated by fixed costs and are for exploration.
+TARGETS = (Target("speedup", ">=", 10), Target("inertia_ratio", "<=", 1.0))
 
 
 def mixture(n: int, d: int, k: int, noise: float, seed: int) -> np.ndarray:
@@ -56,6 +62,7 @@ def main(argv=None) -> dict:
     p.add_argument("--noise", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    add_flag(p)
     args = p.parse_args(argv)
 
     import faiss
@@ -91,10 +98,11 @@ def main(argv=None) -> dict:
               "inertia_ratio": round(faiss_inertia / sklearn_inertia, 5),
               "faiss_cpu_seconds": round(faiss_cpu, 3), "sklearn_cpu_seconds": round(sklearn_cpu, 3),
               "load_average_1min": round(os.getloadavg()[0], 2)}
+    result.update(check(result, TARGETS, enforce=not args.no_targets))
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    main()
+    sys.exit(exit_status(main()))

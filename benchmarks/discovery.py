@@ -40,10 +40,15 @@ sys.path.insert(0, str(REPO))
 from conceptgen.cluster import cluster_run, clustering_labels  # noqa: E402
 from conceptgen.extract import ExtractConfig, extract  # noqa: E402
 from conceptgen.ingest import ingest  # noqa: E402
-from conceptgen.masks import decode_rle, resize_mask  # noqa: E402
+from conceptgen.masks import resize_mask  # noqa: E402
 from conceptgen.orm import Tube, Video  # noqa: E402
 from conceptgen.progress import set_quiet  # noqa: E402
+from conceptgen.tubes import TubeRecord  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
+from targets import Target, add_flag, check, exit_status  # noqa: E402
+
+# Stated targets (README, Benchmarks): the run exits 1 when one is missed (--no-targets: 0).
+TARGETS = (Target("mean_iou", ">=", 0.75), Target("recall", ">=", 0.9), Target("purity", ">=", 0.8))
 
 REAL_CLIPS = REPO.parent / "shared" / "data" / "real-clips"
 TRAIN_SET_VIDEOS = 200  # the demo model's set (160 train / 40 held out), as the test fixtures use
@@ -101,10 +106,9 @@ def match_ground_truth(ws: Workspace, run_id: int, dataset) -> tuple[list[dict],
             gt_all = sv.load_masks()
             tubes = tubes_by_video.get(video_id, [])
             decoded = []
-            for tube in tubes:
-                masks = [decode_rle(r) for r in tube.masks_rle]
+            for tube in map(TubeRecord.from_row, tubes):
                 h, w = gt_all.shape[2:]
-                decoded.append((tube.id, tube.frame_indices, [resize_mask(m, h, w) for m in masks]))
+                decoded.append((tube.id, tube.frame_indices, [resize_mask(m, h, w) for m in tube.masks()]))
             for obj in sv.objects:
                 ious = [tube_object_iou(frames, masks, gt_all[obj.index]) for _, frames, masks in decoded]
                 best = int(np.argmax(ious)) if ious else -1
@@ -215,6 +219,7 @@ def main(argv=None) -> dict:
     p.add_argument("--real-max-frames", type=int, default=None)
     p.add_argument("--real-max-side", type=int, default=None)
     p.add_argument("--no-real", action="store_true")
+    add_flag(p)
     args = p.parse_args(argv)
     if args.k != "auto":
         args.k = int(args.k)
@@ -237,9 +242,9 @@ def main(argv=None) -> dict:
     print(f"\nsynthetic set: {synth['n_videos']} videos, {synth['n_tubes']} tubes, {synth['n_failed']} failed, "
           f"layer {synth['layer']}, mode {synth['render_mode']}, k={synth['k']}")
     print(f"{'figure':<22} {'value':>10} {'target':>8}")
-    for key, target in (("mean_iou", ">= 0.75"), ("actor_mean_iou", ""), ("recall", ">= 0.9"),
-                        ("purity", ">= 0.8"), ("ari", ""), ("videos_per_min", ""), ("demo_test_accuracy", "")):
-        print(f"{key:<22} {synth[key]:>10.3f} {target:>8}")
+    stated = {t.key: f"{t.op} {t.value}" for t in TARGETS}
+    for key in ("mean_iou", "actor_mean_iou", "recall", "purity", "ari", "videos_per_min", "demo_test_accuracy"):
+        print(f"{key:<22} {synth[key]:>10.3f} {stated.get(key, ''):>8}")
     print(f"\n{'stage':<22} {'seconds':>10}")
     for stage, sec in timings.items():
         print(f"{stage:<22} {sec:>10.1f}")
@@ -257,9 +262,10 @@ def main(argv=None) -> dict:
         result["real_seconds_per_video"] = round(float(np.mean([r["seconds"] for r in real["videos"]])), 2)
         result["real_failed"] = int(sum(r["failed"] for r in real["videos"]))
         result["real_rss_growth_mb"] = round(real["rss_growth_mb"], 1)
+    result.update(check(result, TARGETS, enforce=not args.no_targets))
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

@@ -4,7 +4,8 @@
     python benchmarks/tcav_gpu.py [--quick] [--amp]
 
 The code path is the device-agnostic one the CPU tests exercise; only the device
-changes. Exits with a one-line message when CUDA is not available.
+changes. Exits with a one-line message when CUDA is not available, and with 1 when
+a target of tcav_synthetic.py is missed (``--no-targets``: 0).
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ def main(argv=None) -> int:
         return 2
     import tcav_synthetic
 
+    from targets import exit_status
+
     print(f"device: {torch.cuda.get_device_name(0)}")
-    tcav_synthetic.main(["--device", "cuda", *argv])
-    return 0
+    return exit_status(tcav_synthetic.main(["--device", "cuda", *argv]))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ Static variants are compared with the random clips rendered static (tcav.experim
 Figures:
   planted_tcav / planted_p_corrected / planted_significant: the planted concept for
       its class at the first non-degenerate layer, worst class (min TCAV, max p).
-  distractors_significant = false_discoveries: distractor hypotheses called
-      significant, summed over classes, layers and variants;
+  false_discoveries: distractor hypotheses called significant, summed over
+      classes, layers and variants;
       false_discovery_max_abs_logit_change against planted_min_logit_change: their
       effect sizes in class-logit units.
   planted_found: "a/b", planted (dynamic) concept significant over class x layer cells
@@ -79,9 +79,15 @@ from conceptgen.videoio import read_clip, read_frames  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
 from tcav.examples import ConceptExamples, Example, concepts_from_db, static_counterpart  # noqa: E402
 from tcav.experiment import TcavConfig, TcavInputs, random_set_plan, run_tcav, variant_pools  # noqa: E402
+from targets import Target, add_flag, check, exit_status  # noqa: E402
 
 TEXTURED = ("noise", "stripes", "checker")
 DISTRACTORS = ("static_distractor", "background_texture")
+# Stated targets (README, Benchmarks): the run exits 1 when one is missed (--no-targets: 0).
+# Captum's and the bare model's figures are checked only when they were measured.
+TARGETS = (Target("planted_significant", "==", True), Target("false_discoveries", "==", 0),
+           Target("deterministic", "==", True), Target("speedup_vs_captum", ">=", 2),
+           Target("overhead_vs_bare_model", "<=", 0.30))
 
 
 # --- building concepts from ground truth ------------------------------------------
@@ -172,7 +178,7 @@ def discovered_concepts(dataset, checkpoint: Path, spec, work: Path, class_names
     Returns the concepts (both variants), the matches and the engine's seconds."""
     from sqlalchemy import select
 
-    from annotator.users import create_user
+    from conceptgen.review.users import create_user
     from conceptgen.cluster import cluster_run, clustering_labels
     from conceptgen.demo import trim_and_accept
     from conceptgen.extract import ExtractConfig, extract
@@ -348,7 +354,6 @@ def figures(report, class_names) -> dict:
         "planted_tcav": round(min(r.tcav_mean for r in first), 4) if first else None,
         "planted_p_corrected": max(r.p_corrected for r in first) if first else None,
         "planted_significant": bool(first) and all(r.significant for r in first),
-        "distractors_significant": len(false),
         "false_discoveries": len(false),
         "planted_found": f"{sum(r.significant for r in planted)}/{len(planted)}",
         "dynamic_minus_static": round(min(diffs), 4) if diffs else None,
@@ -414,6 +419,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-discovered", action="store_true", help="skip the engine and the discovered concepts")
     p.add_argument("--object-mode", default="crop", choices=("crop", "mask"),
                    help="render object tubes as tracked crops (the paper) or masked objects alone")
+    add_flag(p)
     p.add_argument("--checkpoint", default=None,
                    help="a trained demo checkpoint to use instead of training one (first run trains ~10+ min)")
     args = p.parse_args(argv)
@@ -514,6 +520,7 @@ def main(argv=None) -> dict:
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),
         "object_mode": args.object_mode, "quick": args.quick, "device": str(loaded.device), "amp": args.amp,
     })
+    result.update(check(result, TARGETS, enforce=not args.no_targets))
     print(f"\n{'stage':<26} {'seconds':>9}")
     for stage, sec in timings.items():
         print(f"{stage:<26} {sec:>9.1f}")
@@ -522,4 +529,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

@@ -22,6 +22,7 @@ deterministic algorithms and autotuning off, so every forward has the same shape
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import threading
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conceptgen.errors import ModelError
+from conceptgen.errors import LayerNotFoundError, ModelError
 
 CUDA_CLIPS_PER_FORWARD = 8
 # Part of the identity of every stored embedding / cached activation: bump it when the
@@ -81,6 +82,18 @@ class Captured:
     output: Any = None
 
 
+def find_layer(model: nn.Module, dotted: str) -> nn.Module:
+    """The submodule at ``dotted``; raises LayerNotFoundError with close matches.
+    (Here rather than in the registry, which imports this module: no import cycle.)"""
+    modules = dict(model.named_modules())
+    if dotted and dotted in modules:
+        return modules[dotted]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(dotted, names, n=5, cutoff=0.5)
+    hint = f"close matches: {', '.join(close)}" if close else "run `conceptgen models --layers NAME`"
+    raise LayerNotFoundError(f"layer {dotted!r} is not in the model; {hint}")
+
+
 class LayerCapture:
     """Forward hooks on named layers, registered once by :func:`capture_layers`. Each
     thread's :meth:`forward` records into its own dict, so several threads may run the
@@ -88,14 +101,12 @@ class LayerCapture:
 
     def __init__(self, model: nn.Module, layers: Sequence[str], *, stop_after_last: bool,
                  require_all: bool = True):
-        from conceptgen.registry import get_layer
-
         if isinstance(model, torch.jit.ScriptModule):
             raise ModelError(TORCHSCRIPT_REFUSAL)
         self.model = model
         self.layers = tuple(dict.fromkeys(layers))
         self.stop_after_last, self.require_all = stop_after_last, require_all
-        self._modules = {name: get_layer(model, name) for name in self.layers}
+        self._modules = {name: find_layer(model, name) for name in self.layers}
         scripted = [n for n, m in self._modules.items() if isinstance(m, torch.jit.ScriptModule)]
         if scripted:
             raise ModelError(f"layer {scripted[0]} is TorchScript: {TORCHSCRIPT_REFUSAL}")

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from conceptgen.concepts import VARIANTS
 from conceptgen.errors import ConfigError, DataError, NotFoundError
-from conceptgen.export import VARIANTS, read_manifest
+from conceptgen.export import read_manifest
+from conceptgen.videoio import clip_from_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from conceptgen.registry import InputSpec
@@ -87,9 +89,7 @@ class ConceptClipDataset(Dataset):
 def load_clip(path: str | Path, spec: "InputSpec") -> np.ndarray:
     """Read a clip as ``(spec.num_frames, spec.side, spec.side, 3)`` uint8 RGB, exactly as
     tcav/ reads concept clip files (uniform sampling, short-side resize, centre crop)."""
-    from tcav.examples import clip_from_file
-
-    return clip_from_file(Path(path), spec)
+    return clip_from_file(Path(path), spec.num_frames, spec.side)
 
 
 def clip_to_input(clip: np.ndarray, spec: "InputSpec") -> Any:

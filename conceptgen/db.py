@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from conceptgen.errors import ConfigError, UnreachableError
+from conceptgen.errors import ConfigError, NotFoundError, UnreachableError
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -127,3 +127,11 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def get_or_raise(session: Session, model, key: int, what: str, hint: str = ""):
+    """``session.get(model, key)``, or a one-line NotFoundError naming ``what`` and what to do."""
+    row = session.get(model, int(key))
+    if row is None:
+        raise NotFoundError(f"{what} {key} does not exist" + (f"; {hint}" if hint else ""))
+    return row

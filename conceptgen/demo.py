@@ -39,6 +39,7 @@ demo left 'running' is marked failed and run again (its activations are cached).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -234,7 +235,7 @@ def cluster_once(workspace: Workspace, run_id: int, config: DemoConfig) -> tuple
 def ensure_demo_user(workspace: Workspace) -> DemoLogin:
     """User ``demo``; its password lives in WORKSPACE/demo_login.txt (mode 0600).
     A missing file (or user) is made again; the pair always matches afterwards."""
-    from annotator.users import authenticate, create_user, set_password
+    from conceptgen.review.users import authenticate, create_user, set_password
     from conceptgen.orm import User
 
     path = workspace.root / LOGIN_FILE
@@ -325,7 +326,7 @@ def trim_and_accept(session, user_id: int, cluster, max_examples: int, name: str
     """Remove outliers and members beyond the ``max_examples`` most central, then accept:
     the same decisions (and AuditLog rows) a reviewer makes in the annotator. ``by``
     names the rule's owner in the concept's description."""
-    from annotator.decisions import accept, set_member_excluded
+    from conceptgen.review.decisions import accept, set_member_excluded
     from conceptgen.orm import ClusterMember
 
     members = session.scalars(select(ClusterMember).where(ClusterMember.cluster_id == cluster.id,
@@ -387,9 +388,8 @@ def random_pool_size(workspace: Workspace) -> int:
 
 def demo_tcav_request(workspace: Workspace, prepared: PreparedDemo, concepts: list[str], config: DemoConfig):
     """The TCAV request the demo makes (a tcav.workflow.TcavRequest)."""
+    from tcav.experiment import TcavConfig, pseudo_test_fits
     from tcav.workflow import TcavRequest
-
-    from tcav.experiment import pseudo_test_fits
 
     pool = random_pool_size(workspace)
     size = min(config.random_set_size, pool // 2)
@@ -397,21 +397,20 @@ def demo_tcav_request(workspace: Workspace, prepared: PreparedDemo, concepts: li
         raise DataError("too few tubes outside the accepted concepts for TCAV random sets; use more --videos")
     # A small demo's pool cannot hold pseudo-concepts beside random sets: the permutation test then.
     test = "pseudo" if pseudo_test_fits(pool, MAX_AUTO_EXAMPLES, size) else "permutation"
-    return TcavRequest(model="demo", layers=tcav_layers(), targets=tcav_targets(workspace),
-                       concepts=",".join(concepts), random_sets=config.random_sets, seed=config.seed,
-                       random_set_size=size, test=test)
+    tcav = TcavConfig(layers=tcav_layers(), targets=tcav_targets(workspace), random_sets=config.random_sets,
+                      seed=config.seed, random_set_size=size, test=test)
+    return TcavRequest(model="demo", concepts=",".join(concepts), config=tcav)
 
 
 def matching_experiments(workspace: Workspace, request, model_fingerprint: str, status: str) -> list[int]:
     """Ids (newest first) of experiments with ``status`` that answer ``request`` with this
-    model and were made after the latest version of each of its concepts."""
+    model (the same stored config, device aside) and were made after the latest version
+    of each of its concepts."""
     from conceptgen.orm import Concept, ConceptVersion, TcavExperiment
 
     names = request.concepts.split(",")
-    want = {"concepts": request.concepts, "layers": list(request.layers), "targets": list(request.targets),
-            "random_sets": request.random_sets, "seed": request.seed, "random_set_size": request.random_set_size,
-            "classifier": request.classifier, "test": request.test, "correction": request.correction,
-            "render_mode": request.mode}
+    # as the JSON column holds it (tuples come back as lists)
+    want = json.loads(json.dumps({k: v for k, v in request.stored_config().items() if k not in ("device", "amp")}))
     with workspace.session() as s:
         newest = s.scalar(select(func.max(ConceptVersion.created_at)).join(Concept)
                           .where(Concept.name.in_(names)))
@@ -458,7 +457,8 @@ def export_demo(workspace: Workspace, concepts: list[str]) -> tuple[Path, bool]:
     """(folder, reused): WORKSPACE/exports/demo with static variants. An export that
     verifies and holds the same concept versions is kept; otherwise it is replaced
     atomically (exports are byte-reproducible, so nothing else changes)."""
-    from conceptgen.export import export_concepts, load_concept_records, read_manifest
+    from conceptgen.concepts import load_concept_records
+    from conceptgen.export import export_concepts, read_manifest
     from conceptgen.errors import ConceptgenError
 
     out = workspace.exports / EXPORT_FOLDER

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from sqlalchemy import or_, select
 
 import conceptgen
+from conceptgen.concepts import (ConceptRecord, ExampleRecord, clip_file, load_concept_records,
+                                 render_concept_example)
 from conceptgen.errors import ConceptgenError, ConfigError, IntegrityError, NotFoundError
 from conceptgen.hashing import sha256_bytes, sha256_file
-from conceptgen.orm import AuditLog, Cluster, Clustering, Concept, ConceptExample, ConceptVersion, Run, Tube, User, Video
 from conceptgen.progress import progress
 
 SCHEMA_VERSION = 1
@@ -39,8 +39,6 @@ FORMAT_NAME = "conceptgen-concept-dataset"
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.json.sha256"
 FORMAT_DOC = "FORMAT.md"
-ALL_APPROVED = "all-approved"
-VARIANTS = ("dynamic", "static")
 CLIP_FPS = 8.0  # exported clips are frame sequences; a fixed rate keeps the bytes reproducible
 
 #: Called with each file's path relative to the export root right after it is written.
@@ -81,36 +79,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-@dataclass(frozen=True)
-class ExampleRecord:
-    """One ConceptExample read out of the DB, detached from the session.
-
-    Tube-based examples carry the tube's frames/masks/boxes and the source video;
-    clip-based ones (imported earlier) carry the clip file and whatever metadata
-    the import kept (``meta``)."""
-
-    position: int
-    variant: str
-    tube: dict[str, Any] | None
-    video: dict[str, Any] | None
-    clip_path: Path | None
-    clip_sha256: str | None
-    meta: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ConceptRecord:
-    name: str
-    description: str | None
-    source: str
-    status: str
-    version: int
-    versions: list[dict[str, Any]]
-    approval_history: list[dict[str, Any]]
-    discovery: dict[str, Any]
-    examples: list[ExampleRecord]
 
 
 # --- public API ------------------------------------------------------------------
@@ -223,107 +191,6 @@ def read_manifest(export_dir: str | Path, *, verify: bool = True) -> dict[str, A
     return manifest
 
 
-def load_concept_records(workspace, names: Sequence[str] | str) -> list[ConceptRecord]:
-    """Read concepts (by name, or all approved) with their current version's examples."""
-    wanted = _parse_names(names)
-    with workspace.session() as s:
-        if wanted is None:
-            concepts = s.scalars(select(Concept).where(Concept.status == "approved").order_by(Concept.name)).all()
-            if not concepts:
-                raise NotFoundError("no approved concepts to export; accept clusters in the annotator "
-                                    "or run `conceptgen import-concepts` first")
-        else:
-            found = {c.name: c for c in s.scalars(select(Concept).where(Concept.name.in_(wanted)))}
-            missing = [n for n in wanted if n not in found]
-            if missing:
-                known = ", ".join(s.scalars(select(Concept.name).order_by(Concept.name)).all()[:20]) or "none"
-                raise NotFoundError(f"unknown concept(s) {', '.join(missing)}; known concepts: {known}")
-            concepts = [found[n] for n in wanted]
-        return [_concept_record(s, c) for c in concepts]
-
-
-# --- reading the DB into records ---------------------------------------------------
-def _parse_names(names: Sequence[str] | str) -> list[str] | None:
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",")]
-    names = [n for n in dict.fromkeys(n.strip() for n in names) if n]
-    if not names:
-        raise ConfigError(f"no concept names given; pass --concepts NAME[,NAME...] or {ALL_APPROVED}")
-    return None if names == [ALL_APPROVED] else names
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _concept_record(s, concept: Concept) -> ConceptRecord:
-    versions = list(concept.versions)
-    current = next((v for v in versions if v.version == concept.current_version), None)
-    if current is None and versions:
-        current = versions[-1]
-    users = {u.id: u.name for u in s.scalars(select(User))}
-    version_rows = [
-        {"version": v.version, "description": v.description, "created_at": _iso(v.created_at),
-         "created_by": users.get(v.created_by), "cluster_id": v.cluster_id,
-         "provenance": v.provenance or {}}
-        for v in versions
-    ]
-    cluster_ids = [v.cluster_id for v in versions if v.cluster_id is not None]
-    audit = s.scalars(
-        select(AuditLog).where(or_(
-            (AuditLog.target_type == "concept") & (AuditLog.target_id == concept.id),
-            (AuditLog.target_type == "cluster") & (AuditLog.target_id.in_(cluster_ids)),
-        )).order_by(AuditLog.at, AuditLog.id)
-    ).all()
-    history = [
-        {"at": _iso(a.at), "by": users.get(a.user_id), "action": a.action, "target_type": a.target_type,
-         "target_id": a.target_id, "undone": bool(a.undone)}
-        for a in audit
-    ]
-    examples = [example_record(ex) for ex in (current.examples if current else [])]
-    return ConceptRecord(
-        name=concept.name, description=concept.description, source=concept.source, status=concept.status,
-        version=current.version if current else concept.current_version, versions=version_rows,
-        approval_history=history, discovery=_discovery(s, current), examples=examples,
-    )
-
-
-def _discovery(s, version: ConceptVersion | None) -> dict[str, Any]:
-    """The model, layer and run that discovered the concept (from the cluster, else provenance)."""
-    if version is None:
-        return {}
-    prov = version.provenance or {}
-    found: dict[str, Any] = {k: prov[k] for k in ("model", "layer", "run", "run_id") if k in prov}
-    cluster = s.get(Cluster, version.cluster_id) if version.cluster_id is not None else None
-    if cluster is not None:
-        clustering = s.get(Clustering, cluster.clustering_id)
-        run = s.get(Run, clustering.run_id)
-        found.update({
-            "cluster_id": cluster.id, "cluster_label": cluster.label_index, "clustering_id": clustering.id,
-            "layer": clustering.layer, "run_id": run.id, "model": run.model_name,
-            "model_fingerprint": run.model_fingerprint, "run_config_hash": run.config_hash,
-            "code_version": run.code_version,
-        })
-    elif "import" in prov and isinstance(prov["import"], dict):
-        found.update(prov["import"].get("discovery") or {})
-    return found
-
-
-def example_record(ex: ConceptExample) -> ExampleRecord:
-    tube = video = None
-    if ex.tube is not None:
-        t: Tube = ex.tube
-        tube = {"id": t.id, "run_id": t.run_id, "kind": t.kind, "start_frame": t.start_frame,
-                "end_frame": t.end_frame, "frame_indices": list(t.frame_indices),
-                "mask_size": [t.mask_height, t.mask_width], "masks_rle": list(t.masks_rle),
-                "boxes": [list(map(float, b)) for b in t.boxes], "score": t.score}
-        v: Video = t.video
-        video = {"path": v.path, "sha256": v.sha256, "fps": v.fps, "frame_count": v.frame_count,
-                 "width": v.width, "height": v.height, "label": v.label}
-    clip = Path(ex.clip_path) if ex.clip_path else None
-    return ExampleRecord(ex.position, ex.variant, tube, video, clip, ex.clip_sha256, dict(ex.meta or {}))
-
-
 # --- writing ----------------------------------------------------------------------
 def _concept_folders(names: list[str]) -> list[str]:
     """Filesystem-safe, unique folder names in the order of ``names``."""
@@ -366,7 +233,7 @@ def _plan_examples(examples: list[ExampleRecord], static: bool) -> list[tuple[Ex
     example without a stored static sibling also gets a rendered static variant.
     Static siblings are matched by tube id, or for imported clips by ``meta["static_of"]``."""
     def tube_id(e: ExampleRecord):
-        return e.tube["id"] if e.tube else None
+        return e.tube.id if e.tube else None
 
     stored = [e for e in examples if e.variant == "static"]
     static_tubes = {tube_id(e) for e in stored if e.tube}
@@ -392,91 +259,28 @@ def _plan_examples(examples: list[ExampleRecord], static: bool) -> list[tuple[Ex
 def _write_example(folder: "_AtomicFolder", ex: ExampleRecord, variant: str, sibling: int | None,
                    k: int, sub: str, render: dict, media: Path) -> dict[str, Any]:
     clip_rel = f"{sub}/clips/{k:04d}_{variant}.mp4"
-    track = track_of(ex)
-    if ex.tube is not None:
-        frames = tube_frames(ex)
-        folder.write_video(clip_rel, render_example(frames, track, variant == "static", render))
-        rendered = True
-    elif ex.clip_path is not None and variant == ex.variant:
-        folder.copy_file(clip_rel, clip_file(ex, media))  # keep imported bytes as they are
-        rendered = False
-    elif ex.clip_path is not None:
-        folder.write_video(clip_rel, _static_of_clip(clip_file(ex, media), render))
-        rendered = True
-    else:
+    track = ex.track
+    if ex.tube is None and ex.clip_path is None:
         raise ValueError("example has neither a tube nor a clip file")
+    rendered = ex.tube is not None or variant != ex.variant  # an imported clip's own variant keeps its bytes
+    if rendered:
+        folder.write_video(clip_rel, render_concept_example(
+            ex, media, mode=render["mode"], num_frames=render["num_frames"], side=render["side"],
+            static=variant == "static"))
+    else:
+        folder.copy_file(clip_rel, clip_file(ex, media))
     masks_rel = None
-    if track.get("masks_rle"):
+    if track.has_masks:
         masks_rel = f"{sub}/masks/{(sibling if sibling is not None else k):04d}.json"  # shared by variants
-        folder.write_bytes(masks_rel, _json_bytes(
-            {"format": "coco-rle", "size": track["mask_size"], "frames": track["frame_indices"],
-             "boxes": track["boxes"], "rle": track["masks_rle"]}), skip_if_same=True)
+        folder.write_bytes(masks_rel, _json_bytes(track.masks_json()), skip_if_same=True)
     return {
         "position": k, "variant": variant, "clip": clip_rel, "rendered": rendered,
         "derived_from": sibling, "masks": masks_rel,
         "source_video": ex.video or ex.meta.get("source_video"),
-        "frame_range": track["frame_range"],
-        "frame_indices": track["frame_indices"], "boxes": track["boxes"], "mask_size": track["mask_size"],
-        "tube": {k2: ex.tube[k2] for k2 in ("id", "run_id", "kind", "score")} if ex.tube else ex.meta.get("tube"),
+        "frame_range": track.frame_range,
+        "frame_indices": track.frame_indices, "boxes": track.boxes, "mask_size": track.mask_size,
+        "tube": ex.tube.summary() if ex.tube else ex.meta.get("tube"),
     }
-
-
-def track_of(ex: ExampleRecord) -> dict[str, Any]:
-    """Frame indices, boxes and RLE masks of an example (tube, else imported metadata)."""
-    if ex.tube is not None:
-        src, frame_range = ex.tube, [ex.tube["start_frame"], ex.tube["end_frame"]]
-    else:
-        src, frame_range = ex.meta, ex.meta.get("frame_range")
-    return {"frame_indices": list(src.get("frame_indices") or []), "boxes": list(src.get("boxes") or []),
-            "masks_rle": list(src.get("masks_rle") or []), "mask_size": src.get("mask_size"),
-            "frame_range": frame_range}
-
-
-def clip_file(ex: ExampleRecord, media: Path) -> Path:
-    path = ex.clip_path if ex.clip_path.is_absolute() else media / ex.clip_path
-    if not path.is_file():
-        raise FileNotFoundError(f"clip {path} is missing; re-import the concept")
-    if ex.clip_sha256 and sha256_file(path) != ex.clip_sha256:
-        raise IntegrityError(f"clip {path} changed since import (sha256 mismatch); re-import the concept")
-    return path
-
-
-def tube_frames(ex: ExampleRecord) -> np.ndarray:
-    """The tube's frames, (len(frame_indices), H, W, 3) uint8, decoded at the processing
-    resolution (max side = the masks' max side), as extraction saw them."""
-    from conceptgen.videoio import read_frames
-
-    video_path = Path(ex.video["path"])
-    if not video_path.is_file():
-        raise FileNotFoundError(f"source video {video_path} is missing; restore it to export this example")
-    h, w = ex.tube["mask_size"]
-    return read_frames(video_path, indices=ex.tube["frame_indices"], max_side=max(h, w))
-
-
-def _static_of_clip(path: Path, render: dict) -> np.ndarray:
-    """A plain clip's static variant exactly as tcav/ makes it: uniformly sampled to
-    ``num_frames``, resized to ``side``, middle frame repeated. (num_frames, side, side, 3) uint8."""
-    from conceptgen.registry import InputSpec
-    from conceptgen.render import DEFAULT_MEAN
-    from tcav.examples import clip_from_file
-
-    # only the frame count and side matter for sampling; the mean/std are never applied here
-    spec = InputSpec(num_frames=render["num_frames"], side=render["side"], mean=DEFAULT_MEAN, std=(1.0, 1.0, 1.0))
-    return clip_from_file(path, spec, static=True)
-
-
-def render_example(frames: np.ndarray, track: dict[str, Any], static: bool, render: dict) -> np.ndarray:
-    """(num_frames, side, side, 3) uint8 clip of ``frames`` (the track's frames, in order;
-    render_tube_clip rescales masks and boxes when they are at another resolution)."""
-    from conceptgen.masks import decode_rle, mask_box
-    from conceptgen.render import render_tube_clip
-
-    masks = [decode_rle(r) for r in track["masks_rle"]]
-    # the boxes of the masks themselves: rendering needs boxes that hold their masks,
-    # which an imported dataset's stored boxes need not
-    boxes = [mask_box(mask) for mask in masks]
-    return render_tube_clip(frames, list(range(len(frames))), masks, boxes, mode=render["mode"],
-                            static=static, num_frames=render["num_frames"], side=render["side"])
 
 
 def _json_bytes(obj: Any) -> bytes:

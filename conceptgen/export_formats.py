@@ -42,7 +42,8 @@ from typing import Sequence
 import numpy as np
 
 from conceptgen.errors import ConfigError
-from conceptgen.export import ExportReport, SkippedItem, _AtomicFolder, load_concept_records
+from conceptgen.concepts import load_concept_records
+from conceptgen.export import ExportReport, SkippedItem, _AtomicFolder
 from conceptgen.hashing import sha256_bytes
 from conceptgen.masks import decode_rle, resize_mask
 
@@ -120,10 +121,10 @@ def tube_labels(workspace, names: Sequence[str] | str) -> tuple[list[TubeLabel],
                 info = probe_video(v["path"])
                 width, height, count = info.width, info.height, info.frame_count
             t = ex.tube
-            labels.append(TubeLabel(record.name, record.version, int(t["id"]),
+            labels.append(TubeLabel(record.name, record.version, int(t.id),
                                     SourceVideo(Path(v["path"]), v["sha256"], int(width), int(height), int(count)),
-                                    list(t["frame_indices"]), [list(b) for b in t["boxes"]], list(t["masks_rle"]),
-                                    (int(t["mask_size"][0]), int(t["mask_size"][1]))))
+                                    list(t.frame_indices), [list(b) for b in t.boxes], list(t.masks_rle),
+                                    (int(t.mask_size[0]), int(t.mask_size[1]))))
     return labels, skipped
 
 

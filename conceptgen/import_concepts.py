@@ -23,6 +23,7 @@ from conceptgen.export import MANIFEST, SkippedItem, read_manifest
 from conceptgen.hashing import sha256_file
 from conceptgen.orm import AuditLog, Concept, ConceptExample, ConceptVersion, User
 from conceptgen.progress import progress
+from conceptgen.tubes import TubeRecord
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 IMPORTED_DIR = "imported"  # under WORKSPACE/media/
@@ -175,9 +176,9 @@ def _example_meta(root: Path, ex: dict[str, Any]) -> dict[str, Any]:
     if ex.get("derived_from") is not None:
         meta["static_of"] = ex["derived_from"]
     if ex.get("masks"):
-        masks = json.loads((root / ex["masks"]).read_bytes())
-        meta["masks_rle"] = masks["rle"]
-        meta["mask_size"] = masks["size"]
+        track = TubeRecord.from_masks_json(json.loads((root / ex["masks"]).read_bytes()))
+        meta["masks_rle"] = track.masks_rle
+        meta["mask_size"] = track.mask_size
     return meta
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conceptgen.errors import ConfigError, DataError, LayerNotFoundError, ModelError, UnknownClassError
+from conceptgen.errors import ConfigError, DataError, ModelError, UnknownClassError
 from conceptgen.hashing import sha256_bytes
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -236,7 +236,7 @@ ARCHITECTURES: dict[str, _Arch] = {
 # Builders a checkpoint may name: the architectures above plus project networks.
 # Lazy "module:function" strings keep imports cheap and forbid arbitrary code.
 PROJECT_BUILDERS = {"demo_net": "conceptgen.demo_model:build_demo_network",
-                    "tcav_toy": "tcav.toy:build_toy_network"}
+                    "tcav_toy": "conceptgen.toy_model:build_toy_network"}
 DEMO_NAME = "demo"
 DEMO_FILE = "demo.pt"
 
@@ -717,13 +717,9 @@ def layer_names(model: nn.Module | LoadedModel) -> list[str]:
 
 def get_layer(model: nn.Module | LoadedModel, dotted: str) -> nn.Module:
     """The submodule at ``dotted``; raises LayerNotFoundError with close matches."""
-    modules = dict(_module(model).named_modules())
-    if dotted and dotted in modules:
-        return modules[dotted]
-    names = [n for n in modules if n]
-    close = difflib.get_close_matches(dotted, names, n=5, cutoff=0.5)
-    hint = f"close matches: {', '.join(close)}" if close else "run `conceptgen models --layers NAME`"
-    raise LayerNotFoundError(f"layer {dotted!r} is not in the model; {hint}")
+    from conceptgen.capture import find_layer
+
+    return find_layer(_module(model), dotted)
 
 
 def pooled_layers(model: nn.Module | LoadedModel, spec: InputSpec | None = None) -> set[str]:

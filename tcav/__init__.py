@@ -13,5 +13,5 @@ Modules, in the order the method uses them:
   results      database rows, CSV and JSON;  plots: matplotlib PNGs;  workflow: the CLI's one call
   saved_cavs   every experiment's CAVs on disk (manifest + checksummed vectors)
   apply        `tcav apply`: new videos scored with saved CAVs, refused on another model
-  gradcam      the Grad-CAM baseline;  toy: a tiny trained 3D CNN world for tests
+  gradcam      the Grad-CAM baseline;  toy: TCAV inputs of conceptgen.toy_model's world, for tests
 """

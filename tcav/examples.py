@@ -32,8 +32,12 @@ from typing import Callable, Sequence
 import numpy as np
 from sqlalchemy import select
 
+from conceptgen.concepts import ExampleRecord, example_record, load_concept_records, render_concept_example
 from conceptgen.errors import ConfigError, DataError
+from conceptgen.export import read_manifest
 from conceptgen.hashing import sha256_bytes, sha256_file, sha256_json
+from conceptgen.orm import Concept, ConceptExample, Tube, Video
+from conceptgen.videoio import clip_from_file, static_clip
 
 MIN_CONCEPT_EXAMPLES = 6   # a 33% held-out split must leave >= 4 to train on
 MIN_CLASS_EXAMPLES = 4
@@ -79,28 +83,12 @@ class ConceptExamples:
 
 
 # --- clips from files ---------------------------------------------------------
-def static_clip(clip: np.ndarray) -> np.ndarray:
-    """The middle frame of ``clip`` (T, H, W, 3) repeated T times."""
-    return np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
-
-
-def clip_from_file(path: Path, spec, *, static: bool = False) -> np.ndarray:
-    """A video file uniformly sampled to ``spec.num_frames`` frames at ``spec.side``."""
-    from conceptgen.videoio import probe_video, read_clip
-
-    info = probe_video(path)
-    if info.frame_count < spec.num_frames:
-        raise DataError(f"{path} has {info.frame_count} frames, shorter than the model's input of "
-                        f"{spec.num_frames} frames: use clips of at least {spec.num_frames} frames")
-    clip = read_clip(path, spec.num_frames, spec.side)
-    return static_clip(clip) if static else clip
-
-
 def file_example(path: Path, spec, *, static: bool = False, render_mode: str = "clip") -> Example:
     path = Path(path)
     key = sha256_json({"file": sha256_file(path), "static": static,
                        "frames": spec.num_frames, "side": spec.side})
-    return Example(key, render_mode, str(path), lambda: clip_from_file(path, spec, static=static))
+    return Example(key, render_mode, str(path),
+                   lambda: clip_from_file(path, spec.num_frames, spec.side, static=static))
 
 
 def clip_files(folder: Path) -> list[Path]:
@@ -127,8 +115,6 @@ def concepts_from_folder(root: str | Path, spec, *, names: Sequence[str] | None 
 def concepts_from_export(root: Path, spec, *, names: Sequence[str] | None = None) -> list[ConceptExamples]:
     """Concepts of a ``conceptgen export`` folder; its static clips, if exported,
     become the static variant (otherwise the middle-frame rule applies)."""
-    from conceptgen.export import read_manifest
-
     manifest = read_manifest(root)
     out = []
     for entry in manifest["concepts"]:
@@ -147,12 +133,9 @@ def concepts_from_export(root: Path, spec, *, names: Sequence[str] | None = None
 def concepts_from_db(workspace, names: Sequence[str] | str, spec, *, render_mode: str
                      ) -> list[ConceptExamples]:
     """Approved concepts (names or "all-approved"), current version, dynamic variant."""
-    from conceptgen.export import load_concept_records
-
     out = []
     records = load_concept_records(workspace, names)
     with workspace.session() as s:
-        from conceptgen.orm import Concept
         ids = {c.name: c.id for c in s.scalars(select(Concept).where(
             Concept.name.in_([r.name for r in records])))}
     for record in records:
@@ -179,27 +162,22 @@ def static_example(example: Example) -> Example:
 
 
 class _TubeLoader:
-    """Renders a DB tube (an export ExampleRecord) as a clip; knows its static twin."""
+    """Renders a concept example (a DB tube or an imported clip) as a clip; knows its static twin."""
 
-    def __init__(self, record, spec, mode: str, media: Path, static: bool):
+    def __init__(self, record: ExampleRecord, spec, mode: str, media: Path, static: bool):
         self.record, self.spec, self.mode, self.media, self.static = record, spec, mode, media, static
 
     def key(self) -> str:
         r = self.record
-        src = ({"video": r.video["sha256"], "frames": r.tube["frame_indices"],
-                "masks": sha256_json(r.tube["masks_rle"]), "boxes": r.tube["boxes"]}
+        src = ({"video": r.video["sha256"], "frames": r.tube.frame_indices,
+                "masks": sha256_json(r.tube.masks_rle), "boxes": r.tube.boxes}
                if r.tube else {"clip": r.clip_sha256 or str(r.clip_path)})
         return sha256_json({**src, "mode": self.mode, "static": self.static,
                             "frames_out": self.spec.num_frames, "side": self.spec.side})
 
     def __call__(self) -> np.ndarray:
-        from conceptgen import export
-
-        r = self.record
-        render = {"mode": self.mode, "num_frames": self.spec.num_frames, "side": self.spec.side}
-        if r.tube is not None:
-            return export.render_example(export.tube_frames(r), export.track_of(r), self.static, render)
-        return clip_from_file(export.clip_file(r, self.media), self.spec, static=self.static)
+        return render_concept_example(self.record, self.media, mode=self.mode, num_frames=self.spec.num_frames,
+                                      side=self.spec.side, static=self.static)
 
     def static_loader(self):
         twin = _TubeLoader(self.record, self.spec, self.mode, self.media, True)
@@ -208,14 +186,12 @@ class _TubeLoader:
 
 def _record_example(record, spec, mode: str, media: Path, *, static: bool) -> Example:
     loader = _TubeLoader(record, spec, mode, media, static)
-    origin = f"tube {record.tube['id']}" if record.tube else str(record.clip_path)
+    origin = f"tube {record.tube.id}" if record.tube else str(record.clip_path)
     return Example(loader.key(), mode if record.tube else "clip", origin, loader)
 
 
 # --- class examples -----------------------------------------------------------
 def class_examples_from_db(workspace, class_name: str, spec) -> list[Example]:
-    from conceptgen.orm import Video
-
     with workspace.session() as s:
         videos = s.scalars(select(Video).where(Video.label == class_name, Video.status == "ok")
                            .order_by(Video.id)).all()
@@ -234,15 +210,12 @@ def class_examples_from_folder(folder: str | Path, class_name: str, spec) -> lis
 
 def _video_example(path: Path, sha: str | None, spec) -> Example:
     key = sha256_json({"video": sha or sha256_file(path), "frames": spec.num_frames, "side": spec.side})
-    return Example(key, "video", str(path), lambda: clip_from_file(path, spec))
+    return Example(key, "video", str(path), lambda: clip_from_file(path, spec.num_frames, spec.side))
 
 
 # --- random pool --------------------------------------------------------------
 def random_pool_from_db(workspace, spec, *, render_mode: str) -> list[Example]:
     """Every tube that is an example of no concept, rendered with ``render_mode``."""
-    from conceptgen.export import example_record
-    from conceptgen.orm import ConceptExample, Tube
-
     with workspace.session() as s:
         used = select(ConceptExample.tube_id).where(ConceptExample.tube_id.is_not(None))
         tubes = s.scalars(select(Tube).where(Tube.id.not_in(used)).order_by(Tube.id)).all()

@@ -5,27 +5,32 @@
    drawn from its own seed, so raising N or changing the concepts moves nothing.
    Random sets and the null follow the concept's variant: static concepts are
    compared with the same random clips rendered static, otherwise their CAV
-   learns "frozen versus moving" rather than the concept.
-2. Add the static counterpart of every dynamic concept.
+   learns "frozen versus moving" rather than the concept.  (``_draw_random``)
+2. Add the static counterpart of every dynamic concept.  (``_with_static_variants``)
 3. Compute activations of every clip and class-logit gradients of every class
    example at all layers (one forward + one backward per batch, cached); clips
-   that fail to load are skipped and reported, the rest go on.
+   that fail to load are skipped and reported, the rest go on.  (``_compute_concepts_and_classes``)
 4. Per layer: train CAVs (concept vs each random set; random vs random; concept
    vs each other concept for relative TCAV), recording held-out accuracies.
+   (``_random_vs_random``, ``_concept_vs_random``, ``_relative_cavs``)
 5. Per layer and class: directional derivatives, TCAV and magnitude scores,
-   temporal profiles, the gradient-consistency diagnosis and the null's health.
-   With ``test="pseudo"`` (the default) also M pseudo-concepts (pool sets of each
+   temporal profiles, the gradient-consistency diagnosis and the null's health
+   (``_score_layer``). With ``test="pseudo"`` (the default) also M pseudo-concepts (pool sets of each
    concept's size, stream "pseudo-concepts") against the same N random sets: the
-   calibrated null, ranking the class-logit change (see :mod:`tcav.stats`).
+   calibrated null, ranking the class-logit change (see :mod:`tcav.stats`;
+   ``_pseudo_concept_null``); with the two-sample tests, ``config.calibration_sets``
+   pseudo-concepts for the calibration report only (``_two_sample_calibration_null``).
 6. Test every concept score set against the null of its variant, correct over
    the family of testable hypotheses (those in ``config.hypotheses``, at layers
    not diagnosed degenerate from the class gradients alone, so the filter is
    independent of the concept scores), and give verdicts (degenerate layers and
-   unlearnable concepts are never significant).
+   unlearnable concepts are never significant).  (``_test_and_correct``)
+
+:func:`_score` runs steps 1 and 4-6 for one N, in that order, one call per step.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -72,6 +77,13 @@ class TcavConfig:
     # (concept name, target class) pairs to test, stated before the run; empty: every pair.
     # Pairs outside it are still scored and reported, but neither tested nor counted.
     hypotheses: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> "TcavConfig":
+        """The config an experiment row keeps (``config_dict`` plus the request's own keys)."""
+        names = {f.name for f in fields(cls)}
+        as_tuple = lambda v: tuple(as_tuple(x) for x in v) if isinstance(v, list) else v  # noqa: E731
+        return cls(**{k: as_tuple(v) for k, v in stored.items() if k in names})
 
     @property
     def test_statistic(self) -> str:
@@ -344,82 +356,140 @@ def _in_family(r: HypothesisResult, null: LayerReport, config: TcavConfig) -> bo
 
 def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: dict[str, int],
            config: TcavConfig, n_sets: int, *, seed: int | None = None) -> TcavReport:
+    """Steps 1 and 4-6 with N random sets (``seed``: config.seed, or the auto check's)."""
     seed = config.seed if seed is None else seed
-    variants = sorted({c.variant for c in concepts})
+    classifier = make_classifier(config.classifier)
+    draw = _draw_random(store, concepts, pool, config, n_sets, seed)
+    results: list[HypothesisResult] = []
+    layer_reports: list[LayerReport] = []
+    all_cavs: list[CAV] = []
+    for layer in config.layers:
+        null_cavs, null_differences, random_means = _random_vs_random(store, classifier, draw, layer, seed)
+        concept_cavs, concept_means = _concept_vs_random(store, classifier, concepts, draw, layer, seed)
+        all_cavs += [v for c in concepts for v in concept_cavs[c.label]]
+        relative_cavs = _relative_cavs(store, classifier, concepts, layer, seed) if config.relative else {}
+        means = _Means(concept_means, random_means, null_differences)
+        for target, k in targets.items():
+            grads = store.gradients(inputs.class_examples[target], layer, k)
+            reports, scored = _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs, relative_cavs,
+                                           config, means)
+            layer_reports += reports
+            results += scored
+    # after the diagnosis: pseudo-concepts only in (layer, class) cells with hypotheses to test
+    nulls, family = _testable_family(results, layer_reports, config)
+    n_null_sets = 0
+    if config.test == "pseudo":
+        n_null_sets = _pseudo_concept_null(store, classifier, draw, family, nulls, inputs, targets, config, seed)
+    elif config.calibration_sets:
+        _two_sample_calibration_null(store, classifier, draw.pools, draw.random_sets, draw.null_pairs, family, nulls,
+                                     inputs, targets, config, seed)
+    power = _test_and_correct(results, layer_reports, config, n_sets, seed,
+                              grid=max(len(inputs.class_examples[t]) for t in targets), n_null_sets=n_null_sets)
+    return TcavReport(config, n_sets, results, layer_reports, power,
+                      _report_warnings(power, layer_reports, config, classifier.name, n_null_sets, n_sets),
+                      cavs=all_cavs)
+
+
+def _testable_family(results, layer_reports, config: TcavConfig) -> tuple[dict, list[HypothesisResult]]:
+    """({(layer, class, variant): its null}, the hypotheses tested and corrected together)."""
+    nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
+    family = [r for r in results if r.comparison == "random"
+              and _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
+    return nulls, family
+
+
+@dataclass(frozen=True)
+class _RandomDraw:
+    """Step 1's draw: the pool rendered as each concept variant, N random sets and N
+    random-vs-random pairs (pool indices), and the pseudo-concepts' candidate clips."""
+
+    pools: dict[str, list[Example]]
+    random_sets: list[list[int]]
+    null_pairs: list[tuple[list[int], list[int]]]
+    candidates: list[int]
+
+    def activations(self, store: ActivationStore, variant: str, indices: Sequence[int], layer: str) -> np.ndarray:
+        """One set's activations (read back from the cache: one set in RAM at a time)."""
+        return store.activations([self.pools[variant][j] for j in indices], layer)
+
+
+def _draw_random(store, concepts, pool, config: TcavConfig, n_sets: int, seed: int) -> _RandomDraw:
+    """Step 1 (and step 3 for the drawn clips): random sets, null pairs and, for test
+    "pseudo", the candidates, out of pool clips that load; a pool too small for the
+    pseudo-concept test is a one-line error."""
     pseudo = config.test == "pseudo"
-    pools, random_sets, null_pairs, candidates = _draw_usable_sets(store, pool, variants, n_sets,
-                                                                   config.random_set_size, seed, pseudo=pseudo)
+    variants = sorted({c.variant for c in concepts})
+    draw = _RandomDraw(*_draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed, pseudo=pseudo))
     largest = max(len(c.examples) for c in concepts)
     if pseudo and not pseudo_test_fits(len(pool), largest, config.random_set_size):
         raise DataError(f"the random pool has {len(pool)} clips, too few for the pseudo-concept test with "
                         f"concepts of {largest} and random sets of {config.random_set_size} "
                         "(it needs their sum): add clips, lower --random-set-size, or use --test permutation")
+    return draw
 
-    results: list[HypothesisResult] = []
-    layer_reports: list[LayerReport] = []
-    all_cavs: list[CAV] = []
-    classifier = make_classifier(config.classifier)
+
+def _random_vs_random(store, classifier, draw: _RandomDraw, layer: str, seed: int):
+    """Step 4, the null: per variant, one CAV per random-vs-random pair and the pair's
+    mean-activation difference A - B (N, D); and each random set's mean activation (N, D).
+    Returns ({variant: [CAV]}, {variant: (N, D)}, {variant: (N, D)})."""
+    null_cavs, null_differences, random_means = {}, {}, {}
+    for v in draw.pools:
+        null_cavs[v], diffs = [], []
+        for i, (a, b) in enumerate(draw.null_pairs):
+            xa, xb = draw.activations(store, v, a, layer), draw.activations(store, v, b, layer)
+            null_cavs[v].append(_fit(classifier, f"null:{i}a", f"null:{i}b", layer, xa, xb,
+                                     stats.derive_seed(seed, "null-cav", layer, i, *([v] if v != "dynamic" else []))))
+            diffs.append(scoring.mean_activation(xa) - scoring.mean_activation(xb))
+        null_differences[v] = np.stack(diffs)
+        random_means[v] = np.stack([scoring.mean_activation(draw.activations(store, v, rs, layer))
+                                    for rs in draw.random_sets])
+    return null_cavs, null_differences, random_means
+
+
+def _concept_vs_random(store, classifier, concepts, draw: _RandomDraw, layer: str, seed: int):
+    """Step 4: each concept against each random set of its variant (one CAV per set),
+    and its mean activation (D,). Returns ({label: [CAV]}, {label: (D,)})."""
+    cavs, means = {}, {}
+    for c in concepts:
+        acts = store.activations(c.examples, layer)
+        means[c.label] = scoring.mean_activation(acts)
+        cavs[c.label] = [_fit(classifier, c.label, f"random:{i}", layer, acts,
+                              draw.activations(store, c.variant, rs, layer),
+                              stats.derive_seed(seed, "cav", c.label, layer, i))
+                         for i, rs in enumerate(draw.random_sets)]
+    return cavs, means
+
+
+def _pseudo_concept_null(store, classifier, draw: _RandomDraw, family, nulls, inputs: TcavInputs,
+                         targets: dict[str, int], config: TcavConfig, seed: int) -> int:
+    """Step 5 for test "pseudo": M pseudo-concepts of each tested concept size, scored
+    like a concept against the same random sets, in every (layer, class, variant) cell
+    that holds a hypothesis of the family. Fills each null's ``pseudo_means``; returns M."""
+    n_null_sets = null_set_count(config, len(family))
+    pseudo_sets = {size: draw_pseudo_concepts(draw.candidates, n_null_sets, size, seed)
+                   for size in sorted({r.n_examples for r in family})}
     for layer in config.layers:
-        # One set's activations in RAM at a time (read back from the cache).
-        acts_of = lambda variant, idx: store.activations([pools[variant][j] for j in idx], layer)  # noqa: E731
-        null_cavs, null_diffs, random_means = {}, {}, {}
-        for v in variants:
-            null_cavs[v], diffs = [], []
-            for i, (a, b) in enumerate(null_pairs):
-                xa, xb = acts_of(v, a), acts_of(v, b)
-                null_cavs[v].append(_fit(classifier, f"null:{i}a", f"null:{i}b", layer, xa, xb,
-                                         stats.derive_seed(seed, "null-cav", layer, i, *([v] if v != "dynamic" else []))))
-                diffs.append(scoring.mean_activation(xa) - scoring.mean_activation(xb))
-            null_diffs[v] = np.stack(diffs)
-            random_means[v] = np.stack([scoring.mean_activation(acts_of(v, rs)) for rs in random_sets])
-        concept_cavs, concept_means = {}, {}
-        for c in concepts:
-            acts = store.activations(c.examples, layer)
-            concept_means[c.label] = scoring.mean_activation(acts)
-            concept_cavs[c.label] = [
-                _fit(classifier, c.label, f"random:{i}", layer, acts, acts_of(c.variant, rs),
-                     stats.derive_seed(seed, "cav", c.label, layer, i))
-                for i, rs in enumerate(random_sets)]
-        all_cavs += [v for c in concepts for v in concept_cavs[c.label]]
-        relative_cavs = _relative_cavs(store, classifier, concepts, layer, seed) if config.relative else {}
-        for target, k in targets.items():
-            grads = store.gradients(inputs.class_examples[target], layer, k)
-            reports, layer_results = _score_layer(layer, target, grads, concepts, concept_cavs, null_cavs,
-                                                  relative_cavs, config,
-                                                  _Means(concept_means, random_means, null_diffs))
-            layer_reports += reports
-            results += layer_results
-    n_null_sets = 0
-    nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
-    family = [r for r in results if r.comparison == "random"
-              and _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
-    if pseudo:  # after the diagnosis: only (layer, class) cells with hypotheses to test
-        n_null_sets = null_set_count(config, len(family))
-        pseudo_sets = {size: draw_pseudo_concepts(candidates, n_null_sets, size, seed)
-                       for size in sorted({r.n_examples for r in family})}
-        for layer in config.layers:
-            cells = {(r.target, r.variant) for r in family if r.layer == layer}
-            grads = {t: store.gradients(inputs.class_examples[t], layer, targets[t])
-                     for t in sorted({t for t, _ in cells})}
-            for variant in sorted({v for _, v in cells}):
-                for size, sets in pseudo_sets.items():
-                    means = _pseudo_null_means(store, classifier, pools[variant], sets, random_sets, layer,
-                                               grads, seed, config.test_statistic)
-                    for t, m in means.items():
-                        nulls[(layer, t, variant)].pseudo_means[size] = m
-    elif config.calibration_sets:
-        _two_sample_calibration_null(store, classifier, pools, random_sets, null_pairs, family, nulls, inputs,
-                                     targets, config, seed)
-    power = _test_and_correct(results, layer_reports, config, n_sets, seed,
-                              grid=max(len(inputs.class_examples[t]) for t in targets),
-                              n_null_sets=n_null_sets)
-    cost = None if not pseudo or _pseudo_is_cheap(config) else (
-        f"the pseudo-concept null fitted {n_null_sets} x {n_sets} {classifier.name} CAVs per layer, variant "
+        cells = {(r.target, r.variant) for r in family if r.layer == layer}
+        grads = {t: store.gradients(inputs.class_examples[t], layer, targets[t])
+                 for t in sorted({t for t, _ in cells})}
+        for variant in sorted({v for _, v in cells}):
+            for size, sets in pseudo_sets.items():
+                means = _pseudo_null_means(store, classifier, draw.pools[variant], sets, draw.random_sets, layer,
+                                           grads, seed, config.test_statistic)
+                for t, m in means.items():
+                    nulls[(layer, t, variant)].pseudo_means[size] = m
+    return n_null_sets
+
+
+def _report_warnings(power: stats.PowerCheck, layer_reports, config: TcavConfig, classifier: str,
+                     n_null_sets: int, n_sets: int) -> list[str]:
+    """Power, the pseudo null's cost, layer diagnoses and null health, each once, in that order."""
+    cost = None if config.test != "pseudo" or _pseudo_is_cheap(config) else (
+        f"the pseudo-concept null fitted {n_null_sets} x {n_sets} {classifier} CAVs per layer, variant "
         "and concept size: use --statistic logit-change or --classifier mean-diff for the nearly free path")
     warnings = [w for w in [power.warning, cost] + [lr.diagnosis.message for lr in layer_reports]
                 + [lr.warning for lr in layer_reports] if w]
-    return TcavReport(config, n_sets, results, layer_reports, power, list(dict.fromkeys(warnings)),
-                      cavs=all_cavs)
+    return list(dict.fromkeys(warnings))
 
 
 @dataclass(frozen=True)

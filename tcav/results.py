@@ -15,7 +15,7 @@ import numpy as np
 
 from conceptgen.orm import Concept, TcavExperiment, TcavResult, utcnow
 from tcav.calibration import write_calibration
-from tcav.experiment import HypothesisResult, TcavConfig, TcavReport, config_dict
+from tcav.experiment import HypothesisResult, TcavReport, config_dict
 
 CSV_COLUMNS = ("concept", "variant", "layer", "target", "comparison", "tcav_mean", "tcav_std",
                "magnitude_mean", "logit_change_mean", "cav_accuracy_mean", "null_mean", "p_value", "p_corrected",
@@ -96,13 +96,14 @@ def write_exports(report: TcavReport, folder: Path) -> list[Path]:
 
 
 # --- database ----------------------------------------------------------------------
-def start_experiment(workspace, config: TcavConfig, loaded, extra_config: dict | None = None) -> int:
-    """A 'running' TcavExperiment row with the full config; returns its id."""
+def start_experiment(workspace, stored_config: dict, loaded) -> int:
+    """A 'running' TcavExperiment row with the full config (``TcavRequest.stored_config()``
+    or ``config_dict(config)``); returns its id."""
     with workspace.session() as s:
-        exp = TcavExperiment(config={**config_dict(config), **(extra_config or {})}, model_name=loaded.name,
-                             model_fingerprint=loaded.fingerprint, target=",".join(config.targets),
-                             layers=list(config.layers), seed=config.seed, status="running", summary={},
-                             plots=[])
+        exp = TcavExperiment(config=dict(stored_config), model_name=loaded.name,
+                             model_fingerprint=loaded.fingerprint, target=",".join(stored_config["targets"]),
+                             layers=list(stored_config["layers"]), seed=stored_config["seed"], status="running",
+                             summary={}, plots=[])
         s.add(exp)
         s.flush()
         return exp.id

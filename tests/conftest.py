@@ -204,11 +204,11 @@ def pytest_generate_tests(metafunc):
 # --- tcav: a tiny trained 3D CNN (tests/test_tcav_*.py) ------------------------------
 @_pytest_concepts.fixture(scope="session")
 def tcav_toy():
-    """tcav.toy's 3D CNN (global pooling + linear head) trained to tell a square moving
+    """conceptgen.toy_model's 3D CNN (global pooling + linear head) trained to tell a square moving
     right from one moving left; a LoadedModel on CPU. Treat as read-only (deepcopy to edit)."""
     import torch
 
-    from tcav.toy import train_toy_model
+    from conceptgen.toy_model import train_toy_model
 
     torch.set_num_threads(2)
     loaded, _accuracy = train_toy_model(seed=0)
@@ -224,7 +224,7 @@ def toy_tcav_clips(tcav_toy, tmp_path_factory):
 
     from conceptgen import registry
     from conceptgen.videoio import write_video
-    from tcav.toy import ToyWorld, _background, class_clips, moving_square_clip, static_blob
+    from conceptgen.toy_model import ToyWorld, _background, class_clips, moving_square_clip, static_blob
 
     world, root = ToyWorld(), tmp_path_factory.mktemp("toy-tcav-clips")
     registry.save_checkpoint(root / "toy.pt", builder="tcav_toy", builder_kwargs={}, model=tcav_toy.model,

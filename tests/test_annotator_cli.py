@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from annotator.users import authenticate
+from conceptgen.review.users import authenticate
 from conceptgen.cli import main
 from conceptgen.workspace import Workspace
 

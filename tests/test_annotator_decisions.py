@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from annotator import decisions as d
+from conceptgen.review import decisions as d
 from conceptgen.errors import StaleVersionError
 from conceptgen.orm import AuditLog, Cluster, ClusterMember, Concept, ConceptVersion, User
 
@@ -15,7 +15,7 @@ def _user(ws, name="alice"):
     with ws.session() as s:
         user = s.scalar(select(User).where(User.name == name))
         if user is None:
-            from annotator.users import create_user
+            from conceptgen.review.users import create_user
             user = create_user(s, name, "password-" + name)
         return user.id
 

@@ -236,7 +236,7 @@ def test_merge_split_members_and_undo_via_api(app, alice):
 
 
 def test_other_users_cannot_undo_my_decision(app, alice):
-    from annotator.users import create_user
+    from conceptgen.review.users import create_user
 
     with app.extensions["conceptgen_workspace"].session() as s:
         create_user(s, "bob", "bob-password")

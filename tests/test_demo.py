@@ -102,7 +102,7 @@ def test_headless_demo_writes_a_verified_export_with_static_variants(headless):
 
 
 def test_demo_login_is_private_and_works(headless):
-    from annotator.users import authenticate
+    from conceptgen.review.users import authenticate
 
     ws, first, _second, _c1, _c2 = headless
     login = ws.root / "demo_login.txt"
@@ -181,7 +181,7 @@ def test_demo_rejects_too_few_videos_before_any_work(tmp_path):
 
 # --- the automatic reviewer, on the annotator's seeded review workspace -----------------
 def test_auto_accept_ranks_by_cohesion_times_log_size_and_keeps_a_random_pool(review_ws):
-    from annotator.decisions import reject
+    from conceptgen.review.decisions import reject
     from conceptgen.demo import MIN_RANDOM_POOL, auto_accept, auto_accept_score
 
     ws, info = review_ws
@@ -250,7 +250,7 @@ def test_an_interrupted_tcav_step_is_marked_failed_and_run_again(headless, tmp_p
 
 
 def test_auto_accept_keeps_only_the_most_central_members_through_audited_removals(review_ws):
-    from annotator.decisions import merge
+    from conceptgen.review.decisions import merge
     from conceptgen.demo import auto_accept
     from conceptgen.orm import ClusterMember, ConceptExample
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from conceptgen.cli import main
-from conceptgen.export import load_concept_records
+from conceptgen.concepts import load_concept_records
 from conceptgen.export_formats import (box_crop, cvat_rle, cvat_rle_decode, eta_mask_decode, export_for_tool,
                                        tube_labels)
 from conceptgen.hashing import sha256_file
@@ -208,7 +208,7 @@ def test_fixed_cvat_tracks_come_back_as_a_new_concept_version(concept_ws, tmp_pa
         np.testing.assert_array_equal(decode_rle(fixed.masks_rle[1]), fixed_tube.video_mask(1))
         assert len(cvat_tubes) == sum(n_tracks.values())
     records = {r.name: r for r in load_concept_records(concept_ws, "all-approved")}
-    assert any(ex.tube["frame_indices"] == fixed_tube.frames[:-1] for ex in records[fixed_tube.concept].examples)
+    assert any(ex.tube.frame_indices == fixed_tube.frames[:-1] for ex in records[fixed_tube.concept].examples)
 
     code, out, err = _run(capsys, "--workspace", concept_ws.root, "import-concepts", tmp_path / "cvat")
     assert code == 0 and "imported 0 concept(s)" in out and "imported already" in out
@@ -243,10 +243,10 @@ def test_importing_one_videos_task_keeps_the_concepts_examples_on_other_videos(c
     after = {r.name: r for r in load_concept_records(concept_ws, "all-approved")}
     for name in report.concepts:
         assert after[name].version == before[name].version + 1
-        others = [ex.tube["id"] for ex in before[name].examples if ex.video["sha256"] != video_sha]
-        kept = [ex.tube["id"] for ex in after[name].examples if ex.video["sha256"] != video_sha]
+        others = [ex.tube.id for ex in before[name].examples if ex.video["sha256"] != video_sha]
+        kept = [ex.tube.id for ex in after[name].examples if ex.video["sha256"] != video_sha]
         on_video = [ex for ex in after[name].examples if ex.video["sha256"] == video_sha]
-        assert kept == others and on_video and all(ex.tube["kind"] == "cvat" for ex in on_video)
+        assert kept == others and on_video and all(ex.tube.kind == "cvat" for ex in on_video)
 
 
 def test_readme_tool_commands_are_valid_cli_invocations():

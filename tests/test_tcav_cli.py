@@ -11,9 +11,10 @@ from sqlalchemy import select
 from conceptgen import registry
 from conceptgen.cli import main
 from conceptgen.orm import TcavExperiment, TcavResult
+from tcav.experiment import TcavConfig
 from conceptgen.videoio import probe_video, write_video
 from conceptgen.workspace import Workspace
-from tcav.toy import ToyWorld, _background, class_clips, moving_square_clip, static_blob
+from conceptgen.toy_model import ToyWorld, _background, class_clips, moving_square_clip, static_blob
 
 W = ToyWorld()
 
@@ -67,6 +68,10 @@ def test_tcav_command_scores_stores_exports_and_plots(toy_checkpoint, clip_folde
         exp = s.scalars(select(TcavExperiment)).one()
         results = s.scalars(select(TcavResult).where(TcavResult.comparison == "random")).all()
         assert exp.status == "finished" and exp.layers == ["conv2", "pool"] and exp.seed == 1
+        # one config type from the flags to the stored row
+        assert TcavConfig.from_stored(exp.config) == TcavConfig(
+            layers=("conv2", "pool"), targets=("right",), random_sets=4, random_set_size=8,
+            classifier="mean-diff", seed=1)
         assert exp.summary["degenerate_layers"] == ["pool"]
         # 2 concepts x (dynamic, static) x 2 layers, each with its 4 per-random-set scores
         assert len(results) == 8 and all(len(r.details["scores"]) == 4 for r in results)
@@ -143,8 +148,9 @@ def test_database_concepts_render_tubes_with_static_twins_and_a_pool_outside_eve
     synth = generate_synthetic_set(tmp_path_factory.mktemp("synth"), n_videos=10, seed=2, num_frames=8, size=48)
     ws = build_concept_workspace(tmp_path_factory.mktemp("dbws") / "ws", synth,
                                  concepts=(("actors", "moving actors", 6), ("distractors", "small objects", 6)))
-    request = TcavRequest(model=str(toy_checkpoint), layers=("conv2",), targets=("right",), concepts="all-approved",
-                          random_sets=3, random_set_size=6, classifier="mean-diff", mode="crop",
+    config = TcavConfig(layers=("conv2",), targets=("right",), random_sets=3, random_set_size=6,
+                        classifier="mean-diff", render_mode="crop")
+    request = TcavRequest(model=str(toy_checkpoint), concepts="all-approved", config=config,
                           class_examples=str(clip_folders / "classes"))
     outcome = run_experiment(ws, request)
     with ws.session() as s:

@@ -17,7 +17,8 @@ from tcav.activations import ActivationStore
 from tcav.classifiers import make_classifier
 from tcav.examples import ConceptExamples, Example, file_example, static_example
 from tcav.experiment import TcavConfig, TcavInputs, draw_random_sets, run_tcav
-from tcav.toy import ToyWorld, class_clips, moving_square_clip, noise_clip, toy_tcav_inputs
+from conceptgen.toy_model import ToyWorld, class_clips, moving_square_clip, noise_clip
+from tcav.toy import toy_tcav_inputs
 
 W = ToyWorld()
 

@@ -12,7 +12,8 @@ from tcav import scoring, stats
 from tcav.classifiers import MeanDifferenceClassifier
 from tcav.examples import ConceptExamples, Example
 from tcav.experiment import TcavConfig, TcavInputs, run_tcav
-from tcav.toy import ToyWorld, class_clips, noise_clip, toy_tcav_inputs
+from conceptgen.toy_model import ToyWorld, class_clips, noise_clip
+from tcav.toy import toy_tcav_inputs
 
 W = ToyWorld()
 

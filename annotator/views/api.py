@@ -8,8 +8,10 @@ from typing import Any, Callable
 
 from flask import Blueprint, g, jsonify, request
 
-from annotator import decisions, queries
-from annotator.db import db, get_or_raise, workspace, writer_turn
+from annotator import queries
+from conceptgen.review import decisions
+from annotator.db import db, workspace, writer_turn
+from conceptgen.db import get_or_raise
 from annotator.views.auth import login_required
 from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
 from conceptgen.orm import Cluster, ClusterMember

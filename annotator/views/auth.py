@@ -10,7 +10,7 @@ from flask import Blueprint, flash, g, jsonify, redirect, render_template, reque
 from sqlalchemy import bindparam, select
 
 from annotator.db import db
-from annotator.users import authenticate
+from conceptgen.review.users import authenticate
 from conceptgen.orm import User
 
 bp = Blueprint("auth", __name__)

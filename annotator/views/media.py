@@ -6,11 +6,13 @@ from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, redirect, send_file, url_for
 
-from annotator.db import db, get_or_raise, workspace
+from annotator.db import db, workspace
+from conceptgen.db import get_or_raise
 from annotator.views.auth import login_required
 from conceptgen.errors import NotFoundError
 from conceptgen.hashing import sha256_json
 from conceptgen.orm import Tube, Video
+from conceptgen.tubes import TubeRecord
 
 bp = Blueprint("media", __name__)
 HIGHLIGHT_DIR = "highlight"
@@ -40,21 +42,19 @@ def serve(relpath: str):
 HIGHLIGHT_MAX_SIDE = 480  # pixels; bounds the work of rendering a long source video
 
 
-def highlight_relpath(tube: Tube, video: Video) -> str:
+def highlight_relpath(tube: TubeRecord, video: Video) -> str:
     """Cache name keyed by content: the video's hash and the tube's frames and masks."""
     key = sha256_json([video.sha256, tube.frame_indices, tube.masks_rle, HIGHLIGHT_MAX_SIDE])[:16]
     return f"{HIGHLIGHT_DIR}/tube{tube.id}-{key}.mp4"
 
 
-def render_highlight(video: Video, tube: Tube, out: Path) -> None:
+def render_highlight(video: Video, tube: TubeRecord, out: Path) -> None:
     """The whole source video with the tube outlined (the engine's renderer), as H.264."""
-    from conceptgen.masks import decode_rle
     from conceptgen.render import highlight_full_video
     from conceptgen.videoio import probe_video, read_frames, write_video
 
     frames = read_frames(video.path)
-    masks = [decode_rle(rle) for rle in tube.masks_rle]
-    clip = highlight_full_video(frames, tube.frame_indices, masks, max_side=HIGHLIGHT_MAX_SIDE)
+    clip = highlight_full_video(frames, tube.frame_indices, tube.masks(), max_side=HIGHLIGHT_MAX_SIDE)
     write_video(out, clip, fps=video.fps or probe_video(video.path).fps)  # atomic: never half a file
 
 
@@ -62,8 +62,8 @@ def render_highlight(video: Video, tube: Tube, out: Path) -> None:
 @login_required
 def highlight(tube_id: int):
     """Render (once) the full source video with the tube outlined, then redirect to it."""
-    tube = get_or_raise(db(), Tube, tube_id, "tube")
-    video = db().get(Video, tube.video_id)
+    row = get_or_raise(db(), Tube, tube_id, "tube")
+    video, tube = db().get(Video, row.video_id), TubeRecord.from_row(row)
     rel = highlight_relpath(tube, video)
     out = workspace().media / rel
     if not out.exists():

@@ -54,7 +54,7 @@ def _password(args) -> str:
 
 
 def _user_add(args, ctx):
-    from annotator.users import create_user
+    from conceptgen.review.users import create_user
 
     password = _password(args)
     with ctx.workspace.session() as s:
@@ -63,7 +63,7 @@ def _user_add(args, ctx):
 
 
 def _user_list(args, ctx):
-    from annotator.users import list_users
+    from conceptgen.review.users import list_users
 
     with ctx.workspace.session() as s:
         users = list_users(s)

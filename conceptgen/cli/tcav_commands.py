@@ -87,6 +87,18 @@ def _random_sets(value: str) -> int | str:
         raise ConfigError(f"--random-sets must be a number or auto, got {value!r}") from None
 
 
+def tcav_config(args):
+    """The command line's :class:`tcav.experiment.TcavConfig`: the one config type from the
+    flags to the stored experiment (``--mode`` is its ``render_mode``, ``--target`` its ``targets``)."""
+    from tcav.experiment import TcavConfig
+
+    return TcavConfig(layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
+                      random_sets=_random_sets(args.random_sets), seed=args.seed, classifier=args.classifier,
+                      test=args.test, statistic=args.statistic, correction=args.correction,
+                      random_set_size=args.random_set_size, render_mode=args.mode, null_sets=args.null_sets,
+                      calibration_sets=args.calibration_sets)
+
+
 def _tcav(args, ctx) -> int:
     from tcav.workflow import TcavRequest, run_experiment
 
@@ -95,13 +107,9 @@ def _tcav(args, ctx) -> int:
     if missing:
         raise ConfigError(f"conceptgen tcav needs {', '.join(missing)}: see `conceptgen tcav --help`")
 
-    request = TcavRequest(
-        model=model_source(args), layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
-        concepts=args.concepts, random_sets=_random_sets(args.random_sets), seed=args.seed, device=args.device,
-        classifier=args.classifier, test=args.test, correction=args.correction, mode=args.mode,
-        class_examples=args.class_examples, random_pool=args.random_pool, random_set_size=args.random_set_size,
-        amp=args.amp, batch_size=args.batch_size,
-        null_sets=args.null_sets, statistic=args.statistic, calibration_sets=args.calibration_sets)
+    request = TcavRequest(model=model_source(args), concepts=args.concepts, config=tcav_config(args),
+                          class_examples=args.class_examples, random_pool=args.random_pool,
+                          device=args.device, amp=args.amp, batch_size=args.batch_size)
     ctx.workspace.engine  # an unreachable database fails here, before Ray starts
     with executor_from_args(args) as executor:
         outcome = run_experiment(ctx.workspace, request, executor=executor)

@@ -1,4 +1,4 @@
-"""Annotator accounts: salted password hashes (werkzeug's scrypt/pbkdf2), nothing else."""
+"""Reviewer accounts: salted password hashes (werkzeug's scrypt/pbkdf2, no Flask), nothing else."""
 from __future__ import annotations
 
 import re

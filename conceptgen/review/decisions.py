@@ -1,4 +1,5 @@
-"""Review decisions: the one library behind the annotator's pages and JSON API.
+"""Review decisions: the one library behind the annotator's pages and JSON API, the headless
+demo and scripts (no web framework: a session in, flushed rows out).
 
 Every decision follows the same recipe (:func:`_decide`):
   1. load the clusters it touches and check the version the reviewer saw
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
 
-from annotator.db import get_or_raise
+from conceptgen.db import get_or_raise
 from conceptgen.errors import ConceptgenError, DataError, StaleVersionError
 from conceptgen.orm import (
     AuditLog,
