@@ -495,7 +495,7 @@ def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, second
     that first turns this driver's claim into 'done' (ClaimLostError: nothing is written)."""
     from conceptgen.claims import finish_claim
     from conceptgen.render import render_outlined_preview
-    from conceptgen.videoio import write_video
+    from conceptgen.videoio import remove_partial_writes, write_video
 
     workspace, run_id = task.workspace, task.run_id
     config_layers = list(result.embeddings)
@@ -505,8 +505,10 @@ def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, second
         finish_claim(s, run_id, job.video_id, task.owner, status="done", n_tubes=len(result.tubes),
                      error=result.note, seconds=seconds)
         for i, tube in enumerate(result.tubes):
-            # Written before the commit; a retry writes identical bytes to the same name.
+            # Written before the commit; a retry writes identical bytes to the same name. The
+            # claim makes this the only writer, so partial files there are a killed worker's.
             rel = preview_relpath(run_id, job.sha256, i)
+            remove_partial_writes(workspace.media / rel)
             preview = render_outlined_preview(result.frames, tube.frames, tube.masks, max_side=PREVIEW_MAX_SIDE)
             write_video(workspace.media / rel, preview, fps=float(job.fps or 8.0))
             row = Tube(run_id=run_id, video_id=job.video_id, track_index=i, start_frame=int(tube.frames[0]),

@@ -252,6 +252,20 @@ def fit_max_side(frame: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- writing
+def _partial_name(path: Path, writer: str) -> Path:
+    return path.with_name(f".{path.stem}.partial-{writer}{path.suffix}")
+
+
+def remove_partial_writes(path: str | Path) -> int:
+    """Delete what killed writers of ``path`` left (their partial files); returns how many.
+    Call it only where no other writer of ``path`` can be alive (e.g. under a claim)."""
+    path = Path(path)
+    stale = list(path.parent.glob(_partial_name(path, "*").name)) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: int = 18) -> None:
     """Write (T, H, W, 3) uint8 RGB as H.264 (libx264, yuv420p, +faststart) that browsers
     play. Odd sizes are padded to even by repeating the last row/column. Single-threaded
@@ -272,7 +286,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, *, crf: 
     frames = _pad_even(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a name per writer: two threads or processes writing the same file never share a partial
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}-{threading.get_ident()}{path.suffix}")
+    tmp = _partial_name(path, f"{os.getpid()}-{threading.get_ident()}")
     options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
     try:
         with av.open(str(tmp), mode="w", format=fmt, options=options) as container:

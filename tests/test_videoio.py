@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conceptgen.errors import DataError, VideoReadError
-from conceptgen.videoio import (iter_frames, probe_video, read_clip, read_frames, resize_clip,
-                                sample_indices, write_video)
+from conceptgen.videoio import (iter_frames, probe_video, read_clip, read_frames, remove_partial_writes,
+                                resize_clip, sample_indices, write_video)
 
 REAL_CLIPS = Path(__file__).resolve().parents[1].parent / "shared/data/real-clips"
 
@@ -61,6 +61,15 @@ def test_writing_is_deterministic_and_atomic(tmp_path):
     write_video(tmp_path / "b.mp4", frames)
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]  # no partial files left
+
+
+def test_partial_files_of_killed_writers_are_removed_for_their_target_only(tmp_path):
+    write_video(tmp_path / "a.mp4", smooth_clip(seed=3))
+    for name in (".a.partial-123-456.mp4", ".a.partial-9-9.mp4", ".b.partial-123-456.mp4"):
+        (tmp_path / name).write_bytes(b"half a file")
+    assert remove_partial_writes(tmp_path / "a.mp4") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.partial-123-456.mp4", "a.mp4"]
+    assert remove_partial_writes(tmp_path / "missing" / "c.mp4") == 0
 
 
 def test_repeated_writes_of_textured_motion_give_the_same_bytes(tmp_path):
