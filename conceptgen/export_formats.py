@@ -45,7 +45,8 @@ from conceptgen.errors import ConfigError
 from conceptgen.concepts import load_concept_records
 from conceptgen.export import ExportReport, SkippedItem, _AtomicFolder
 from conceptgen.hashing import sha256_bytes
-from conceptgen.masks import decode_rle, resize_mask
+from conceptgen.masks import resize_mask
+from conceptgen.tubes import TubeRecord
 
 FORMATS = ("native", "fiftyone", "cvat-video")
 CVAT_VERSION = "1.1"
@@ -68,16 +69,32 @@ class SourceVideo:
 @dataclass(frozen=True)
 class TubeLabel:
     """One approved example's tube: where the concept is, frame by frame, on its source video.
-    ``boxes`` [x0, y0, x1, y1] and ``masks_rle`` at ``mask_size`` (h, w), the processing resolution."""
+    The tube's ``boxes`` and masks are at its ``mask_size`` (h, w), the processing resolution."""
 
     concept: str
     concept_version: int
-    tube_id: int
     video: SourceVideo
-    frames: list[int]
-    boxes: list[list[float]]
-    masks_rle: list[dict]
-    mask_size: tuple[int, int]
+    tube: TubeRecord
+
+    @property
+    def tube_id(self) -> int:
+        return int(self.tube.id)
+
+    @property
+    def frames(self) -> list[int]:
+        return self.tube.frame_indices
+
+    @property
+    def boxes(self) -> list[list[float]]:
+        return self.tube.boxes
+
+    @property
+    def masks_rle(self) -> list[dict]:
+        return self.tube.masks_rle
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        return int(self.tube.mask_size[0]), int(self.tube.mask_size[1])
 
     def video_box(self, i: int) -> list[float]:
         """Box of frame ``i`` (position in ``frames``) in video pixels."""
@@ -94,7 +111,7 @@ class TubeLabel:
 
     def mask(self, i: int) -> np.ndarray:
         """bool (mask h, mask w) of frame ``i``."""
-        return decode_rle(self.masks_rle[i])
+        return self.tube.mask(i)
 
     def video_mask(self, i: int) -> np.ndarray:
         """bool (video height, video width) of frame ``i``."""
@@ -120,11 +137,9 @@ def tube_labels(workspace, names: Sequence[str] | str) -> tuple[list[TubeLabel],
             if not (width and height and count):
                 info = probe_video(v["path"])
                 width, height, count = info.width, info.height, info.frame_count
-            t = ex.tube
-            labels.append(TubeLabel(record.name, record.version, int(t.id),
+            labels.append(TubeLabel(record.name, record.version,
                                     SourceVideo(Path(v["path"]), v["sha256"], int(width), int(height), int(count)),
-                                    list(t.frame_indices), [list(b) for b in t.boxes], list(t.masks_rle),
-                                    (int(t.mask_size[0]), int(t.mask_size[1]))))
+                                    ex.tube))
     return labels, skipped
 
 

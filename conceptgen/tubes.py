@@ -6,7 +6,7 @@ processing resolution ``mask_size``. :class:`TubeRecord` is that stored form,
 read from a database row (:meth:`TubeRecord.from_row`), from an imported
 example's metadata (:meth:`TubeRecord.from_meta`) or from an export's masks
 file (:meth:`TubeRecord.from_masks_json`), and the one place RLE is decoded
-(:meth:`TubeRecord.masks`). Export, TCAV, the annotator's media route and the
+(:meth:`TubeRecord.masks`, :meth:`TubeRecord.mask`). Export, TCAV, the annotator's media route and the
 demo read tubes through it.
 """
 from __future__ import annotations
@@ -77,8 +77,12 @@ class TubeRecord:
         return bool(self.masks_rle)
 
     def masks(self) -> list[np.ndarray]:
-        """Bool ``(h, w)`` mask per frame (the one place stored RLE is decoded)."""
-        return [decode_rle(rle) for rle in self.masks_rle]
+        """Bool ``(h, w)`` mask per frame."""
+        return [self.mask(i) for i in range(len(self.masks_rle))]
+
+    def mask(self, i: int) -> np.ndarray:
+        """Bool ``(h, w)`` mask of entry ``i`` (the one place stored RLE is decoded)."""
+        return decode_rle(self.masks_rle[i])
 
     def mask_boxes(self, masks: list[np.ndarray] | None = None) -> list[list[float]]:
         """The boxes of the masks themselves (rendering needs boxes that hold their
