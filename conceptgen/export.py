@@ -11,7 +11,9 @@ An export is a self-describing folder that outlives the tool that made it::
         clips/0001_static.mp4    its static variant (one frame repeated), with ``--static``
         masks/0000.json          per-frame COCO RLE masks and boxes of the example's tube
 
-Export is atomic (a temporary sibling folder, fsync, then one rename) and
+Export is atomic (:class:`AtomicFolder`: a temporary sibling folder, fsync, then
+one rename; the labelling-tool exports of :mod:`conceptgen.export_formats` write
+through it too) and
 deterministic (sorted JSON keys, fixed encoder options, dates only from the DB),
 so exporting the same concepts twice gives byte-identical files.
 """
@@ -113,7 +115,7 @@ def export_concepts(
 
     concepts = load_concept_records(workspace, names)
     render = {"mode": mode, "static": static, "num_frames": num_frames, "side": side, "fps": CLIP_FPS}
-    with _AtomicFolder(out_dir, on_file=on_file) as folder:
+    with AtomicFolder(out_dir, on_file=on_file) as folder:
         entries, skipped, n_clips = [], [], 0
         for concept, sub in zip(concepts, _concept_folders([c.name for c in concepts])):
             entry, concept_skips = _write_concept(folder, concept, sub, render, workspace.media)
@@ -206,7 +208,7 @@ def _concept_folders(names: list[str]) -> list[str]:
     return out
 
 
-def _write_concept(folder: "_AtomicFolder", concept: ConceptRecord, sub: str, render: dict,
+def _write_concept(folder: "AtomicFolder", concept: ConceptRecord, sub: str, render: dict,
                    media: Path) -> tuple[dict[str, Any], list[SkippedItem]]:
     entries: list[dict[str, Any]] = []
     skipped: list[SkippedItem] = []
@@ -256,7 +258,7 @@ def _plan_examples(examples: list[ExampleRecord], static: bool) -> list[tuple[Ex
     return plan
 
 
-def _write_example(folder: "_AtomicFolder", ex: ExampleRecord, variant: str, sibling: int | None,
+def _write_example(folder: "AtomicFolder", ex: ExampleRecord, variant: str, sibling: int | None,
                    k: int, sub: str, render: dict, media: Path) -> dict[str, Any]:
     clip_rel = f"{sub}/clips/{k:04d}_{variant}.mp4"
     track = ex.track
@@ -287,9 +289,11 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-class _AtomicFolder:
+class AtomicFolder:
     """Writes files into a hidden sibling of ``target`` and renames it into place
-    only when every file is written and fsynced; on any error it removes itself."""
+    only when every file is written and fsynced; on any error it removes itself.
+    ``checksums`` maps each written file (relative path) to its sha256. Every
+    export writer (this module's and :mod:`conceptgen.export_formats`) uses it."""
 
     def __init__(self, target: Path, *, on_file: FileHook | None = None):
         self.target = target
@@ -297,7 +301,7 @@ class _AtomicFolder:
         self.checksums: dict[str, str] = {}
         self.tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
 
-    def __enter__(self) -> "_AtomicFolder":
+    def __enter__(self) -> "AtomicFolder":
         self.target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(self.target)
         if self.tmp.exists():

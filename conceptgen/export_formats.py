@@ -43,7 +43,7 @@ import numpy as np
 
 from conceptgen.errors import ConfigError
 from conceptgen.concepts import load_concept_records
-from conceptgen.export import ExportReport, SkippedItem, _AtomicFolder
+from conceptgen.export import ExportReport, SkippedItem, AtomicFolder
 from conceptgen.hashing import sha256_bytes
 from conceptgen.masks import resize_mask
 from conceptgen.tubes import TubeRecord
@@ -162,7 +162,7 @@ def export_for_tool(workspace, names: Sequence[str] | str, out_dir: str | Path, 
     if out_dir.exists() and not overwrite:
         raise ConfigError(f"{out_dir} already exists; choose another --out or pass --overwrite")
     labels, skipped = tube_labels(workspace, names)
-    with _AtomicFolder(out_dir) as folder:
+    with AtomicFolder(out_dir) as folder:
         index_bytes = writers[fmt](folder, _by_video(labels), masks=masks)
         folder.write_text("FORMAT.md", FORMAT_DOCS[fmt])
         n_files = len(folder.checksums)
