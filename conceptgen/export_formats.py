@@ -45,7 +45,7 @@ from conceptgen.errors import ConfigError
 from conceptgen.concepts import load_concept_records
 from conceptgen.export import ExportReport, SkippedItem, AtomicFolder
 from conceptgen.hashing import sha256_bytes
-from conceptgen.masks import resize_mask
+from conceptgen.masks import resize_mask, scale_box
 from conceptgen.tubes import TubeRecord
 
 FORMATS = ("native", "fiftyone", "cvat-video")
@@ -99,9 +99,7 @@ class TubeLabel:
     def video_box(self, i: int) -> list[float]:
         """Box of frame ``i`` (position in ``frames``) in video pixels."""
         h, w = self.mask_size
-        sx, sy = self.video.width / w, self.video.height / h
-        x0, y0, x1, y1 = self.boxes[i]
-        return [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+        return scale_box(self.boxes[i], self.video.width / w, self.video.height / h)
 
     def relative_box(self, i: int) -> list[float]:
         """Box of frame ``i`` as fractions of the frame: [x0, y0, x1, y1] in [0, 1]."""
