@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from conceptgen.errors import ConceptgenError
 from conceptgen.orm import RunVideo, utcnow
+from conceptgen.processes import pid_alive
 from conceptgen.workspace import Workspace
 
 CLAIM_TTL_S = 120.0  # a claim not refreshed for this long belongs to a dead driver
@@ -45,15 +46,7 @@ def _owner_is_dead(owner: str | None) -> bool:
     """True when ``owner`` was a process on this host that no longer exists."""
     host, _, rest = (owner or "").partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # exists, owned by someone else
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 def is_stale(row: RunVideo, *, ttl_s: float = CLAIM_TTL_S) -> bool:

@@ -34,6 +34,7 @@ from conceptgen.concepts import (ConceptRecord, ExampleRecord, clip_file, load_c
                                  render_concept_example)
 from conceptgen.errors import ConceptgenError, ConfigError, IntegrityError, NotFoundError
 from conceptgen.hashing import sha256_bytes, sha256_file
+from conceptgen.processes import pid_alive
 from conceptgen.progress import progress
 
 SCHEMA_VERSION = 1
@@ -364,18 +365,8 @@ def _remove_stale_partials(target: Path) -> None:
     """Delete temporary folders left by exports to ``target`` whose process died."""
     for p in target.parent.glob(f".{target.name}.partial-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync(path: Path) -> None:
