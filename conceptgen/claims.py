@@ -37,6 +37,15 @@ class ClaimLostError(ConceptgenError):
     """This driver's claim on a video was taken over (it was presumed dead); its result is dropped."""
 
 
+class AlreadyFinishedError(ClaimLostError):
+    """This driver already committed the video: an earlier attempt (on a worker that died
+    before it could answer) finished it. The new result is dropped; ``n_tubes`` were stored."""
+
+    def __init__(self, run_id: int, video_id: int, n_tubes: int):
+        super().__init__(f"video {video_id} of run {run_id} was already stored by this driver")
+        self.n_tubes = n_tubes
+
+
 def new_owner() -> str:
     """A token naming this driver: host, pid and a random part (pids are reused)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -86,6 +95,10 @@ def finish_claim(session: Session, run_id: int, video_id: int, owner: str, *, st
         RunVideo.claimed_by == owner).values(status=status, n_tubes=n_tubes, error=error, seconds=seconds,
                                              finished_at=utcnow(), heartbeat_at=None))
     if done.rowcount != 1:
+        stored = session.execute(select(RunVideo.status, RunVideo.claimed_by, RunVideo.n_tubes).where(
+            RunVideo.run_id == run_id, RunVideo.video_id == video_id)).one_or_none()
+        if stored is not None and stored.status == "done" and stored.claimed_by == owner:
+            raise AlreadyFinishedError(run_id, video_id, stored.n_tubes)
         raise ClaimLostError(f"video {video_id} of run {run_id} was taken over by another driver; "
                              "its result from this one is discarded")
 

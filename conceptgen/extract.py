@@ -338,7 +338,7 @@ class VideoWorker:
                                         clock=partial(_timed, self.clock_totals))
 
     def __call__(self, job: VideoJob) -> VideoOutcome:
-        from conceptgen.claims import ClaimLostError
+        from conceptgen.claims import AlreadyFinishedError, ClaimLostError
         from conceptgen.videoio import read_frames
 
         task, config, clock = self.task, self.task.config, self.processor.clock
@@ -352,6 +352,9 @@ class VideoWorker:
             result = self.processor(frames)
             with clock("store"):
                 _store_video(task, job, result, seconds=time.perf_counter() - t0)
+        except AlreadyFinishedError as stored:  # a retry after a worker died between commit and answer
+            return VideoOutcome(job.video_id, job.path, "done", n_tubes=stored.n_tubes,
+                                stage_seconds=dict(self.clock_totals))
         except (ClaimLostError, sqlalchemy.exc.IntegrityError):
             return VideoOutcome(job.video_id, job.path, "lost", stage_seconds=dict(self.clock_totals))
         except Exception as err:  # noqa: BLE001 - one bad video must not stop the run

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from conceptgen.claims import ClaimLostError, claim_video, finish_claim, new_owner
+from conceptgen.claims import AlreadyFinishedError, ClaimLostError, claim_video, finish_claim, new_owner
 from conceptgen.cli import main
 from conceptgen.extract import ExtractConfig, extract
 from conceptgen.hashing import sha256_file
@@ -223,6 +223,21 @@ def test_a_claim_is_exclusive_until_its_driver_stops_beating(claim_ws):
         assert s.scalar(select(func.count()).select_from(Tube)) == 0
         finish_claim(s, 1, 1, other, status="done")
     assert not claim_video(ws, 1, 1, alive)  # done stays done
+
+
+def test_a_retry_of_a_video_this_driver_already_stored_is_done_not_lost(claim_ws):
+    """A worker that dies after its commit but before it answers: the driver's retry finds
+    its own 'done' row (counted as done, nothing written twice); another driver's is lost."""
+    ws, driver, other = claim_ws, new_owner(), new_owner()
+    assert claim_video(ws, 1, 1, driver)
+    with ws.session() as s:
+        finish_claim(s, 1, 1, driver, status="done", n_tubes=3)
+    with pytest.raises(AlreadyFinishedError) as stored, ws.session() as s:
+        finish_claim(s, 1, 1, driver, status="done", n_tubes=3)
+    assert stored.value.n_tubes == 3
+    with pytest.raises(ClaimLostError) as lost, ws.session() as s:
+        finish_claim(s, 1, 1, other, status="done")
+    assert not isinstance(lost.value, AlreadyFinishedError)
 
 
 def test_a_claim_of_a_dead_local_process_is_taken_at_once(claim_ws):
