@@ -164,6 +164,9 @@ class ExtractReport:
         lines = [f"run {self.run_id} ({'resumed' if self.resumed else 'new'}): {self.n_done} videos done, "
                  f"{self.n_failed} failed, {self.n_skipped} already done (here or by another driver); {self.n_tubes} tubes "
                  f"in {self.seconds:.1f}s"]
+        if self.n_discarded:
+            lines.append(f"  {self.n_discarded} video(s) computed but discarded: another driver had taken "
+                         "them over and stored them")
         lines += [f"  note: {p}: {n}" for p, n in self.notes]
         lines += [f"  failed: {p}: {r}" for p, r in self.failures]
         return lines

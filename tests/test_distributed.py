@@ -308,3 +308,12 @@ def test_tcav_activations_on_ray_workers_equal_the_in_process_ones(tcav_toy, tmp
                                    rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(remote.gradients(examples, layer, 0), here.gradients(examples, layer, 0),
                                    rtol=1e-5, atol=1e-7)
+
+
+def test_the_run_summary_says_when_computed_videos_were_discarded():
+    from conceptgen.extract import ExtractReport
+
+    quiet = ExtractReport(run_id=1, resumed=False, n_done=3).summary_lines()
+    told = ExtractReport(run_id=1, resumed=False, n_done=3, n_discarded=2).summary_lines()
+    assert len(quiet) == 1 and "discarded" not in quiet[0]
+    assert told[0] == quiet[0] and told[1].startswith("  2 video(s) computed but discarded")
