@@ -53,3 +53,7 @@ class UnreachableError(ConceptgenError):
 
 class IntegrityError(ConceptgenError):
     """A checksum mismatch or other corruption in stored or exported data."""
+
+
+class TimeBudgetError(ConceptgenError):
+    """A video ran past its per-video time budget in one stage (it is recorded as failed)."""

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from functools import partial
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -41,7 +41,7 @@ from conceptgen.hashing import sha256_file, sha256_json
 from conceptgen.ingest import select_videos
 from conceptgen.masks import encode_rle
 from conceptgen.orm import Clustering, Embedding, Run, RunVideo, Tube, Video, utcnow
-from conceptgen.progress import progress
+from conceptgen.progress import progress, stage_progress
 from conceptgen.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -183,14 +183,36 @@ class VideoTubes:
     note: str | None = None
 
 
-@contextmanager
-def _timed(totals: dict[str, float], stage: str) -> Iterator[None]:
-    """Adds the wall seconds of the block to ``totals[stage]``."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        totals[stage] += time.perf_counter() - t0
+DEFAULT_VIDEO_TIME_LIMIT = 1800.0  # seconds per video; past it the video is recorded as failed
+
+
+@dataclass
+class StageClock:
+    """One video's stages: wall seconds per stage in ``totals``, a progress bar per stage
+    (``label``: the video), and the video's time budget (``start_video`` arms it)."""
+
+    totals: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    label: str = ""
+    budget: float | None = DEFAULT_VIDEO_TIME_LIMIT
+    deadline: float | None = None
+
+    def start_video(self, label: str) -> None:
+        self.totals.clear()
+        self.label = label
+        self.deadline = None if self.budget is None else time.monotonic() + self.budget
+
+    @contextmanager
+    def __call__(self, stage: str, total: int = 0, unit: str = "frame", *,
+                 budgeted: bool = True) -> Iterator[Callable[[int], None]]:
+        """Times the block as ``stage``; yields ``tick(n)`` for its ``total`` units of work.
+        ``budgeted=False``: the time budget is not enforced (storing finished work)."""
+        t0 = time.perf_counter()
+        try:
+            with stage_progress(stage, total, unit=unit, label=self.label, budget=self.budget,
+                                deadline=self.deadline if budgeted else None) as tick:
+                yield tick
+        finally:
+            self.totals[stage] += time.perf_counter() - t0
 
 
 # --- identity ------------------------------------------------------------------
@@ -251,11 +273,12 @@ def default_layers(loaded) -> tuple[str, ...]:
 class VideoProcessor:
     """Turns one video's frames into tubes and embeddings (steps 2-4 of the recipe)."""
 
-    def __init__(self, config: ExtractConfig, loaded, *, batch_size: int, clock: Callable[[str], ContextManager]):
+    def __init__(self, config: ExtractConfig, loaded, *, batch_size: int, clock: StageClock | None = None):
         from conceptgen.render import fill_from_mean
         from conceptgen.segment import build_segmenters
 
-        self.config, self.loaded, self.batch_size, self.clock = config, loaded, batch_size, clock
+        self.config, self.loaded, self.batch_size = config, loaded, batch_size
+        self.clock = clock or StageClock(budget=None)
         self.segmenters = build_segmenters(config.segmenters, sam_checkpoint=config.sam_checkpoint,
                                            sam_model=config.sam_model, device=str(loaded.device),
                                            keyframe_every=config.keyframe_every, seed=config.seed)
@@ -266,22 +289,29 @@ class VideoProcessor:
         from conceptgen.segment import optical_flow, run_segmenters
         from conceptgen.track import build_tubes
 
+        from conceptgen.track import tracking_work_units
+
         t = len(frames)
-        with self.clock("segment"):
-            flows = optical_flow(frames)
-            detections = run_segmenters(self.segmenters, frames, flows=flows)
+        with self.clock("segment", total=t - 1 + sum(s.work_units(t) for s in self.segmenters)) as tick:
+            flows = optical_flow(frames, tick=tick)
+            detections = run_segmenters(self.segmenters, frames, flows=flows, tick=tick)
         observed = {s.name: set(s.keyframes(t)) for s in self.segmenters if len(s.keyframes(t)) < t}
         # A video shorter than the minimum tube length still yields (shorter) tubes.
         min_length = min(self.config.min_tube_length, t)
-        with self.clock("track"):
+        with self.clock("track", total=tracking_work_units(detections)) as tick:
             tubes = build_tubes(frames, detections, flows=flows, observed=observed or None,
-                                min_length=min_length)
-        with self.clock("embed"):
-            embeddings = embed_clips(self.embedder, (self.render(frames, tube) for tube in tubes),
+                                min_length=min_length, tick=tick)
+        with self.clock("embed", total=len(tubes), unit="tube") as tick:
+            embeddings = embed_clips(self.embedder, self._rendered(frames, tubes, tick),
                                      batch_size=self.batch_size) if tubes else {}
         n = self.loaded.spec.num_frames
         note = f"short video: {t} frames < clip length {n}, frames repeated" if t < n else None
         return VideoTubes(frames, tubes, embeddings, note)
+
+    def _rendered(self, frames: np.ndarray, tubes: list, tick: Callable[[int], None]) -> Iterator[np.ndarray]:
+        for tube in tubes:
+            yield self.render(frames, tube)
+            tick(1)
 
     def render(self, frames: np.ndarray, tube) -> np.ndarray:
         from conceptgen.render import render_tube_clip
@@ -301,6 +331,7 @@ class ExtractTask:
     config: ExtractConfig
     batch_size: int
     owner: str  # the driver's claim token (conceptgen.claims)
+    video_time_limit: float | None = DEFAULT_VIDEO_TIME_LIMIT  # seconds; None: no limit
 
 
 @dataclass(frozen=True)
@@ -336,16 +367,16 @@ class VideoWorker:
 
     def __init__(self, task: ExtractTask, loaded):
         self.task = task
-        self.clock_totals: dict[str, float] = defaultdict(float)
-        self.processor = VideoProcessor(task.config, loaded, batch_size=task.batch_size,
-                                        clock=partial(_timed, self.clock_totals))
+        self.clock = StageClock(budget=task.video_time_limit)
+        self.clock_totals = self.clock.totals
+        self.processor = VideoProcessor(task.config, loaded, batch_size=task.batch_size, clock=self.clock)
 
     def __call__(self, job: VideoJob) -> VideoOutcome:
         from conceptgen.claims import AlreadyFinishedError, ClaimLostError
         from conceptgen.videoio import read_frames
 
-        task, config, clock = self.task, self.task.config, self.processor.clock
-        self.clock_totals.clear()
+        task, config, clock = self.task, self.task.config, self.clock
+        clock.start_video(Path(job.path).name)
         t0 = time.perf_counter()
         seed_everything(video_seed(config.seed, job.sha256))
         try:
@@ -353,8 +384,8 @@ class VideoWorker:
                 indices = None if config.max_frames is None else range(min(job.frame_count, config.max_frames))
                 frames = read_frames(job.path, indices=indices, max_side=config.max_side)
             result = self.processor(frames)
-            with clock("store"):
-                _store_video(task, job, result, seconds=time.perf_counter() - t0)
+            with clock("store", total=len(result.tubes), unit="tube", budgeted=False) as tick:
+                _store_video(task, job, result, seconds=time.perf_counter() - t0, tick=tick)
         except AlreadyFinishedError as stored:  # a retry after a worker died between commit and answer
             return VideoOutcome(job.video_id, job.path, "done", n_tubes=stored.n_tubes,
                                 stage_seconds=dict(self.clock_totals))
@@ -371,7 +402,8 @@ class VideoWorker:
 # --- the run orchestrator ------------------------------------------------------------
 def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int | None = None,
             batch_size: int = 16, device: str = "cpu", only_video_ids: Sequence[int] | None = None,
-            model=None, spec=None, executor: "Executor | None" = None) -> ExtractReport:
+            model=None, spec=None, executor: "Executor | None" = None,
+            video_time_limit: float | None = DEFAULT_VIDEO_TIME_LIMIT) -> ExtractReport:
     """Create or resume a run and process every selected video not yet done.
 
     ``config`` None with ``run_id``: resume that run with its stored config.
@@ -380,7 +412,9 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     instead of loading ``config.model``, which then only names it in the run table.
     ``executor``: where videos are processed (default: this process; see
     conceptgen.executors). Each video is claimed before it is computed, so several
-    drivers, or a resumed one, never compute or write a video twice."""
+    drivers, or a resumed one, never compute or write a video twice.
+    ``video_time_limit``: seconds one video may take before it is recorded as failed
+    (checked as each stage reports progress); None: no limit."""
     from conceptgen.claims import ClaimKeeper
     from conceptgen.executors import InProcessExecutor
     from conceptgen.registry import as_loaded, load_model
@@ -413,7 +447,7 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     if only_video_ids is not None:
         todo = [v for v in todo if v.id in set(only_video_ids)]
     with ClaimKeeper(workspace) as owner:
-        task = ExtractTask(workspace, run_id, config, batch_size, owner)
+        task = ExtractTask(workspace, run_id, config, batch_size, owner, video_time_limit)
         jobs = _claimed_jobs(workspace, run_id, owner, todo, report)
         outcomes = executor.map_unordered(partial(VideoWorker, task), loaded, jobs)
         bar = progress(outcomes, total=len(todo), desc=f"extract run {run_id} ({executor.workers} worker"
@@ -496,7 +530,8 @@ def preview_relpath(run_id: int, video_sha256: str, track_index: int) -> str:
     return f"previews/run{run_id}/{video_sha256}-{track_index}.mp4"
 
 
-def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, seconds: float) -> None:
+def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, seconds: float,
+                 tick: Callable[[int], None] | None = None) -> None:
     """Tubes, embeddings, previews and the RunVideo outcome of one video, in one transaction
     that first turns this driver's claim into 'done' (ClaimLostError: nothing is written)."""
     from conceptgen.claims import finish_claim
@@ -529,6 +564,8 @@ def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, second
                                         vector=vector_to_blob(result.embeddings[layer][i]))
                               for layer in config_layers]
             s.add(row)
+            if tick is not None:
+                tick(1)
 
 
 def _store_failure(task: ExtractTask, video_id: int, reason: str, seconds: float) -> None:

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--max-side", type=int, default=256, help="downscale frames so max(H, W) <= this (pixels)")
     p.add_argument("--max-frames", type=int, default=None, help="process only the first N frames of each video")
     p.add_argument("--videos", default="all", help="'all' or 'label=NAME'")
+    p.add_argument("--video-time-limit", type=float, default=1800.0, metavar="SECONDS",
+                   help="a video still running after this long is recorded as failed and the run goes on "
+                        "(default 1800; 0: no limit)")
     p.add_argument("--run", type=int, default=None, metavar="ID", help="resume this run (its stored config)")
     add_executor_options(p)
     p.set_defaults(handler=_extract)
@@ -88,7 +91,7 @@ def _extract(args, ctx):
     ctx.workspace.engine  # an unreachable database fails here, before Ray starts
     with executor_from_args(args) as executor:
         report = extract(ctx.workspace, config, run_id=args.run, batch_size=args.batch_size, device=args.device,
-                         executor=executor)
+                         executor=executor, video_time_limit=args.video_time_limit or None)
     for line in report.summary_lines():
         ctx.echo(line)
     return 1 if report.n_failed and not report.n_done else 0
