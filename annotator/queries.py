@@ -160,6 +160,7 @@ class GalleryPage:
     total: int
     status_counts: dict[str, int]
     cards: list[ClusterCard]
+    layer_warning: str | None = None  # the clustering's layer does not separate the run's tubes
 
     def to_json(self) -> dict[str, Any]:
         return to_plain(self)
@@ -220,11 +221,20 @@ class ClusteringRef:
     id: int
     run_id: int
     layer: str
+    params: dict | None = None
+
+    @property
+    def layer_warning(self) -> str | None:
+        """The clustering's layer check as one warning line, when its layer does not separate the tubes."""
+        from conceptgen.cluster import LayerSeparation
+
+        check = (self.params or {}).get("layer_check")
+        return LayerSeparation.from_dict(check).warning() if check else None
 
 
-_LATEST_CLUSTERING = (select(Clustering.id, Clustering.run_id, Clustering.layer)
+_LATEST_CLUSTERING = (select(Clustering.id, Clustering.run_id, Clustering.layer, Clustering.params)
                       .where(Clustering.run_id == bindparam("run")).order_by(Clustering.id.desc()).limit(1))
-_CLUSTERING = select(Clustering.id, Clustering.run_id, Clustering.layer).where(Clustering.id == bindparam("clustering"))
+_CLUSTERING = select(Clustering.id, Clustering.run_id, Clustering.layer, Clustering.params).where(Clustering.id == bindparam("clustering"))
 _STATUS_COUNTS = (select(Cluster.status, func.count(Cluster.id))
                   .where(Cluster.clustering_id == bindparam("clustering")).group_by(Cluster.status))
 
@@ -240,7 +250,7 @@ def resolve_clustering(session: Session, run_id: int, clustering_id: int | None)
     rows = (_read(session, _LATEST_CLUSTERING, run=run_id) if clustering_id is None
             else _read(session, _CLUSTERING, clustering=int(clustering_id)))
     if rows and rows[0].run_id == run_id:
-        return ClusteringRef(rows[0].id, rows[0].run_id, rows[0].layer)
+        return ClusteringRef(rows[0].id, rows[0].run_id, rows[0].layer, rows[0].params)
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFoundError(f"run {run_id} does not exist; pick one from the runs page")
     if clustering_id is None:
@@ -279,7 +289,7 @@ def gallery(session: Session, run_id: int, *, clustering_id: int | None = None, 
         card.previews = previews[card.id]
     return GalleryPage(run_id=run_id, clustering_id=clustering.id, layer=clustering.layer, status=status,
                        sort=sort, page=page, n_pages=_pages(total, per_page), total=total,
-                       status_counts=counts, cards=cards)
+                       status_counts=counts, cards=cards, layer_warning=clustering.layer_warning)
 
 
 # --- cluster detail ------------------------------------------------------------

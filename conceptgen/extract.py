@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 DEFAULT_RENDER_MODE = "mask"  # keeps position and scale, so motion survives (benchmarks/discovery.py)
 PREVIEW_MAX_SIDE = 256
-# Fields of the run config that do not change results: excluded from the run's identity.
-RUNTIME_FIELDS = ("batch_size", "device")
+# Config fields left out of a run's identity: the model's weight fingerprint already says which weights.
+IDENTITY_EXCLUDED = ("pretrained",)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ExtractConfig:
 
     model: str = "demo"  # a registry.ModelSource: name, checkpoint, model card or package.module:function
     weights: str | None = None
+    pretrained: bool = False  # a registry model's published weights
     model_kwargs: dict | None = None
     input_spec: dict | None = None  # InputSpec.to_dict()
     class_names: tuple[str, ...] | None = None
@@ -84,7 +85,8 @@ class ExtractConfig:
         from conceptgen.segment import default_segmenter_names
 
         if source is not None:
-            kwargs.update(model=source.model, weights=source.weights, model_kwargs=source.model_kwargs,
+            kwargs.update(model=source.model, weights=source.weights, pretrained=source.pretrained,
+                          model_kwargs=source.model_kwargs,
                           input_spec=source.spec.to_dict() if source.spec else None,
                           class_names=source.class_names)
         if Path(kwargs.get("model", "")).is_file():  # a checkpoint or card: the same file from any folder
@@ -113,7 +115,7 @@ class ExtractConfig:
         """The model this config names, as a registry.ModelSource."""
         from conceptgen.registry import InputSpec, ModelSource
 
-        return ModelSource(self.model, weights=self.weights, model_kwargs=self.model_kwargs,
+        return ModelSource(self.model, weights=self.weights, pretrained=self.pretrained, model_kwargs=self.model_kwargs,
                            spec=InputSpec.from_dict(self.input_spec) if self.input_spec else None,
                            class_names=self.class_names)
 
@@ -181,6 +183,7 @@ class VideoTubes:
     tubes: list  # track.Tube
     embeddings: dict[str, np.ndarray]
     note: str | None = None
+    objectness: list = field(default_factory=list)  # objectness.TubeObjectness per tube
 
 
 DEFAULT_VIDEO_TIME_LIMIT = 1800.0  # seconds per video; past it the video is recorded as failed
@@ -231,7 +234,8 @@ def run_identity(config: ExtractConfig, model_fingerprint: str) -> str:
     through the model (conceptgen.capture.FORWARD_CONTRACT)."""
     from conceptgen.capture import FORWARD_CONTRACT
 
-    return sha256_json({"config": asdict(config), "model_fingerprint": model_fingerprint,
+    fields_ = {k: v for k, v in asdict(config).items() if k not in IDENTITY_EXCLUDED}
+    return sha256_json({"config": fields_, "model_fingerprint": model_fingerprint,
                         "forward": FORWARD_CONTRACT})
 
 
@@ -289,6 +293,7 @@ class VideoProcessor:
         from conceptgen.segment import optical_flow, run_segmenters
         from conceptgen.track import build_tubes
 
+        from conceptgen.objectness import score_tubes
         from conceptgen.track import tracking_work_units
 
         t = len(frames)
@@ -301,12 +306,17 @@ class VideoProcessor:
         with self.clock("track", total=tracking_work_units(detections)) as tick:
             tubes = build_tubes(frames, detections, flows=flows, observed=observed or None,
                                 min_length=min_length, tick=tick)
+        with self.clock("objectness", total=max(t - 1, 0) + len(tubes), unit="step") as tick:
+            objectness = score_tubes(tubes, flows, seed=self.config.seed, tick=tick) if tubes else []
         with self.clock("embed", total=len(tubes), unit="tube") as tick:
             embeddings = embed_clips(self.embedder, self._rendered(frames, tubes, tick),
                                      batch_size=self.batch_size) if tubes else {}
         n = self.loaded.spec.num_frames
-        note = f"short video: {t} frames < clip length {n}, frames repeated" if t < n else None
-        return VideoTubes(frames, tubes, embeddings, note)
+        notes = [f"short video: {t} frames < clip length {n}, frames repeated"] if t < n else []
+        if tubes and all(o.background for o in objectness):
+            notes.append(f"all {len(tubes)} tubes are background (large, static, edge-touching or weak-edged "
+                         "regions): no candidates from this video")
+        return VideoTubes(frames, tubes, embeddings, "; ".join(notes) or None, objectness)
 
     def _rendered(self, frames: np.ndarray, tubes: list, tick: Callable[[int], None]) -> Iterator[np.ndarray]:
         for tube in tubes:
@@ -459,6 +469,26 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     return report
 
 
+DEMO_MODEL_ON_REAL_VIDEO = (
+    "the demo model knows only the synthetic shapes of `conceptgen synth` and cannot tell tubes of real video "
+    "apart; on your videos use a registry model with its weights (--model x3d_s --pretrained where the network "
+    "allows, or --model r3d_18 --weights r3d_18.pth), or your own model (--model package.module:function "
+    "--weights PATH, or a model card; see 'Your own model' in the README); pass --model demo to use it anyway")
+
+
+def check_default_model_fits(workspace: Workspace, selector: str = "all") -> None:
+    """Raises ConfigError when extraction without a model would run the demo model on
+    videos that are not from a synthetic set (it has only seen 32-px synthetic shapes)."""
+    from conceptgen.synth import is_synthetic_video
+
+    with workspace.session() as s:
+        paths = [v.path for v in select_videos(s, selector)]
+    real = [p for p in paths if not is_synthetic_video(p)]
+    if real:
+        raise ConfigError(f"{len(real)} of {len(paths)} videos are not synthetic (e.g. {Path(real[0]).name}): "
+                          + DEMO_MODEL_ON_REAL_VIDEO)
+
+
 def _check_worker_options(config: ExtractConfig, device: str) -> None:
     """Fails on options the workers would refuse, before any video is claimed."""
     from conceptgen.segment import build_segmenters
@@ -545,7 +575,7 @@ def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, second
     with workspace.session() as s:
         finish_claim(s, run_id, job.video_id, task.owner, status="done", n_tubes=len(result.tubes),
                      error=result.note, seconds=seconds)
-        for i, tube in enumerate(result.tubes):
+        for i, (tube, thing) in enumerate(zip(result.tubes, result.objectness, strict=True)):
             # Written before the commit; a retry writes identical bytes to the same name. The
             # claim makes this the only writer, so partial files there are a killed worker's.
             rel = preview_relpath(run_id, job.sha256, i)
@@ -558,6 +588,10 @@ def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, second
                        masks_rle=[encode_rle(m) for m in tube.masks],
                        boxes=[[float(v) for v in b] for b in tube.boxes],
                        area=float(tube.mean_area()), score=float(tube.score),
+                       objectness=float(thing.objectness), background=bool(thing.background),
+                       objectness_features={"motion": round(thing.motion, 4), "area": round(thing.area, 5),
+                                            "border_sides": round(thing.border_sides, 4),
+                                            "contrast": round(thing.contrast, 4)},
                        preview_path=rel, preview_sha256=sha256_file(workspace.media / rel))
             row.embeddings = [Embedding(layer=layer, pooling=pooling, render_mode=mode,
                                         dim=int(result.embeddings[layer][i].size), dtype="float16",

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -135,6 +136,11 @@ class Tube(Base):
     boxes: Mapped[list[list[float]]] = mapped_column(JSON)
     area: Mapped[float] = mapped_column(Float)  # mean mask area, fraction of the frame
     score: Mapped[float] = mapped_column(Float, default=1.0)
+    # conceptgen.objectness: a thing or background (walls, floors, water); background tubes
+    # are kept but left out of clustering unless asked. None/False: stored before the score existed.
+    objectness: Mapped[Optional[float]] = mapped_column(Float)
+    objectness_features: Mapped[Optional[dict[str, float]]] = mapped_column(JSON)
+    background: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     preview_path: Mapped[Optional[str]] = mapped_column(Text)  # relative to media/
     preview_sha256: Mapped[Optional[str]] = mapped_column(String(64))
 

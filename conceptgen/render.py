@@ -325,3 +325,26 @@ def highlight_full_video(frames: np.ndarray, tube_frames: Sequence[int], masks: 
         frame = fit_max_side(frames[f], max_side)
         out.append(_outline(frame, by_frame[f], colour, _thickness(frame)) if f in by_frame else frame.copy())
     return np.stack(out)
+
+
+def contact_sheet(tiles: Sequence[tuple[np.ndarray, np.ndarray, str]], *, columns: int = 6, tile_side: int = 200,
+                  colour: Sequence[int] = OUTLINE_RGB) -> np.ndarray:
+    """A grid of outlined regions for a person to look at.
+
+    ``tiles``: ``(frame (H, W, 3) uint8, mask (H, W) bool, caption)``; each frame is fitted
+    into ``tile_side`` pixels with its region outlined and the caption written under it.
+    -> ``(rows * (tile_side + 18), columns * tile_side, 3)`` uint8 RGB.
+    """
+    caption_h = 18
+    rows = max(1, -(-len(tiles) // columns))
+    sheet = np.full((rows * (tile_side + caption_h), columns * tile_side, 3), 255, np.uint8)
+    for i, (frame, mask, caption) in enumerate(tiles):
+        small = fit_max_side(frame, tile_side)
+        small_mask = cv2.resize(mask.astype(np.uint8), (small.shape[1], small.shape[0]),
+                                interpolation=cv2.INTER_NEAREST).astype(bool)
+        tile = _outline(small, small_mask, colour, _thickness(small))
+        y, x = (i // columns) * (tile_side + caption_h), (i % columns) * tile_side
+        sheet[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+        cv2.putText(sheet, caption[:34], (x + 3, y + tile_side + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return sheet

@@ -367,3 +367,20 @@ def test_highlighted_source_video_is_rendered_once_and_served(app, alice):
     again = alice.get(f"/tubes/{tube_id}/highlight")
     assert again.location == first.location and out.stat().st_mtime_ns == made
     assert alice.get("/tubes/999999/highlight").status_code == 404
+
+
+def test_gallery_warns_when_the_clustered_layer_does_not_separate_the_tubes(app, alice):
+    from conceptgen.orm import Clustering
+
+    url = f"/runs/{app.seed.run_id}/clusters"
+    assert 'id="layer-warning"' not in alice.get(url).text  # a clustering made before the check: no banner
+    with app.extensions["conceptgen_workspace"].session() as s:
+        clustering = s.scalars(select(Clustering).where(Clustering.run_id == app.seed.run_id)).first()
+        clustering.params = {**clustering.params, "layer_check": {
+            "layer": "blocks.<1>", "n": 24, "spread": 0.001, "effective_rank": 1.0, "nn_ratio": 1.0,
+            "separates": False, "reason": "mean distance between tubes 0.001 < 0.02"}}
+    page = alice.get(url).text
+    banner = re.search(r'<div class="banner warn" role="alert" id="layer-warning">([^<]*)</div>', page)
+    assert banner and "layer blocks.&lt;1&gt; does not separate this run&#39;s 24 tubes" in banner.group(1)
+    assert "another layer" in banner.group(1) or "--layers" in banner.group(1)
+    assert alice.get(f"/api/runs/{app.seed.run_id}/clusters").json()["layer_warning"].startswith("layer blocks.<1>")

@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.set_defaults(handler=_ingest)
 
     p = sub.add_parser("extract", help="segment, track, embed and preview every video into a run (resumable)")
-    add_model_options(p, model_default="demo")
+    add_model_options(p, required=False)
     p.add_argument("--segmenter", default=None,
                    help="comma-separated: motion,supervoxel,sam (default motion,supervoxel; sam,motion with --sam-checkpoint)")
     p.add_argument("--sam-checkpoint", metavar="PATH")
@@ -39,7 +39,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("cluster", help="cluster a run's tube embeddings into candidate concepts")
     p.add_argument("--run", type=int, required=True, metavar="ID")
-    p.add_argument("--layer", default=None, help="layer to cluster (default: the run's first layer)")
+    p.add_argument("--layer", default=None,
+                   help="layer to cluster (default: the stored layer that separates the run's tubes best)")
+    p.add_argument("--include-background", action="store_true",
+                   help="also cluster tubes tagged background (large, static, edge-touching, weak-edged regions)")
     p.add_argument("--k", default="auto", help="'auto' (best silhouette) or a number of clusters")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-size", type=int, default=5, help="clusters smaller than this are marked unsupported")
@@ -81,8 +84,11 @@ def _ingest(args, ctx):
 
 
 def _extract(args, ctx):
-    from conceptgen.extract import ExtractConfig, extract
+    from conceptgen.extract import ExtractConfig, check_default_model_fits, extract
 
+    if args.run is None and args.model is None:  # no model named: the demo model, on synthetic videos only
+        check_default_model_fits(ctx.workspace, args.videos)
+        args.model = "demo"
     config = None if args.run is not None else ExtractConfig.from_options(
         source=model_source(args), segmenter=args.segmenter,
         sam_checkpoint=args.sam_checkpoint, sam_model=args.sam_model, layers=args.layers,
@@ -94,7 +100,22 @@ def _extract(args, ctx):
                          executor=executor, video_time_limit=args.video_time_limit or None)
     for line in report.summary_lines():
         ctx.echo(line)
+    _warn_layers(ctx, report.run_id)
     return 1 if report.n_failed and not report.n_done else 0
+
+
+def _warn_layers(ctx, run_id: int) -> None:
+    """One warning line per stored layer that does not separate the run's tubes."""
+    from conceptgen.cluster import check_run_layers
+    from conceptgen.errors import DataError
+
+    try:
+        checks = check_run_layers(ctx.workspace, run_id)
+    except DataError:
+        return
+    for check in checks:
+        if check.warning():
+            ctx.echo(f"warning: {check.warning()}")
 
 
 def _cluster(args, ctx):
@@ -102,9 +123,20 @@ def _cluster(args, ctx):
 
     k = args.k if args.k == "auto" else _int_option("--k", args.k)
     rep = cluster_run(ctx.workspace, args.run, layer=args.layer, k=k, seed=args.seed,
-                      min_size=args.min_size, min_videos=args.min_videos)
+                      min_size=args.min_size, min_videos=args.min_videos,
+                      include_background=args.include_background)
+    for check in rep.layer_checks:
+        ctx.echo(f"layer {check.layer}: {'separates' if check.separates else 'does NOT separate'} the tubes "
+                 f"({check.reason})")
+    if len(rep.layer_checks) > 1 and args.layer is None:
+        ctx.echo(f"clustering at {rep.layer}, the layer that separates best (choose another with --layer)")
+    if rep.separation is not None and rep.separation.warning():
+        ctx.echo(f"warning: {rep.separation.warning()}")
+    background = (f", {rep.n_background} background tubes left out (--include-background keeps them)"
+                  if rep.n_background else "")
     ctx.echo(f"clustering {rep.clustering_id}: run {rep.run_id}, layer {rep.layer}, {rep.n_tubes} tubes, "
-             f"k={rep.k}, {rep.n_supported} supported")
+             f"k={rep.k}, {rep.n_supported} supported{background}")
+    ctx.echo("cohesion: 1 = identical members, 0 = as loose as two random tubes of the run")
     ctx.echo(f"{'cluster':>7} {'size':>5} {'videos':>6} {'cohesion':>8} {'outliers':>8} supported")
     for c in rep.clusters:
         ctx.echo(f"{c.label:>7} {len(c.members):>5} {c.n_videos:>6} {c.cohesion:>8.3f} "

@@ -27,7 +27,6 @@ def register(sub) -> None:
     p.add_argument("--layers", metavar="NAME", default=None,
                    help="print the layer names of model NAME; [pooled] marks layers after global pooling")
     add_model_options(p, model_flag=False)
-    p.add_argument("--pretrained", action="store_true", help="download NAME's pretrained weights")
     p.set_defaults(handler=_models)
 
 

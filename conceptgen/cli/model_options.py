@@ -15,6 +15,8 @@ def add_model_options(p, *, model_flag: bool = True, model_default: str | None =
                             + ("" if required or model_default else " (required)"))
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="a state_dict for the model (a sidecar PATH.json with spec/class_names is read)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="a registry model's published weights (downloaded where the network allows)")
     p.add_argument("--model-kwargs", default=None, metavar="JSON",
                    help="keyword arguments for the model's builder, e.g. '{\"model_depth\": 18}'")
     p.add_argument("--input-spec", default=None, metavar="JSON",

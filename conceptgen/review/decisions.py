@@ -442,7 +442,7 @@ def _rerank(session: Session, cluster: Cluster, members: list[ClusterMember],
             vectors: np.ndarray | None = None) -> None:
     """Re-rank members around their centroid (distances, outliers, cohesion) with the
     engine's own statistics; without stored embeddings, keep distances and re-rank."""
-    from conceptgen.cluster import l2_normalise, summarise_clusters
+    from conceptgen.cluster import clustering_spread, l2_normalise, summarise_clusters
 
     kept = [m for m in members if not m.excluded]
     if vectors is None:
@@ -456,8 +456,9 @@ def _rerank(session: Session, cluster: Cluster, members: list[ClusterMember],
         return
     video_of = dict(session.execute(select(Tube.id, Tube.video_id).where(Tube.id.in_([m.tube_id for m in kept]))).all())
     video_ids = np.array([video_of[m.tube_id] for m in kept])
+    spread = clustering_spread(session.get(Clustering, cluster.clustering_id).params)
     stats = summarise_clusters(l2_normalise(vectors), np.zeros(len(kept), dtype=np.int64), video_ids,
-                               min_size=1, min_videos=1)[0]
+                               min_size=1, min_videos=1, spread=spread)[0]
     for rank, (row, dist, out) in enumerate(zip(stats.members, stats.distances, stats.outliers)):
         m = kept[int(row)]
         m.rank, m.distance, m.is_outlier = rank, float(dist), bool(out)
