@@ -240,6 +240,7 @@ def test_failed_logins_are_slowed_then_refused_with_429_and_a_correct_login_afte
     assert actions == ["login-failed", "login-throttled", "login-throttled", "login-throttled", "login-failed"]
 
 
+@pytest.mark.parametrize("review_backend", ["sqlite", "postgresql"], indirect=True)
 def test_the_throttle_is_shared_by_worker_apps_through_the_database(review_ws):
     """Two apps with their own engines on one database, as two worker processes have."""
     ws, _ = review_ws
@@ -294,6 +295,7 @@ def test_a_password_change_ends_open_sessions(review_ws):
     assert _login(client, password="a-new-password").status_code == 302 and client.get("/api/runs").status_code == 200
 
 
+@pytest.mark.parametrize("review_backend", ["sqlite", "postgresql"], indirect=True)
 def test_a_removed_user_is_logged_out_and_their_decisions_stay_audited(review_ws):
     ws, info = review_ws
     app = _app(ws, Clock())
