@@ -120,15 +120,34 @@ def login_throttle(wrong: int) -> dict:
             answers = [attempt(port, f"wrong-password-{i}") for i in range(wrong)]
             seconds = time.perf_counter() - start
             right = attempt(port, "correct-horse")
+            waited = int(right.headers.get("Retry-After", 0))
+            time.sleep(waited)
+            after_wait = attempt(port, "correct-horse")
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     codes = [r.status_code for r in answers]
     return {"wrong_codes": dict(Counter(codes)), "first_429_at": codes.index(429) + 1 if 429 in codes else None,
             "retry_after_last_s": int(answers[-1].headers.get("Retry-After", 0)),
-            "right_password_code": right.status_code, "wrong_seconds": round(seconds, 2),
+            "right_password_code": right.status_code, "waited_s": waited,
+            "right_password_after_wait_code": after_wait.status_code, "wrong_seconds": round(seconds, 2),
             "headers": {k: headers.get(k) for k in ("X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy",
                                                      "Content-Security-Policy")}}
+
+
+def patient_guesses(horizon_s: float) -> int:
+    """Failures one user name can collect in ``horizon_s`` under the default policy, for a
+    guesser who tries again the moment each wait ends (the pure policy, no server)."""
+    from datetime import datetime, timedelta
+
+    from conceptgen.review.throttle import ThrottlePolicy, wait_seconds
+
+    policy, now, failures = ThrottlePolicy(), datetime(2026, 1, 1), []
+    end = now + timedelta(seconds=horizon_s)
+    while now < end:
+        failures.append(now)
+        now += timedelta(seconds=max(wait_seconds(failures, now, policy), 0.1))
+    return len(failures)
 
 
 def main() -> dict:
@@ -145,7 +164,13 @@ def main() -> dict:
     result.update(login_throttle(args.wrong))
     print(f"{args.wrong} wrong passwords for one user in {result['wrong_seconds']} s: {result['wrong_codes']} "
           f"(first 429 at try {result['first_429_at']}, last Retry-After {result['retry_after_last_s']} s); "
-          f"then the right password: {result['right_password_code']}")
+          f"then the right password: {result['right_password_code']}, and after waiting "
+          f"{result['waited_s']} s: {result['right_password_after_wait_code']}")
+    result["guesses_per_name_first_hour"] = patient_guesses(3600)
+    result["guesses_per_name_first_day"] = patient_guesses(86400)
+    print(f"a guesser that always waits exactly Retry-After (default limits, simulated with wait_seconds): "
+          f"{result['guesses_per_name_first_hour']} guesses per user name in the first hour, "
+          f"{result['guesses_per_name_first_day']} in the first day")
     print("headers:", result["headers"])
     return result
 

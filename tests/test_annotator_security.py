@@ -203,9 +203,15 @@ def test_wait_grows_by_doubling_then_locks_and_ends():
     assert waits == [1, 2, 4, 600]
     assert wait_seconds(failures, failures[-1] + timedelta(seconds=599), policy) == 1
     assert wait_seconds(failures, failures[-1] + timedelta(seconds=600), policy) == 0
-    assert wait_seconds(failures, failures[-1] + timedelta(days=1), policy) == 0  # all outside the window
+    again = failures + [failures[-1] + timedelta(seconds=600)]  # one more guess once the lockout ends ...
+    assert wait_seconds(again, again[-1], policy) == 600  # ... locks again: the earlier ones still count
+    assert wait_seconds(again, again[-1] + timedelta(hours=2), policy) == 0
+    later = failures + [failures[-1] + timedelta(seconds=3600)]  # a failure after the window counts alone
+    assert wait_seconds(later, later[-1], policy) == 0
     with pytest.raises(ConfigError, match="lock-after"):
         ThrottlePolicy(slow_after=5, lock_after=4)
+    with pytest.raises(ConfigError, match="window"):
+        ThrottlePolicy(lockout_s=600, window_s=300)
 
 
 def test_failed_logins_are_slowed_then_refused_with_429_and_a_correct_login_after_the_wait_works(review_ws):

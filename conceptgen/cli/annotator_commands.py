@@ -31,13 +31,16 @@ def register(sub) -> None:
     p.add_argument("--proxies", type=int, default=0,
                    help="reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix to trust (default 0)")
     p.add_argument("--login-slow-after", type=int, default=DEFAULT_LIMITS.slow_after,
-                   help="failed logins per user name (within the lockout time) after which each further try "
+                   help="failed logins per user name (within the window) after which each further try "
                         f"waits 1, 2, 4 ... s (default {DEFAULT_LIMITS.slow_after}; per address {ADDRESS_FACTOR}x)")
     p.add_argument("--login-lock-after", type=int, default=DEFAULT_LIMITS.lock_after,
                    help="failed logins per user name after which tries are refused for the lockout time "
                         f"(default {DEFAULT_LIMITS.lock_after}; per address {ADDRESS_FACTOR}x)")
     p.add_argument("--login-lockout-minutes", type=float, default=DEFAULT_LIMITS.lockout_s / 60,
-                   help=f"the lockout, and how long failures count (default {DEFAULT_LIMITS.lockout_s / 60:g})")
+                   help=f"how long a locked name or address waits (default {DEFAULT_LIMITS.lockout_s / 60:g})")
+    p.add_argument("--login-window-minutes", type=float, default=DEFAULT_LIMITS.window_s / 60,
+                   help="failures count while they lie within this time before the latest one "
+                        f"(default {DEFAULT_LIMITS.window_s / 60:g})")
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("user", help="manage annotator accounts")
@@ -66,7 +69,7 @@ def _serve(args, ctx):
     from conceptgen.review.throttle import LoginLimits
 
     per_name = ThrottlePolicy(slow_after=args.login_slow_after, lock_after=args.login_lock_after,
-                              lockout_s=args.login_lockout_minutes * 60)
+                              lockout_s=args.login_lockout_minutes * 60, window_s=args.login_window_minutes * 60)
     settings = ServerSettings(session_idle_minutes=args.session_idle_minutes, https=args.https,
                               proxies=args.proxies, login=LoginLimits(per_name, per_name.scaled(ADDRESS_FACTOR)))
     serve(ctx.workspace, host=args.host, port=args.port, threads=args.threads,

@@ -29,22 +29,24 @@ ADDRESS_FACTOR = 4  # an address may fail this many times more often than a name
 
 @dataclass(frozen=True)
 class ThrottlePolicy:
-    """Failures count when they lie within ``lockout_s`` before the latest one. From
+    """Failures count when they lie within ``window_s`` before the latest one. From
     ``slow_after`` of them on, the next try must wait 1 s after the latest failure,
     then 2, 4, 8 ... s ("slowed"); from ``lock_after`` on, it must wait ``lockout_s``
-    ("refused for a while"). A correct login clears the user name's failures."""
+    ("refused for a while"), and each failure after a lockout, while the earlier ones
+    still count, starts another. A correct login clears the user name's failures."""
 
     slow_after: int = 5
     lock_after: int = 10
     lockout_s: float = 900.0
+    window_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.slow_after <= self.lock_after:
             raise ConfigError(f"login throttling needs 1 <= slow-after ({self.slow_after}) <= lock-after "
                               f"({self.lock_after}); change --login-slow-after or --login-lock-after")
-        if self.lockout_s <= 0:
-            raise ConfigError(f"the login lockout must be positive, not {self.lockout_s:g} s; "
-                              "change --login-lockout-minutes")
+        if not 0 < self.lockout_s <= self.window_s:
+            raise ConfigError(f"login throttling needs 0 < lockout ({self.lockout_s / 60:g} min) <= window "
+                              f"({self.window_s / 60:g} min); change --login-lockout-minutes or --login-window-minutes")
 
     def scaled(self, factor: int) -> "ThrottlePolicy":
         """The same policy allowing ``factor`` times as many failures (for a shared address)."""
@@ -62,8 +64,8 @@ class LoginLimits:
     @property
     def window(self) -> timedelta:
         """How far back failures can still matter: a wait ends at most one lockout after
-        the latest failure, and counts reach one lockout further back."""
-        return timedelta(seconds=2 * max(self.name.lockout_s, self.address.lockout_s))
+        the latest failure, and counts reach one window further back."""
+        return timedelta(seconds=max(p.lockout_s + p.window_s for p in (self.name, self.address)))
 
 
 class LoginThrottledError(ConceptgenError):
@@ -86,7 +88,7 @@ def wait_seconds(failures: Sequence[datetime], now: datetime, policy: ThrottlePo
     if not failures:
         return 0.0
     last = max(failures)
-    n = sum(1 for t in failures if last - t < timedelta(seconds=policy.lockout_s))  # counted back from the latest
+    n = sum(1 for t in failures if last - t < timedelta(seconds=policy.window_s))  # counted back from the latest
     if n < policy.slow_after:
         return 0.0
     delay = policy.lockout_s if n >= policy.lock_after else min(2.0 ** (n - policy.slow_after), policy.lockout_s)
