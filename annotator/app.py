@@ -48,21 +48,23 @@ def load_secret_key(workspace: Workspace) -> str:
 
 
 def _create_key_file(path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{SECRET_FILE}.", dir=path.parent)  # mode 0600
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd, tmp = tempfile.mkstemp(prefix=f".{SECRET_FILE}.", dir=path.parent)  # mode 0600
         try:
-            os.link(tmp, path)  # atomic, and never replaces a key another process already made
-        except FileExistsError:
-            pass
-        except OSError as err:
-            raise ConfigError(f"cannot create the annotator's secret key {path} ({err.strerror}); "
-                              f"write {MIN_KEY_CHARS * 2} random hex characters into it yourself, mode 0600") from None
-    finally:
-        os.unlink(tmp)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # atomic, and never replaces a key another process already made
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    except OSError as err:  # full disk, read-only folder, a filesystem without hard links
+        raise ConfigError(f"cannot create the annotator's secret key {path} ({err.strerror or err}); free or fix "
+                          f"the workspace folder, or write {MIN_KEY_CHARS * 2} random hex characters into that "
+                          "file yourself (mode 0600)") from None
 
 
 def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] | None = None,

@@ -190,7 +190,7 @@ def _wait_for_block(driver, what: str) -> list[str]:
         seen.extend(_blocked_by_csp(driver))
         return [m for m in seen if what in m]
 
-    return _wait(reported, timeout=15, what=f"the browser to report a blocked {what}")
+    return _wait(reported, what=f"the browser to report a blocked {what}")
 
 
 def _framer(target: str):
