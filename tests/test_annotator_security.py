@@ -74,14 +74,16 @@ def _start_many(base: str, barrier, results, index: int) -> None:
 
 def test_many_workers_starting_at_once_all_get_the_one_complete_key(tmp_path):
     ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(KEY_PROCESSES), ctx.Manager().dict()
-    procs = [ctx.Process(target=_start_many, args=(str(tmp_path), barrier, results, i))
-             for i in range(KEY_PROCESSES)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    with ctx.Manager() as manager:
+        barrier, shared = ctx.Barrier(KEY_PROCESSES), manager.dict()
+        procs = [ctx.Process(target=_start_many, args=(str(tmp_path), barrier, shared, i))
+                 for i in range(KEY_PROCESSES)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+            assert p.exitcode == 0
+        results = dict(shared)
     for trial in range(KEY_TRIALS):
         seen = {results[i][trial] for i in range(KEY_PROCESSES)}
         on_disk = (tmp_path / f"trial{trial}" / SECRET_FILE).read_text()
