@@ -315,6 +315,19 @@ class AuditLog(Base):
     user: Mapped[Optional[User]] = relationship()
 
 
+class LoginFailure(Base):
+    """One failed login (or one being checked): the login throttle's memory, in the
+    database so that every worker process and host sees the same counts. Rows older
+    than the longest lockout are deleted as new ones arrive."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)  # as typed, cut to 100 characters
+    address: Mapped[str] = mapped_column(String(64), index=True)  # the client's IP address
+
+
 # --- TCAV -------------------------------------------------------------------
 class TcavExperiment(Base):
     __tablename__ = "tcav_experiments"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,18 +33,27 @@ def _require_browser():
     pytest.importorskip("selenium", reason="BROWSER TESTS NOT RUN: selenium is not installed")
 
 
+@contextmanager
+def _serving(app):
+    """``app`` under waitress on 127.0.0.1 with a random free port, in a thread: its base URL."""
+    from waitress import create_server
+
+    srv = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.effective_port}"
+    finally:
+        srv.close()
+        thread.join(timeout=10)
+
+
 @pytest.fixture
 def server(review_ws):
     """The app under waitress on 127.0.0.1 with a random free port, in a thread."""
-    from waitress import create_server
-
     ws, info = review_ws
-    srv = create_server(create_app(ws), host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.effective_port}", ws, info
-    srv.close()
-    thread.join(timeout=10)
+    with _serving(create_app(ws)) as base:
+        yield base, ws, info
 
 
 @pytest.fixture
@@ -59,12 +69,22 @@ def browser(tmp_path):
                  "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
                  f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}"):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, where CSP reports what it blocks
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
     driver.set_page_load_timeout(60)
     inner = driver.execute_script("return [window.innerWidth, window.innerHeight];")
     driver.set_window_size(2 * VIEWPORT[0] - inner[0], 2 * VIEWPORT[1] - inner[1])  # viewport, not window, is 1366x768
-    yield driver
-    driver.quit()
+    try:
+        yield driver
+        blocked = _blocked_by_csp(driver)  # every page a test visited satisfies the Content-Security-Policy
+        assert not blocked, f"the Content-Security-Policy blocked something the pages use: {blocked}"
+    finally:
+        driver.quit()
+
+
+def _blocked_by_csp(driver) -> list[str]:
+    """Console messages (since the last call) in which the Content-Security-Policy refused something."""
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
 
 
 def _wait(predicate, timeout=30.0, what="condition"):
@@ -125,6 +145,63 @@ def _tab_until(driver, css, limit=80):
         if driver.execute_script("return document.activeElement.matches(arguments[0]);", css):
             return presses
     raise AssertionError(f"{css} not reachable with {limit} Tab presses")
+
+
+@pytest.fixture
+def probe_sites(review_ws):
+    """The app with a page carrying an injected inline script (``/probe``), and another
+    site (its own port: another origin) whose page frames the app's login page.
+    Requested before ``browser``, so the browser quits (and drops its connections) first."""
+    ws, _ = review_ws
+    app = create_app(ws)
+    app.add_url_rule("/probe", "probe", lambda: '<!doctype html><title>probe</title><p id="p">static</p>'
+                                                '<script>document.title = "injected script ran"</script>'
+                                                '<script src="/static/app.js"></script>')
+    with _serving(app) as base, _serving(_framer(base + "/login")) as other_site:
+        yield base, other_site
+
+
+def test_the_content_security_policy_blocks_inline_script_and_framing_in_chromium(probe_sites, browser):
+    """What the policy is for, seen in the real browser: a script injected into a page does
+    not run, and another site cannot frame the annotator (clickjacking)."""
+    from selenium.webdriver.common.by import By
+
+    base, other_site = probe_sites
+    browser.get(base + "/probe")
+    _wait(lambda: browser.execute_script("return document.readyState === 'complete';"), what="the probe page")
+    assert browser.title == "probe"  # the inline script did not run; the page's own app.js did not break it
+    _wait_for_block(browser, "inline script")
+    browser.get(other_site + "/")
+    frames = {f.get_attribute("id"): f for f in browser.find_elements(By.TAG_NAME, "iframe")}
+    browser.switch_to.frame(frames["control"])  # a page that allows framing shows: frames load here
+    _wait(lambda: browser.find_elements(By.ID, "inside"), what="the frameable control page")
+    browser.switch_to.default_content()
+    _wait_for_block(browser, "frame-ancestors")
+    browser.switch_to.frame(frames["target"])
+    assert browser.find_elements(By.NAME, "username") == [], "another site framed the login page"
+    browser.switch_to.default_content()
+
+
+def _wait_for_block(driver, what: str) -> list[str]:
+    """Wait until the console reports a CSP block whose message mentions ``what``."""
+    seen: list[str] = []
+
+    def reported() -> list[str]:
+        seen.extend(_blocked_by_csp(driver))
+        return [m for m in seen if what in m]
+
+    return _wait(reported, what=f"the browser to report a blocked {what}")
+
+
+def _framer(target: str):
+    """A WSGI app for another site (another origin: its own port) that frames ``target``
+    next to a frameable page of its own."""
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/html")])
+        if environ["PATH_INFO"] == "/inside":
+            return [b'<p id="inside">a frameable page</p>']
+        return [f'<iframe id="control" src="/inside"></iframe><iframe id="target" src="{target}"></iframe>'.encode()]
+    return app
 
 
 def test_review_flow_in_chromium(server, browser):
