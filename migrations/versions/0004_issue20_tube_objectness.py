@@ -1,7 +1,7 @@
 """tube objectness: a score, its features and the background tag
 
-Revision ID: 0003_issue20
-Revises: 0002
+Revision ID: 0004_issue20
+Revises: 0003_issue26
 Create Date: 2026-12-06 05:00:00
 """
 from typing import Sequence, Union
@@ -10,8 +10,8 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision: str = '0003_issue20'
-down_revision: Union[str, None] = '0002'
+revision: str = '0004_issue20'
+down_revision: Union[str, None] = '0003_issue26'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
