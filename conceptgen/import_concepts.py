@@ -50,17 +50,23 @@ class ImportedClip:
 
 
 def import_concepts(workspace, source_dir: str | Path, *, user: str | None = None,
-                    min_clips: int = 2) -> ImportReport:
+                    min_clips: int = 2, plan_only: bool = False, rename: dict[str, str] | None = None,
+                    allow_new_labels: bool = False):
     """Import an export folder (has manifest.json), CVAT for video XML (a file or a folder
     of them: :mod:`conceptgen.cvat_import`) or a plain folder of clips.
 
     ``user`` is recorded as the importer; ``min_clips`` is the fewest valid clips a
-    plain-folder concept needs (an export is taken as it is)."""
+    plain-folder concept needs (an export is taken as it is). ``plan_only``, ``rename``
+    (old concept name -> label) and ``allow_new_labels`` are for CVAT XML only."""
     from conceptgen.cvat_import import import_cvat_video, is_cvat_video
 
     source = Path(source_dir)
     if is_cvat_video(source) and not (source / MANIFEST).is_file():
-        return import_cvat_video(workspace, source, user=user)
+        return import_cvat_video(workspace, source, user=user, plan_only=plan_only, rename=rename,
+                                 allow_new_labels=allow_new_labels)
+    if plan_only or rename or allow_new_labels:
+        raise ConfigError("--plan, --rename and --allow-new-labels apply to CVAT XML only; "
+                          f"{source} is not CVAT for video XML")
     if not source.is_dir():
         raise NotFoundError(f"{source} is not a folder; pass an export folder or a folder of "
                             "concept sub-folders with clips")
