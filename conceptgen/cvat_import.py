@@ -391,6 +391,10 @@ def _match_labels(s, tasks: list[CvatTask], rename: dict[str, str], allow_new: b
             raise ConfigError(f"--rename {old}={new}: a concept {new!r} exists already; retire it or pick another name")
     renamed_to = {new: old for old, new in rename.items()}
     declared = {label for task in tasks for label in (task.labels or [o.label for o in task.objects])}
+    for old, new in rename.items():
+        if new not in declared:
+            raise ConfigError(f"--rename {old}={new}: no file declares a label {new!r} (labels: "
+                              f"{', '.join(sorted(declared)) or 'none'})")
     out = {}
     for label in sorted(declared):
         if label in renamed_to:

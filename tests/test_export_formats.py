@@ -215,3 +215,23 @@ def test_readme_tool_commands_are_valid_cli_invocations():
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])
         assert callable(args.handler), command
+
+
+def test_readme_export_verify_import_commands_run(concept_ws, tmp_path, monkeypatch, capsys):
+    """The README's export, verify and import-concepts lines for FiftyOne and CVAT, run in
+    order on a workspace with approved concepts (the Python snippets run in test_readers)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Concepts in other tools", 1)[1].split("### Captum", 1)[0]
+    commands = [line.split("#")[0].strip() for block in re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
+                for line in block.splitlines() if line.startswith("conceptgen ")]
+    assert [c.split()[1] for c in commands] == ["export", "export", "verify", "import-concepts", "import-concepts"]
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        code, out, err = _run(capsys, "--workspace", concept_ws.root, *shlex.split(command)[1:])
+        assert code == 0, (command, err)
+    assert "ok:" in out or "imported 0 concept(s)" in out
+    assert (tmp_path / "exports" / "fo" / "manifest.json").is_file()

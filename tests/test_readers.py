@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -32,10 +33,21 @@ def reader_python(name: str) -> Path:
     return root / name / "bin" / "python"
 
 
-def run_reader(name: str, script: str, *args, env: dict | None = None) -> None:
+def run_reader(name: str, script: str, *args, cwd: Path, env: dict | None = None) -> str:
+    """Runs ``script`` with the reader's python in ``cwd``; its stdout."""
     done = subprocess.run([str(reader_python(name)), str(READERS / script), *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, **(env or {})))
+                          text=True, timeout=600, env=dict(os.environ, **(env or {})), cwd=cwd)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def readme_snippet(tmp_path: Path, module: str) -> Path:
+    """The README's ```python block that imports ``module``, as a file."""
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if f"import {module} as" in b]
+    path = tmp_path / f"readme_{module}.py"
+    path.write_text(block)
+    return path
 
 
 def add_rescaled_concept(ws, name: str, side: int) -> None:
@@ -72,10 +84,12 @@ def reader_ws(concept_ws):
 
 
 def test_datumaro_reads_the_whole_cvat_export_and_its_polygons_are_the_masks(reader_ws, tmp_path, capsys):
-    export_for_tool(reader_ws, "all-approved", tmp_path / "cvat", "cvat-video")
+    export_for_tool(reader_ws, "all-approved", tmp_path / "exports" / "cvat", "cvat-video")   # the README's path
     labels, _ = tube_labels(reader_ws, "all-approved")
     sizes = {task_stem(lb.video): [lb.video.width, lb.video.height] for lb in labels}
-    run_reader("datumaro", "read_datumaro.py", tmp_path / "cvat", json.dumps(sizes), tmp_path / "read")
+    out = run_reader("datumaro", "read_datumaro.py", tmp_path / "exports" / "cvat", json.dumps(sizes),
+                     tmp_path / "read", readme_snippet(tmp_path, "datumaro"), cwd=tmp_path)
+    assert out.splitlines()[0] == f"{8 * len(sizes)} {sorted(sizes)}"   # the README's snippet: 8 frames per task
 
     read = json.loads((tmp_path / "read" / "shapes.json").read_text())
     masks = np.load(tmp_path / "read" / "masks.npz")
@@ -103,14 +117,17 @@ def test_datumaro_reads_the_whole_cvat_export_and_its_polygons_are_the_masks(rea
 
 
 def test_fiftyone_loads_the_export_and_draws_every_mask_on_the_tubes_pixels(reader_ws, tmp_path, capsys):
-    export_for_tool(reader_ws, "all-approved", tmp_path / "fo", "fiftyone")
+    export_for_tool(reader_ws, "all-approved", tmp_path / "exports" / "fo", "fiftyone")   # the README's path
     labels, _ = tube_labels(reader_ws, "all-approved")
     by_tube = {lb.tube_id: lb for lb in labels}
-    index = json.loads((tmp_path / "fo" / "manifest.json").read_text())["index"]
+    index = json.loads((tmp_path / "exports" / "fo" / "manifest.json").read_text())["index"]
     sizes = {Path(e["data"]).name: next([lb.video.width, lb.video.height] for lb in labels
                                         if task_stem(lb.video) == Path(e["data"]).stem) for e in index}
-    run_reader("fiftyone", "read_fiftyone.py", tmp_path / "fo", json.dumps(sizes), tmp_path / "read",
-               env={"FIFTYONE_DATABASE_DIR": str(tmp_path / "fiftyone-db"), "FIFTYONE_DO_NOT_TRACK": "true"})
+    out = run_reader("fiftyone", "read_fiftyone.py", tmp_path / "exports" / "fo", json.dumps(sizes), tmp_path / "read",
+                     readme_snippet(tmp_path, "fiftyone"), cwd=tmp_path,
+                     env={"FIFTYONE_DATABASE_DIR": str(tmp_path / "fiftyone-db"), "FIFTYONE_DO_NOT_TRACK": "true"})
+    n_detections = sum(len(lb.frames) for lb in labels)
+    assert f"{len(index)} {n_detections}" in out.splitlines()   # the README's snippet
 
     read = json.loads((tmp_path / "read" / "detections.json").read_text())
     drawn = np.load(tmp_path / "read" / "masks.npz")

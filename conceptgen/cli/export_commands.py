@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--format", default="native", choices=("native", "fiftyone", "cvat-video"),
                    help="native (default: rendered clips + manifest), fiftyone (FiftyOneVideoLabelsDataset: "
                         "source videos with per-frame detections, the tube id as track index) or cvat-video "
-                        "(CVAT for video 1.1 XML with box and mask tracks, one task folder per video)")
+                        "(CVAT for video 1.1 XML with box and polygon tracks, one task folder per video)")
     p.add_argument("--no-masks", action="store_true", help="fiftyone / cvat-video: boxes only")
     p.set_defaults(handler=_export)
 
@@ -32,7 +32,7 @@ def register(sub) -> None:
     p = sub.add_parser("import-concepts",
                        help="import an export folder, CVAT for video 1.1 XML (tracks become a new version of "
                             "each concept), or a folder with one sub-folder of clips per concept")
-    p.add_argument("dir", help="export folder (has manifest.json), a CVAT annotations.xml or folder of them, "
+    p.add_argument("dir", help="export folder (has manifest.json), a CVAT for video 1.1 .xml or folder of them, "
                                "or a folder of concept sub-folders")
     p.add_argument("--user", default=None, help="record this existing user as the importer")
     p.add_argument("--min-clips", type=int, default=2,

@@ -2,7 +2,7 @@
 reads the whole export folder in one call; every shape is written out, each polygon also
 rasterised by Datumaro's own mask tools.
 
-    python read_datumaro.py EXPORT_DIR SIZES_JSON OUT_DIR
+    python read_datumaro.py EXPORT_DIR SIZES_JSON OUT_DIR [README_SNIPPET]
 SIZES_JSON: {"<subset>": [width, height]}. Writes OUT_DIR/shapes.json and OUT_DIR/masks.npz."""
 import json
 import sys
@@ -13,6 +13,8 @@ import datumaro as dm
 from datumaro.util.mask_tools import rles_to_mask
 
 export, sizes, out = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
+if len(sys.argv) > 4:   # the README's snippet for this reader, run first as a user would
+    exec(compile(Path(sys.argv[4]).read_text(), "README.md", "exec"), {})
 dataset = dm.Dataset.import_from(str(export), "cvat")
 labels = dataset.categories()[dm.AnnotationType.label]
 shapes, masks = [], {}

