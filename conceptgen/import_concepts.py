@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from conceptgen.errors import ConceptgenError, ConfigError, DataError, NotFoundError
-from conceptgen.export import MANIFEST, SkippedItem, read_manifest
+from conceptgen.export import MANIFEST, SkippedItem, export_kind, read_manifest
 from conceptgen.hashing import sha256_file
 from conceptgen.orm import AuditLog, Concept, ConceptExample, ConceptVersion, User
 from conceptgen.progress import progress
@@ -71,6 +71,9 @@ def import_concepts(workspace, source_dir: str | Path, *, user: str | None = Non
         raise NotFoundError(f"{source} is not a folder; pass an export folder or a folder of "
                             "concept sub-folders with clips")
     if (source / MANIFEST).is_file():
+        if export_kind(source) == "fiftyone":
+            raise ConfigError(f"{source} is a FiftyOne export, which conceptgen does not read back; import a "
+                              "native export or CVAT for video XML")
         return import_export(workspace, source, user=user)
     return import_clip_folders(workspace, source, user=user, min_clips=min_clips)
 

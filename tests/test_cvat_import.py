@@ -317,3 +317,6 @@ def test_plan_and_rename_flags_are_for_cvat_only(concept_ws, tmp_path):
     (tmp_path / "clips" / "a").mkdir(parents=True)
     with pytest.raises(ConfigError, match="apply to CVAT XML only"):
         import_concepts(concept_ws, tmp_path / "clips", plan_only=True)
+    export_for_tool(concept_ws, "all-approved", tmp_path / "fo", "fiftyone")
+    with pytest.raises(ConfigError, match="is a FiftyOne export"):
+        import_concepts(concept_ws, tmp_path / "fo")
