@@ -31,7 +31,6 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from sqlalchemy import func, select
@@ -41,7 +40,7 @@ from conceptgen.errors import ConfigError, NotFoundError
 from conceptgen.export import SkippedItem
 from conceptgen.export_formats import (CVAT_VERSION, SourceVideo, TubeLabel, cvat_rle_decode, cvat_source)
 from conceptgen.hashing import sha256_bytes, sha256_file
-from conceptgen.masks import decode_rle, encode_rle, mask_box, mask_outline, outline_mask, shift_mask
+from conceptgen.masks import encode_rle, mask_box, mask_outline, outline_mask, shift_mask
 from conceptgen.tubes import TubeRecord
 
 CVAT_RUN_MODEL = "cvat-import"

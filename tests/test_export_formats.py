@@ -5,15 +5,12 @@ tests/test_readers.py; CVAT tracks come back in tests/test_cvat_import.py."""
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
 from conceptgen.cli import main
-from conceptgen.concepts import load_concept_records
 from conceptgen.export import verify_export
 from conceptgen.export_formats import (cvat_rle, cvat_rle_decode, eta_mask_decode, export_for_tool, relative_corner,
                                        tube_labels)
