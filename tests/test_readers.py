@@ -17,7 +17,8 @@ import pytest
 from conceptgen.export_formats import export_for_tool, task_stem, tube_labels
 from conceptgen.masks import encode_rle, mask_box, mask_iou, resize_mask
 
-pytestmark = pytest.mark.slow
+# slow; and the first run outside CI installs the readers (minutes; .ci/run does it before the suite)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
 READERS = Path(__file__).resolve().parent / "readers"
