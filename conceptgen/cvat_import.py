@@ -41,6 +41,7 @@ from conceptgen.export import SkippedItem
 from conceptgen.export_formats import (CVAT_VERSION, SourceVideo, TubeLabel, cvat_rle_decode, cvat_source)
 from conceptgen.hashing import sha256_bytes, sha256_file
 from conceptgen.masks import encode_rle, mask_box, mask_outline, outline_mask, shift_mask
+from conceptgen.progress import progress
 from conceptgen.tubes import TubeRecord
 
 CVAT_RUN_MODEL = "cvat-import"
@@ -352,7 +353,7 @@ def import_cvat_video(workspace, path: str | Path, *, user: str | None = None, p
     if not files:
         raise NotFoundError(f"no CVAT XML at {path}: pass a CVAT for video 1.1 .xml or a folder of them")
     report = CvatImportReport(path)
-    tasks = [parse_cvat_video(file) for file in files]
+    tasks = [parse_cvat_video(file) for file in progress(files, desc="read CVAT XML", unit="file")]
     for task in tasks:
         report.ignored.update(task.ignored)
     with workspace.session() as s:
@@ -364,7 +365,7 @@ def import_cvat_video(workspace, path: str | Path, *, user: str | None = None, p
         for label, (concept_name, renamed_from, new) in sorted(names.items()):
             plans[label] = LabelPlan(concept_name, renamed_from, new)
         task_plans = []
-        for task in tasks:
+        for task in progress(tasks, desc="compare with the stored tubes", unit="task"):
             tp = _plan_task(s, task, names, plans, report)
             if tp is not None:
                 task_plans.append(tp)
