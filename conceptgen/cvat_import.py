@@ -392,6 +392,9 @@ def _match_labels(s, tasks: list[CvatTask], rename: dict[str, str], allow_new: b
     renamed_to = {new: old for old, new in rename.items()}
     declared = {label for task in tasks for label in (task.labels or [o.label for o in task.objects])}
     for old, new in rename.items():
+        if old in declared:
+            raise ConfigError(f"--rename {old}={new}: the files still declare the label {old!r}; rename it in "
+                              "CVAT (the project's labels) and export again, or drop --rename")
         if new not in declared:
             raise ConfigError(f"--rename {old}={new}: no file declares a label {new!r} (labels: "
                               f"{', '.join(sorted(declared)) or 'none'})")

@@ -203,6 +203,9 @@ def test_a_renamed_label_renames_its_concept(exported, capsys):
     with ws.session() as s:
         assert s.scalar(select(AuditLog.before).where(AuditLog.action == "rename")) == {"name": "actors"}
 
+    code, _out, err = _run(capsys, "--workspace", ws.root, "import-concepts", "--rename", "distractors=ghosts", folder)
+    assert code == 2 and "still declare the label 'distractors'" in err
+
     # an explicit --rename for a label that carries no tube ids (a track drawn anew)
     for file in files:
         file.write_text(file.read_text().replace("<name>distractors</name>", "<name>clutter</name>")
