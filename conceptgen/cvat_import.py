@@ -411,7 +411,8 @@ def _match_labels(s, tasks: list[CvatTask], rename: dict[str, str], allow_new: b
                 .join(ConceptExample, ConceptExample.concept_version_id == ConceptVersion.id)
                 .where(ConceptVersion.version == Concept.current_version,
                        ConceptExample.tube_id.in_([t for t in tubes if t is not None])))) if None not in tubes else set()
-            if len(owners) == 1 and next(iter(owners)) not in declared and tubes:
+            claimed = {v[1] for v in out.values()}
+            if len(owners) == 1 and next(iter(owners)) not in declared | claimed and tubes:
                 out[label] = (label, next(iter(owners)), False)   # the documented rename rule
             elif allow_new:
                 out[label] = (label, None, True)
