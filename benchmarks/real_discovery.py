@@ -81,10 +81,12 @@ def clip_rows(ws: Workspace, run_id: int) -> list[dict]:
     return rows
 
 
-def megapixel_frames(row: dict, max_side: int) -> float:
+def megapixel_frames(row: dict, max_side: int, max_frames: int | None) -> float:
+    """Processed megapixel-frames: the frames as the pipeline sees them (downscaled, maybe cut)."""
     w, h = row["size"]
     scale = min(1.0, max_side / max(w, h))
-    return (w * scale) * (h * scale) * row["frames"] / 1e6
+    frames = min(row["frames"], max_frames or row["frames"])
+    return (w * scale) * (h * scale) * frames / 1e6
 
 
 def contact_sheet(rows: list[dict], truth_names: set[str], out: Path, *, per_clip: int = 6) -> None:
@@ -100,14 +102,14 @@ def contact_sheet(rows: list[dict], truth_names: set[str], out: Path, *, per_cli
         if row["clip"] not in truth_names:
             continue
         ranked = sorted((t for t in row["tubes"] if not t[1]), key=lambda t: -t[2])
-        candidates = [r for r, _, _ in ranked][:per_clip]
-        wanted = [r.frame_indices[len(r.frame_indices) // 2] for r in candidates]
+        candidates = ranked[:per_clip]
+        wanted = [r.frame_indices[len(r.frame_indices) // 2] for r, _, _ in candidates]
         if not wanted:
             continue
         frames = dict(zip(wanted, read_frames(row["path"], indices=wanted, max_side=512)))
-        for record, f in zip(candidates, wanted):
+        for (record, _, objectness), f in zip(candidates, wanted):
             mask = record.mask(record.frame_indices.index(f))
-            tiles.append((frames[f], mask, f"{row['clip'][:22]} f{f} {record.kind}"))
+            tiles.append((frames[f], mask, f"{row['clip'][:16]} f{f} {record.kind[:6]} obj {objectness:.2f}"))
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), cv2.cvtColor(render_sheet(tiles, columns=per_clip), cv2.COLOR_RGB2BGR))
     print(f"contact sheet: {out} ({len(tiles)} tubes)")
@@ -122,6 +124,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".work" / "real_discovery")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="only the first N frames of each clip (a smoke run; the figures then mean little)")
     add_flag(parser)
     args = parser.parse_args(argv)
     truth = load_ground_truth(args.truth)
@@ -135,10 +139,10 @@ def main(argv=None) -> dict:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     stress = args.work / STRESS_CLIP
-    write_stress_clip(stress, 96 if args.quick else 300)
+    write_stress_clip(stress, min(96 if args.quick else 300, args.max_frames or 300))
     ws = Workspace.resolve(args.work / "ws")
     ingest(ws, [str(p) for p in clips] + [str(stress)])
-    config = ExtractConfig.from_options(model=args.model, seed=args.seed)
+    config = ExtractConfig.from_options(model=args.model, seed=args.seed, max_frames=args.max_frames)
     started = time.perf_counter()
     report = extract(ws, config)
     extract_seconds = time.perf_counter() - started
@@ -149,7 +153,7 @@ def main(argv=None) -> dict:
     print(f"\n{'clip':<32} {'status':<7} {'s':>6} {'s/MPf':>6} {'tubes':>5} {'cand':>5} {'recall':>6} "
           f"{'bg':>5} {'switch':>6}  missed")
     for row in rows:
-        row["s_per_mpf"] = row["seconds"] / max(megapixel_frames(row, config.max_side), 1e-9)
+        row["s_per_mpf"] = row["seconds"] / max(megapixel_frames(row, config.max_side, config.max_frames), 1e-9)
         candidates = [r for r, background, _ in row["tubes"] if not background]
         line = (f"{row['clip'][:32]:<32} {row['status']:<7} {row['seconds']:>6.1f} {row['s_per_mpf']:>6.2f} "
                 f"{len(row['tubes']):>5} {len(candidates):>5}")

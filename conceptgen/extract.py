@@ -67,7 +67,7 @@ class ExtractConfig:
     sam_checkpoint: str | None = None
     sam_model: str = "vit_b"
     keyframe_every: int = 4
-    min_tube_length: int = 4
+    min_tube_length: int = 8  # shorter tubes (< 0.3 s) were fragments on real clips (benchmarks/real_discovery.py)
     layers: tuple[str, ...] = ()  # empty: the model's default layer (see default_layers)
     pooling: str = "mean"
     render_mode: str = DEFAULT_RENDER_MODE

@@ -311,7 +311,7 @@ class SupervoxelSegmenter(Segmenter):
     name = "supervoxel"
 
     def __init__(self, *, segments_per_frame: int = 100, compactness: float = 10.0, merge_delta: float = 16.0,
-                 min_size_factor: float = 0.05, per_frame: bool = True, min_area_frac: float = 0.0015,
+                 min_size_factor: float = 0.05, per_frame: bool = True, min_area_frac: float = 0.003,
                  max_area_frac: float = 0.35, min_frames: int = 2, seed: int = 0):
         self.segments_per_frame = segments_per_frame
         self.compactness = compactness
