@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
-                        help="only the first N frames of each clip (a smoke run; the figures then mean little)")
+                        help="only the first N frames of each clip, scored against their labels (a smoke run)")
     add_flag(parser)
     args = parser.parse_args(argv)
     truth = load_ground_truth(args.truth)
@@ -158,6 +158,7 @@ def main(argv=None) -> dict:
         line = (f"{row['clip'][:32]:<32} {row['status']:<7} {row['seconds']:>6.1f} {row['s_per_mpf']:>6.2f} "
                 f"{len(row['tubes']):>5} {len(candidates):>5}")
         t = truth.get(row["clip"])
+        t = t.up_to(config.max_frames) if t is not None else None
         if t is not None and row["status"] == "done":
             recall_score = score_clip(t, [TubeBoxes.from_record(r.frame_indices, r.boxes, r.mask_size, row["size"])
                                           for r, _, _ in row["tubes"]])

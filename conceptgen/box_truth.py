@@ -57,6 +57,18 @@ class ClipTruth:
     def labelled_frames(self) -> set[int]:
         return {f for o in self.objects for f in o.boxes}
 
+    def up_to(self, num_frames: int | None) -> "ClipTruth":
+        """The truth of the clip's first ``num_frames`` frames (objects not labelled there dropped)."""
+        if num_frames is None:
+            return self
+        objects = tuple(TruthObject(o.id, o.category, {f: b for f, b in o.boxes.items() if f < num_frames}, o.part_of)
+                        for o in self.objects)
+        kept = {o.id for o in objects if o.boxes}
+        # a part whose person is not labelled in these frames stands on its own
+        objects = tuple(TruthObject(o.id, o.category, o.boxes, o.part_of if o.part_of in kept else None)
+                        for o in objects if o.id in kept)
+        return ClipTruth(self.clip, self.width, self.height, min(self.frames, num_frames), objects)
+
     def thing_of(self, object_id: str) -> str:
         """The top-level thing an object belongs to (a part's person, else itself)."""
         by_id = {o.id: o for o in self.objects}

@@ -383,4 +383,4 @@ def test_gallery_warns_when_the_clustered_layer_does_not_separate_the_tubes(app,
     banner = re.search(r'<div class="banner warn" role="alert" id="layer-warning">([^<]*)</div>', page)
     assert banner and "layer blocks.&lt;1&gt; does not separate this run&#39;s 24 tubes" in banner.group(1)
     assert "another layer" in banner.group(1) or "--layers" in banner.group(1)
-    assert alice.get(f"/api/runs/{app.seed.run_id}/clusters").json()["layer_warning"].startswith("layer blocks.<1>")
+    assert alice.get(f"/api/runs/{app.seed.run_id}/clusters").json["layer_warning"].startswith("layer blocks.<1>")

@@ -191,7 +191,7 @@ def test_bad_options_give_one_line_errors(tmp_path, demo_workspace, capsys):
 
 def test_a_video_past_its_time_budget_is_recorded_as_failed_and_the_batch_goes_on(tmp_path, demo_workspace, small_set):
     ws = workspace_with_demo(tmp_path / "ws", demo_workspace)
-    ingest(ws, [str(v.path) for v in small_set.videos])
+    ingest(ws, [str(v.video_path) for v in small_set.videos])
     # A budget no video can meet: every one stops at its first stage's first progress step.
     report = extract(ws, ExtractConfig.from_options(model="demo", seed=0), video_time_limit=1e-9)
     assert report.n_failed == len(small_set.videos) and report.n_done == 0
@@ -210,7 +210,7 @@ def test_progress_shows_each_stage_inside_a_video(tmp_path, demo_workspace, smal
     from conceptgen.progress import is_quiet, set_quiet
 
     ws = workspace_with_demo(tmp_path / "ws", demo_workspace)
-    ingest(ws, [str(small_set.videos[0].path)])
+    ingest(ws, [str(small_set.videos[0].video_path)])
     was_quiet = is_quiet()
     set_quiet(False)
     try:
@@ -218,7 +218,7 @@ def test_progress_shows_each_stage_inside_a_video(tmp_path, demo_workspace, smal
     finally:
         set_quiet(was_quiet)
     err = capsys.readouterr().err
-    name = Path(small_set.videos[0].path).name
+    name = Path(small_set.videos[0].video_path).name
     for stage in ("segment", "track", "objectness", "embed", "store"):
         assert f"{name}: {stage}" in err, stage
     ws.close()
