@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 import conceptgen
 from conceptgen.embed import POOLINGS, HookEmbedder, embed_clips, vector_to_blob
-from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
+from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError, StoreUnavailableError
 from conceptgen.hashing import sha256_file, sha256_json
 from conceptgen.ingest import select_videos
 from conceptgen.masks import encode_rle
@@ -360,6 +360,8 @@ class VideoWorker:
                                 stage_seconds=dict(self.clock_totals))
         except (ClaimLostError, sqlalchemy.exc.IntegrityError):
             return VideoOutcome(job.video_id, job.path, "lost", stage_seconds=dict(self.clock_totals))
+        except StoreUnavailableError:  # the database went away: no video's fault; the run stops
+            raise
         except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
             reason = str(err) if isinstance(err, ConceptgenError) else " ".join(f"{type(err).__name__}: {err}".split())
             _store_failure(task, job.video_id, reason, time.perf_counter() - t0)

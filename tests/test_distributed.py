@@ -154,6 +154,47 @@ def test_unreachable_database_is_one_clear_line(tmp_path, capsys):
     assert "secret" not in err  # the password is never printed
 
 
+def test_a_database_stopped_mid_extract_is_one_line_and_the_rerun_resumes(tmp_path, demo_workspace, small_videos,
+                                                                         capsys):
+    """A real PostgreSQL server stopped (as ``pg_ctl stop`` does) while `conceptgen extract`
+    stores videos: one error line naming the store without its password, a non-zero exit,
+    no traceback (the claim cleanup included); after a restart the same command finishes
+    the run with every video done once."""
+    import subprocess
+    import sys
+
+    from conceptgen.pgtemp import ThrowawayPostgres, server_bindir
+
+    if server_bindir() is None:
+        pytest.skip("NO POSTGRESQL: install the server (apt-get install postgresql); the store-outage test did not run")
+    with ThrowawayPostgres.start() as pg:
+        url = pg.create_database("outage").replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
+        ws = demo_ws(tmp_path / "ws", demo_workspace, url)
+        ingest(ws, [small_videos])
+        cli = ["--quiet", "--workspace", str(ws.root), "--db-url", url, "extract", "--seed", "0", "--max-frames", "8"]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        driver = subprocess.Popen([sys.executable, "-m", "conceptgen", *cli], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+        done_at_stop = 0
+        while driver.poll() is None and done_at_stop < 1:
+            with ws.session() as s:
+                done_at_stop = s.scalar(select(func.count()).where(RunVideo.status == "done"))
+            time.sleep(0.02)
+        ws.close()
+        pg.halt()
+        out, err = driver.communicate(timeout=300)
+        assert 1 <= done_at_stop < N_VIDEOS, (done_at_stop, out, err)  # the stop really interrupted the run
+        assert driver.returncode == 2, (out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: lost the database at postgresql+psycopg://postgres:"), err
+        assert "run the same command again to resume" in lines[0] and "hunter2" not in err
+        pg.resume()
+        assert main(cli) == 0  # the same command again (in this process: cheaper to start)
+        assert "(resumed)" in capsys.readouterr().out
+        assert_written_once(ws, N_VIDEOS)
+        ws.close()
+
+
 # --- claims: one video, one computation, on SQLite and PostgreSQL -----------------------
 def test_two_drivers_share_a_run_and_compute_each_video_once(tmp_path, demo_workspace, small_videos, db_url):
     """Two extract calls on one run at once (two drivers, own connections): every video
