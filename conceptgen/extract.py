@@ -141,6 +141,8 @@ class ExtractReport:
     n_skipped: int = 0  # already done before this call, or claimed by another driver
     n_discarded: int = 0  # computed, but another driver had taken the video over (nothing written)
     n_tubes: int = 0
+    lost_workers: int = 0  # Ray workers (or their nodes) that died during this call
+    n_retried: int = 0  # videos handed to another worker after theirs died
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video path, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (video path, note) for done videos
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -167,6 +169,9 @@ class ExtractReport:
         if self.n_discarded:
             lines.append(f"  {self.n_discarded} video(s) computed but discarded: another driver had taken "
                          "them over and stored them")
+        if self.lost_workers or self.n_retried:
+            lines.append(f"  {self.lost_workers} worker(s) lost (process or node died); {self.n_retried} video(s) "
+                         "retried on the other workers")
         lines += [f"  note: {p}: {n}" for p, n in self.notes]
         lines += [f"  failed: {p}: {r}" for p, r in self.failures]
         return lines
@@ -414,6 +419,7 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     todo, report.n_skipped = _videos_to_do(workspace, run_id, config.videos)
     if only_video_ids is not None:
         todo = [v for v in todo if v.id in set(only_video_ids)]
+    lost_before, retried_before = executor.lost_workers, executor.requeued  # counted over this call
     with ClaimKeeper(workspace) as owner:
         task = ExtractTask(workspace, run_id, config, batch_size, owner)
         jobs = _claimed_jobs(workspace, run_id, owner, todo, report)
@@ -422,6 +428,8 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
                        f"{'s' if executor.workers > 1 else ''})", unit="video")
         for _job, outcome in bar:
             report.add(outcome)
+    report.lost_workers = executor.lost_workers - lost_before
+    report.n_retried = executor.requeued - retried_before
     _finish_run(workspace, run_id)
     report.seconds = time.perf_counter() - started
     return report

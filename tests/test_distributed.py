@@ -98,7 +98,8 @@ def test_ray_cluster_with_a_killed_worker_node_equals_the_single_process_run(tmp
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-        executor = RayExecutor(cluster.address)
+        notices: list[str] = []
+        executor = RayExecutor(cluster.address, notify=notices.append)
         assert executor.workers == 2
         outcome: dict = {}
 
@@ -131,6 +132,9 @@ def test_ray_cluster_with_a_killed_worker_node_equals_the_single_process_run(tmp
     assert 1 <= done_at_kill < N_VIDEOS, state  # the kill really interrupted the run
     assert executor.lost_workers == 1 and executor.requeued >= 1, state  # the dead node's videos went elsewhere
     assert report.n_done == N_VIDEOS and report.n_failed == 0, state
+    assert report.lost_workers == 1 and report.n_retried == executor.requeued, state  # the summary counts them
+    assert any(line.startswith("  1 worker(s) lost") for line in report.summary_lines()), state
+    assert any(n.startswith("a Ray worker was lost") for n in notices), notices
     assert differences(run_signature(ws), run_signature(reference)) == []
     assert_written_once(ws, N_VIDEOS)
     for w in (reference, ws):
@@ -142,8 +146,47 @@ def test_unreachable_ray_address_is_one_clear_line(tmp_path, demo_workspace, cap
     code = main(["--workspace", str(ws.root), "extract", "--executor", "ray", "--address", "127.0.0.1:9"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: cannot reach the Ray cluster at 127.0.0.1:9") and err.count("\n") == 1
+    assert "nothing listens there" in err
     code = main(["--workspace", str(ws.root), "extract", "--address", "auto"])
     assert code == 2 and "--executor ray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("server", ["silent", "hangs-up"])
+def test_an_open_port_that_is_not_a_ray_head_fails_in_bounded_time(tmp_path, demo_workspace, capsys, server):
+    """A port that accepts connections but is not Ray (another server's: it stays silent, or
+    answers something else and hangs up) made ray.init hang; now one line after --connect-timeout."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed at the end of the test
+                return
+            if server == "hangs-up":
+                conn.sendall(b"E\x00\x00\x00\x08not ray\x00")
+                conn.close()
+            else:
+                accepted.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    ws = demo_ws(tmp_path / "ws", demo_workspace)
+    try:
+        code = main(["--workspace", str(ws.root), "extract", "--executor", "ray", "--address", address,
+                     "--connect-timeout", "2"])
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: cannot reach the Ray cluster at {address}: something listens there but did "
+                          "not answer as a Ray head within 2s")
+    import ray
+
+    assert not ray.is_initialized()  # nothing was joined or started
 
 
 def test_unreachable_database_is_one_clear_line(tmp_path, capsys):
@@ -319,11 +362,29 @@ def test_twenty_concurrent_reviewers_lose_no_update(tmp_path, db_url):
 
 
 # --- TCAV activations on Ray workers ---------------------------------------------------
-def test_tcav_activations_on_ray_workers_equal_the_in_process_ones(tcav_toy, tmp_path, monkeypatch):
+JOIN_RAY = """import sys
+from conceptgen.errors import ConceptgenError
+from conceptgen.ray_connection import connect_ray
+try:
+    connect_ray(sys.argv[1])
+except ConceptgenError as err:
+    sys.exit(f"{err}")
+"""
+
+
+def test_tcav_activations_on_a_private_ray_equal_the_in_process_ones(tcav_toy, tmp_path, monkeypatch):
     """The same ActivationStore, its batches run by two Ray workers: every activation and
-    gradient matches the in-process store's, and all are written once to the cache."""
+    gradient matches the in-process store's, and all are written once to the cache. The Ray
+    is the executor's private one: a stale `ray_current_cluster` (a stopped cluster's) is
+    ignored, no token file is left in the home folder, the workers say within the notice
+    time that they wait for CPUs another holder has, and a wrong token is one line."""
+    import subprocess
+    import sys
+    import tempfile
+
     import numpy as np
     import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     from conceptgen.executors import RayExecutor
     from tcav.activations import ActivationStore
@@ -333,17 +394,44 @@ def test_tcav_activations_on_ray_workers_equal_the_in_process_ones(tcav_toy, tmp
     examples = [Example.from_array(c) for c in class_clips("right", 10, seed=1)]
     here = ActivationStore(tmp_path / "here", tcav_toy, ["conv1", "conv2"], batch_size=3)
     here.ensure(examples, targets=[0])
+    ray_tmp = Path(tempfile.mkdtemp(prefix="cgray", dir="/tmp"))  # short: Ray's socket paths are limited
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing there any more
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    notices, holder = [], {}
+
+    def notify(message):  # the other holder lets go once the wait was reported
+        notices.append(message)
+        remove_placement_group(holder.pop("pg"))
+
     try:
-        with RayExecutor(workers=2) as executor:
+        with RayExecutor(workers=2, notice_after_s=1.0, notify=notify) as executor:
+            assert executor._started and ray.cluster_resources()["CPU"] == 2
+            holder["pg"] = placement_group([{"CPU": 2}])
+            ray.get(holder["pg"].ready())
             remote = ActivationStore(tmp_path / "ray", tcav_toy, ["conv1", "conv2"], batch_size=3, executor=executor)
             remote.ensure(examples, targets=[0])
             assert remote.computed == 10 and executor.workers == 2
             remote.ensure(examples, targets=[0])  # all cached now: nothing recomputed
             assert remote.computed == 10
+            address = ray.get_runtime_context().gcs_address
+            wrong = subprocess.run([sys.executable, "-c", JOIN_RAY, address], capture_output=True, text=True,
+                                   timeout=120,
+                                   env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token",
+                                        "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert not ray.is_initialized()  # the executor stopped what it started
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert len(notices) == 1 and notices[0].startswith("waiting for Ray resources: 2 of 2 workers cannot start yet")
+    assert "0 of 2 CPUs free" in notices[0]
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert wrong.stderr.startswith(f"cannot reach the Ray cluster at {address}: it uses token authentication")
+    assert "RAY_AUTH_MODE=token" in wrong.stderr
     for layer in ("conv1", "conv2"):
         np.testing.assert_allclose(remote.activations(examples, layer), here.activations(examples, layer),
                                    rtol=1e-5, atol=1e-6)
