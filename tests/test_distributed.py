@@ -340,24 +340,28 @@ def test_a_claim_of_a_dead_local_process_is_taken_at_once(claim_ws):
 
 # --- the annotator under 20 concurrent reviewers, on SQLite and PostgreSQL ----------------
 def test_twenty_concurrent_reviewers_lose_no_update(tmp_path, db_url):
-    """The real server (2 worker processes) and 20 reviewer clients deciding on a hot set
-    of clusters for a few seconds (benchmarks/annotator_load.py, small): the audit log
-    replays exactly to the final database, with no server errors."""
+    """The real server (2 worker processes) and 20 reviewer clients, each making 6 decisions
+    (on a hot set of clusters, among page reads) however long that takes (benchmarks/
+    annotator_load.py, small): the audit log replays exactly to the final database, with no
+    server errors. The work is counted, not timed, so a busy machine gives the same verdict."""
     import json
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "annotator_load.py"), "--clusters", "30",
-                           "--tubes", "600", "--clients", "20", "--seconds", "6", "--workers", "2",
+                           "--tubes", "600", "--clients", "20", "--decisions", "6", "--workers", "2",
                            "--threads", "4", "--workspace", str(tmp_path), "--db-url", db_url,
                            "--no-targets"],
-                          capture_output=True, text=True, timeout=400,
+                          capture_output=True, text=True, timeout=500,
                           env={**os.environ, "CONCEPTGEN_QUIET": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["database"] == db_url.split(":")[0].split("+")[0]
-    assert result["decisions"] > 20 and result["client_failures"] == 0
+    assert result["decision_attempts"] == 20 * 6 and result["client_failures"] == 0
+    # Every attempt that read its cluster posted a decision; some win, the rest lose a race (409)
+    # or do not apply (400); each winner is in the audit log, which replays to the final state.
+    assert 1 <= result["decisions"] <= result["decision_posts"] <= 20 * 6
     assert result["errors_5xx"] == 0 and result["lost_updates"] == 0
 
 
