@@ -389,6 +389,7 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     conceptgen.executors). Each video is claimed before it is computed, so several
     drivers, or a resumed one, never compute or write a video twice."""
     from conceptgen.claims import ClaimKeeper
+    from conceptgen.doctor import check_run_media
     from conceptgen.executors import InProcessExecutor
     from conceptgen.registry import as_loaded, load_model
 
@@ -415,6 +416,8 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     _check_worker_options(config, executor.device or device)
     run_id, resumed = _open_run(workspace, config, loaded.fingerprint, run_id,
                                 runtime={"batch_size": batch_size, "device": executor.device or device})
+    if resumed:  # 'done' rows count only if their files are here (not another workspace's database)
+        check_run_media(workspace, run_id)
     report = ExtractReport(run_id=run_id, resumed=resumed)
     todo, report.n_skipped = _videos_to_do(workspace, run_id, config.videos)
     if only_video_ids is not None:

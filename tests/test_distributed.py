@@ -277,6 +277,19 @@ def test_the_engine_commands_run_end_to_end_on_every_database(tmp_path, demo_wor
     out = capsys.readouterr().out
     assert f"{N_VIDEOS} videos done" in out and "clustering 1" in out
     assert_written_once(ws, N_VIDEOS)
+    assert main([*cli, "doctor", "--verify-hashes"]) == 0
+    assert "doctor: no problems" in capsys.readouterr().out
+    # Another workspace folder pointed at this database holds none of its previews: it says
+    # so, instead of reporting the run's videos as already done.
+    other = demo_ws(tmp_path / "other", demo_workspace, db_url)
+    elsewhere = ["--quiet", "--workspace", str(other.root), "--db-url", db_url]
+    assert main([*elsewhere, "extract", "--seed", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "already done" not in captured.out and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: run 1 in the database at") and "not the one that database belongs to" in captured.err
+    assert main([*elsewhere, "doctor"]) == 1
+    report = capsys.readouterr().out
+    assert "FAIL  media: run 1:" in report and "are missing under" in report and "doctor: 1 problem(s)" in report
     ws.close()
 
 
