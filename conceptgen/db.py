@@ -130,7 +130,7 @@ def outage_error(url: str, err: BaseException) -> StoreUnavailableError:
     """The one line for a store that went away: which store (password hidden), why, and that
     rerunning resumes."""
     orig = getattr(err, "orig", None) or err
-    reason = " ".join(str(orig).split())[:160] or type(orig).__name__
+    reason = " ".join(str(orig).split())[:200] or type(orig).__name__
     return StoreUnavailableError(
         f"lost the database at {safe_url(url)} ({reason}); what was committed before is kept: "
         "start the server (or restore the connection) and run the same command again to resume")

@@ -19,7 +19,7 @@ from conceptgen.hashing import sha256_file
 from conceptgen.orm import Clustering, ConceptExample, Run, RunVideo, Tube, Video
 from conceptgen.workspace import Workspace
 
-EXAMPLES = 3  # missing files named per finding
+EXAMPLES = 2  # missing files named per finding
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,9 @@ def _probe_head(address: str, timeout_s: float) -> None:
         raise UnreachableError(f"cannot reach the Ray cluster at {address}: it uses token authentication and "
                                f"{'refused the token of' if auth_metadata() else 'got no token from'} this "
                                f"process; {AUTH_HINT}")
-    raise UnreachableError(f"cannot reach the Ray cluster at {address}: something listens there but did not "
-                           f"answer as a Ray head within {timeout_s:g}s ({code.name.lower()}); it may be another "
-                           "server's port (the head prints its address at `ray start --head`, port 6379 by "
-                           "default) or a head still starting; check --address, or raise --connect-timeout")
+    answer = (f"gave no answer within {timeout_s:g}s" if code == grpc.StatusCode.DEADLINE_EXCEEDED
+              else f"does not speak Ray's protocol ({code.name.lower()})")
+    raise UnreachableError(f"cannot reach the Ray cluster at {address}: something listens there but {answer}; "
+                           "it may be another server's port (the head prints its address at `ray start --head`, "
+                           "port 6379 by default) or a head still starting; check --address, or raise "
+                           "--connect-timeout")
