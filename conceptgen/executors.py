@@ -156,7 +156,7 @@ class RayExecutor(Executor):
                 ray.get(ready)
                 alive.append(actor)
             except ray.exceptions.RayTaskError as err:
-                raise err.as_instanceof_cause() from None
+                raise _worker_error(err) from None
             except ray.exceptions.RayError:
                 self.lost_workers += 1
         if not alive:
@@ -226,7 +226,7 @@ class RayExecutor(Executor):
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayTaskError as err:  # the work itself raised: the caller's error
-                raise err.as_instanceof_cause() from None
+                raise _worker_error(err) from None
             except ray.exceptions.RayError:  # the worker or its node died: hand the item on
                 if actor in load:
                     del load[actor]
@@ -259,6 +259,13 @@ class RayExecutor(Executor):
             self._started = False
 
 _END = object()
+
+
+def _worker_error(err):
+    """A worker's own exception for the driver: a ConceptgenError as itself (its str is the
+    one line the CLI prints; Ray's wrapper would print the remote traceback), else Ray's
+    wrapper that is also an instance of the cause's class."""
+    return err.cause if isinstance(err.cause, ConceptgenError) else err.as_instanceof_cause()
 
 def make_executor(name: str = "inprocess", *, address: str | None = None, workers: int | None = None,
                   num_gpus_per_task: float = 0.0, connect_timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> Executor:
