@@ -463,3 +463,5 @@ def test_the_run_summary_says_when_computed_videos_were_discarded():
     told = ExtractReport(run_id=1, resumed=False, n_done=3, n_discarded=2).summary_lines()
     assert len(quiet) == 1 and "discarded" not in quiet[0]
     assert told[0] == quiet[0] and told[1].startswith("  2 video(s) computed but discarded")
+    lost = ExtractReport(run_id=1, resumed=False, n_done=3, lost_workers=1, n_retried=2).summary_lines()
+    assert lost[1] == "  1 worker(s) lost (process or node died); 2 video(s) retried on the other workers"
