@@ -417,6 +417,7 @@ def test_tcav_activations_on_a_private_ray_equal_the_in_process_ones(tcav_toy, t
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "")  # the private start sets its own; undone after the test
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     notices, holder = [], {}
 
