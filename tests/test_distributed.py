@@ -81,6 +81,7 @@ def assert_written_once(ws: Workspace, n_videos: int) -> None:
 
 
 # --- Ray ------------------------------------------------------------------------------
+@pytest.mark.timeout(1500)  # a hang guard: a busy machine (see .ci/under-load) took 544 s
 def test_ray_cluster_with_a_killed_worker_node_equals_the_single_process_run(tmp_path, demo_workspace,
                                                                               small_videos, monkeypatch):
     import ray  # in the dev extra
@@ -111,7 +112,7 @@ def test_ray_cluster_with_a_killed_worker_node_equals_the_single_process_run(tmp
 
         thread = threading.Thread(target=driver)
         thread.start()
-        done_at_kill, deadline = 0, time.monotonic() + 240
+        done_at_kill, deadline = 0, time.monotonic() + 900  # hang guards, not speed checks
         while thread.is_alive() and time.monotonic() < deadline:
             with ws.session() as s:
                 done_at_kill = s.scalar(select(func.count()).where(RunVideo.status == "done"))
@@ -119,7 +120,7 @@ def test_ray_cluster_with_a_killed_worker_node_equals_the_single_process_run(tmp
                 cluster.remove_node(nodes[1], allow_graceful=False)
                 break
             time.sleep(0.05)
-        thread.join(timeout=240)
+        thread.join(timeout=900)
         assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
         executor.close()
     finally:
