@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from conceptgen.claims import AlreadyFinishedError, ClaimLostError, claim_video, finish_claim, new_owner
+from conceptgen.claims import AlreadyFinishedError, ClaimKeeper, ClaimLostError, claim_video, finish_claim, new_owner
 from conceptgen.cli import main
 from conceptgen.extract import ExtractConfig, extract
 from conceptgen.hashing import sha256_file
@@ -225,7 +225,13 @@ def test_a_database_stopped_mid_extract_is_one_line_and_the_rerun_resumes(tmp_pa
                 done_at_stop = s.scalar(select(func.count()).where(RunVideo.status == "done"))
             time.sleep(0.02)
         ws.close()
+        bystander = Workspace.resolve(ws.root, url)
+        bystander.engine  # connected before the server stops
         pg.halt()
+        keeper = ClaimKeeper(bystander)
+        keeper.__enter__()
+        keeper.__exit__(None, None, None)  # releasing claims on a stopped server does not raise
+        bystander.close()
         out, err = driver.communicate(timeout=300)
         assert 1 <= done_at_stop < N_VIDEOS, (done_at_stop, out, err)  # the stop really interrupted the run
         assert driver.returncode == 2, (out, err)
