@@ -99,11 +99,15 @@ def process_tree_cpu_s(pid: int) -> dict[int, float]:
 
 
 class Client(threading.Thread):
-    """One reviewer: its own session, its own seeded choices, bounded by the deadline."""
+    """One reviewer: its own session, its own seeded choices, bounded by the deadline, or
+    by a number of decisions to send (``quota``: the same work however fast the machine is)."""
 
-    def __init__(self, index: int, base: str, cluster_ids: list[int], run_id: int, deadline: float, seed: int):
+    def __init__(self, index: int, base: str, cluster_ids: list[int], run_id: int, deadline: float, seed: int,
+                 quota: int | None = None):
         super().__init__(daemon=True)
         self.index, self.base, self.ids, self.run_id, self.deadline = index, base, cluster_ids, run_id, deadline
+        self.quota = quota
+        self.n_decisions = 0  # decisions attempted (a read of the cluster, then usually a POST)
         self.rng = random.Random(seed * 1000 + index)
         self.http = requests.Session()
         self.latency: dict[str, list[float]] = defaultdict(list)
@@ -130,7 +134,7 @@ class Client(threading.Thread):
     def run(self) -> None:
         try:
             self.login()
-            while time.monotonic() < self.deadline:
+            while (self.n_decisions < self.quota) if self.quota else (time.monotonic() < self.deadline):
                 roll = self.rng.random()
                 if roll < 0.4:
                     self.gallery()
@@ -155,6 +159,7 @@ class Client(threading.Thread):
         return self.timed("api", "POST", url, json=body, headers={"X-CSRFToken": self.token})
 
     def decide(self) -> None:
+        self.n_decisions += 1
         cid = self.rng.choice(self.ids[: max(20, len(self.ids) // 10)])  # a hot set, to create real contention
         state = self.http.get(self.base + f"/api/clusters/{cid}", timeout=60)
         self.n_untimed += 1
@@ -202,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tubes", type=int, default=None)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--decisions", type=int, default=None, metavar="N",
+                    help="each client sends N decisions and stops, instead of running --seconds "
+                         "(the same work on any machine: what tests use)")
     ap.add_argument("--threads", type=int, default=None, help="waitress threads per worker (default: serve's)")
     ap.add_argument("--workers", type=int, default=None, help="server worker processes (default: serve's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -241,13 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             alone.gallery()
             alone.detail()
         deadline = time.monotonic() + seconds
-        clients = [Client(i, f"http://127.0.0.1:{port}", info.cluster_ids, info.run_id, deadline, args.seed)
-                   for i in range(args.clients)]
+        clients = [Client(i, f"http://127.0.0.1:{port}", info.cluster_ids, info.run_id, deadline, args.seed,
+                          quota=args.decisions) for i in range(args.clients)]
         t, client_cpu, server_cpu = time.perf_counter(), time.process_time(), process_tree_cpu_s(server.pid)
         for c in clients:
             c.start()
         for c in clients:
-            c.join(timeout=seconds + 120)
+            c.join(timeout=None if args.decisions else seconds + 120)
         wall = time.perf_counter() - t
         # where the two cores went: the 20 client threads share them with the server
         client_cpu, server_end = time.process_time() - client_cpu, process_tree_cpu_s(server.pid)
@@ -305,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": round(load_before, 2), "client_cpu_s": round(client_cpu, 1), "wall_s": round(wall, 1),
         "requests": n_requests, "conflicts_409": codes.get(409, 0),
         "errors_5xx": sum(n for code, n in codes.items() if code >= 500),
-        "decisions": len(afters), "lost_updates": len(lost), "client_failures": len(failures),
+        "decisions": len(afters), "decision_attempts": sum(c.n_decisions for c in clients),
+        "decision_posts": len(latency["api"]),
+        "lost_updates": len(lost), "client_failures": len(failures),
     }
     result.update(check(result, TARGETS, enforce=not args.no_targets))
     print(json.dumps(result), flush=True)

@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 import conceptgen
 from conceptgen.embed import POOLINGS, HookEmbedder, embed_clips, vector_to_blob
-from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
+from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError, StoreUnavailableError
 from conceptgen.hashing import sha256_file, sha256_json
 from conceptgen.ingest import select_videos
 from conceptgen.masks import encode_rle
@@ -143,6 +143,8 @@ class ExtractReport:
     n_skipped: int = 0  # already done before this call, or claimed by another driver
     n_discarded: int = 0  # computed, but another driver had taken the video over (nothing written)
     n_tubes: int = 0
+    lost_workers: int = 0  # Ray workers (or their nodes) that died during this call
+    n_retried: int = 0  # videos handed to another worker after theirs died
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video path, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (video path, note) for done videos
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -169,6 +171,9 @@ class ExtractReport:
         if self.n_discarded:
             lines.append(f"  {self.n_discarded} video(s) computed but discarded: another driver had taken "
                          "them over and stored them")
+        if self.lost_workers or self.n_retried:
+            lines.append(f"  {self.lost_workers} worker(s) lost (process or node died); {self.n_retried} video(s) "
+                         "retried on the other workers")
         lines += [f"  note: {p}: {n}" for p, n in self.notes]
         lines += [f"  failed: {p}: {r}" for p, r in self.failures]
         return lines
@@ -401,6 +406,8 @@ class VideoWorker:
                                 stage_seconds=dict(self.clock_totals))
         except (ClaimLostError, sqlalchemy.exc.IntegrityError):
             return VideoOutcome(job.video_id, job.path, "lost", stage_seconds=dict(self.clock_totals))
+        except StoreUnavailableError:  # the database went away: no video's fault; the run stops
+            raise
         except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
             reason = str(err) if isinstance(err, ConceptgenError) else " ".join(f"{type(err).__name__}: {err}".split())
             _store_failure(task, job.video_id, reason, time.perf_counter() - t0)
@@ -426,6 +433,7 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     ``video_time_limit``: seconds one video may take before it is recorded as failed
     (checked as each stage reports progress); None: no limit."""
     from conceptgen.claims import ClaimKeeper
+    from conceptgen.doctor import check_run_media
     from conceptgen.executors import InProcessExecutor
     from conceptgen.registry import as_loaded, load_model
 
@@ -452,10 +460,13 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     _check_worker_options(config, executor.device or device)
     run_id, resumed = _open_run(workspace, config, loaded.fingerprint, run_id,
                                 runtime={"batch_size": batch_size, "device": executor.device or device})
+    if resumed:  # 'done' rows count only if their files are here (not another workspace's database)
+        check_run_media(workspace, run_id)
     report = ExtractReport(run_id=run_id, resumed=resumed)
     todo, report.n_skipped = _videos_to_do(workspace, run_id, config.videos)
     if only_video_ids is not None:
         todo = [v for v in todo if v.id in set(only_video_ids)]
+    lost_before, retried_before = executor.lost_workers, executor.requeued  # counted over this call
     with ClaimKeeper(workspace) as owner:
         task = ExtractTask(workspace, run_id, config, batch_size, owner, video_time_limit)
         jobs = _claimed_jobs(workspace, run_id, owner, todo, report)
@@ -464,6 +475,8 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
                        f"{'s' if executor.workers > 1 else ''})", unit="video")
         for _job, outcome in bar:
             report.add(outcome)
+    report.lost_workers = executor.lost_workers - lost_before
+    report.n_retried = executor.requeued - retried_before
     _finish_run(workspace, run_id)
     report.seconds = time.perf_counter() - started
     return report

@@ -61,7 +61,9 @@ def add_executor_options(p) -> None:
                    help="where the model work runs: this process (default) or a Ray cluster")
     p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
                    help="Ray cluster to join: 'auto' (this node's cluster) or the head's HOST:PORT "
-                        "(default: start Ray on this machine)")
+                        "(default: start a private Ray on this machine, never another cluster)")
+    p.add_argument("--connect-timeout", type=float, default=None, metavar="S",
+                   help="seconds to wait for the Ray head to answer before giving up (default 30)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="Ray workers (default: one per CPU, or per --num-gpus-per-task GPUs, of the cluster)")
     p.add_argument("--num-gpus-per-task", type=float, default=0.0, metavar="F",
@@ -70,9 +72,12 @@ def add_executor_options(p) -> None:
 
 def executor_from_args(args):
     from conceptgen.executors import make_executor
+    from conceptgen.ray_connection import RAY_CONNECT_TIMEOUT_S
 
     return make_executor(args.executor, address=args.address, workers=args.workers,
-                         num_gpus_per_task=args.num_gpus_per_task)
+                         num_gpus_per_task=args.num_gpus_per_task,
+                         connect_timeout_s=RAY_CONNECT_TIMEOUT_S if args.connect_timeout is None
+                         else args.connect_timeout)
 
 
 def _ingest(args, ctx):
