@@ -212,3 +212,27 @@ def test_extract_cluster_tcav_with_temporal_and_gradcam_end_to_end(folders, clip
         "--out", tmp_path / "cam")
     heat = np.loadtxt(next((tmp_path / "cam").glob("heat_*.csv")), delimiter=",", skiprows=1)
     assert heat.shape == (FRAMES, 4) and (heat[:, 2] >= 0).all() and heat[:, 3].max() == pytest.approx(1.0)
+
+
+def test_the_readme_hugging_face_example_runs(tmp_path):
+    """The bash block of the README's "Hugging Face video transformers", as written."""
+    import os
+    import re
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "README.md").read_text()
+    section = text[text.index("### Hugging Face video transformers"):]
+    bash = re.search(r"```bash\n(.*?)```", section[:section.index("\n## ")], re.S).group(1)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, command in (("conceptgen", f'"{sys.executable}" -m conceptgen'), ("python", f'"{sys.executable}"')):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CONCEPTGEN_QUIET": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    env.pop("CONCEPTGEN_WORKSPACE", None)
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", bash], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    assert out.stdout.strip() == "videomae.encoder.layer.1  tokens (32, 32) -> (32, 2, 4, 4)"
