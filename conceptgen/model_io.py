@@ -74,8 +74,12 @@ class InputSpec:
         return spec
 
     def to_dict(self) -> dict:
+        """Plain values; ``layout`` only when it is not the default, so the records of
+        runs and checkpoints made before layouts existed read the same."""
         d = asdict(self)
         del d["layout_stated"]
+        if self.layout == "BCTHW":
+            del d["layout"]
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
