@@ -467,10 +467,10 @@ def _load_user_network(source: ModelSource) -> LoadedModel:
     model = build_network(source.model, source.model_kwargs, user_code=True)
     if source.weights is not None:
         _load_state_dict(model, _read_state_dict(Path(source.weights)), f"{source.model} from {source.weights}")
-    _strip_softmax(model)
     metadata = {"builder": source.model, "builder_kwargs": dict(source.model_kwargs or {})}
-    if hf_models.is_hf_model(model):  # a transformers model says its own spec, names and tokens
+    if hf_models.is_hf_model(model):  # says its own spec, names and tokens; its head gives logits
         return _hf_loaded(source.model, model.eval(), hf_models.facts(model), metadata)
+    _strip_softmax(model)
     return LoadedModel(name=source.model, model=model, spec=None, class_names=[],
                        fingerprint=model_fingerprint(model), device=torch.device("cpu"), metadata=metadata)
 
