@@ -104,6 +104,17 @@ def test_a_builder_returning_a_transformers_model_loads_the_same_way(folders, tm
     # The case: a spec without a layout takes the model's.
     flags = load_model(ModelSource("hf_tiny:videomae", spec=InputSpec.from_dict({"num_frames": 4, "side": 32})))
     assert flags.spec.layout == "BTCHW"
+    # A layout written in a model card wins over the model's (here wrongly: one line says so).
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"builder": "hf_tiny:videomae",
+                                "spec": {"num_frames": 4, "side": 32, "layout": "BTCHW", "mean": [0.5] * 3}}))
+    assert load_model(card).spec.mean == (0.5, 0.5, 0.5)
+    card.write_text(json.dumps({"builder": "hf_tiny:videomae", "spec": {"num_frames": 4, "side": 32,
+                                                                        "layout": "BCTHW"}}))
+    stated = load_model(card)
+    assert stated.spec.layout == "BCTHW"
+    with pytest.raises(ModelError, match='"layout": "BTCHW"'):
+        describe_layers(stated)  # its first forward
     # An nn.Module handed to the library works as well.
     module = as_loaded(hf_tiny.videomae())
     assert module.spec.layout == "BTCHW" and module.tokens == saved.tokens
