@@ -100,7 +100,8 @@ def load_hub(name: str) -> tuple[nn.Module, HfFacts]:
     """A hub model by name: downloaded when the network allows (into the Hugging Face
     cache), else ModelError saying how to download it first."""
     how = (f"download it on a connected machine (`hf download {name} --local-dir DIR`, or "
-           "from_pretrained(...).save_pretrained(DIR) with its image processor) and pass --model DIR")
+           "from_pretrained(...).save_pretrained(DIR) with its image processor) and pass --model DIR "
+           "(if it is meant as a local folder: no such path, check it)")
     if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"):
         raise ModelError(f"{name} looks like a Hugging Face hub name and this machine is offline "
                          f"(HF_HUB_OFFLINE): {how}")
