@@ -259,6 +259,7 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
     else:
         report = _score_auto(store, concepts, inputs, pool, targets, config)
     report.skipped = dict(store.failed)
+    report.warnings += _no_temporal_notes(store, loaded, config.layers, inputs.class_examples, targets)
     report.calibration = calibrate(report)
     if report.calibration.warning:
         report.warnings.append(report.calibration.warning)
@@ -266,6 +267,25 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
         report.warnings.append(f"skipped {len(store.failed)} clip(s) that failed to load, e.g. "
                                f"{next(iter(store.failed.values()))}")
     return report
+
+
+def _no_temporal_notes(store, loaded, layers, class_examples, targets) -> list[str]:
+    """For a transformer, why a layer's tokens give no temporal TCAV (conceptgen.tokens):
+    read from the shape of one cached class-example gradient."""
+    from conceptgen.tokens import why_not_grid
+
+    grid, note = getattr(loaded, "tokens", None), (loaded.metadata or {}).get("tokens_note")
+    name, target = next(iter(targets.items()))
+    examples = class_examples[name][:1]
+    if (grid is None and note is None) or not examples:
+        return []
+    out = []
+    for layer in layers:
+        shape = store.gradients(examples, layer, target).shape[1:]
+        why = None if len(shape) == 4 else why_not_grid(shape, grid) if grid is not None else note
+        if why:
+            out.append(f"layer {layer}: no temporal TCAV, {why}; its TCAV scores are unaffected")
+    return out
 
 
 def _compute_concepts_and_classes(store, concepts, inputs: TcavInputs, targets):
