@@ -33,7 +33,8 @@ def load_secret_key(workspace: Workspace) -> str:
 def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] | None = None) -> Flask:
     """Build the annotator for a workspace (default: $CONCEPTGEN_WORKSPACE or ./workspace)."""
     from annotator import errors
-    from annotator.views import api, audit, auth, clusters, concepts, media, runs
+    from annotator.views import api, audit, auth, clusters, concepts, experiments, jobs, media, runs
+    from conceptgen.jobs import JobRunner, fail_orphaned_jobs
 
     workspace = workspace or Workspace.resolve()
     app = Flask(__name__)
@@ -50,6 +51,8 @@ def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] |
         app.config.update(test_config)
     app.extensions["conceptgen_workspace"] = workspace
     workspace.engine  # upgrade the schema before the first request, not during one
+    fail_orphaned_jobs(workspace)  # a job whose server process is gone will never finish
+    app.extensions["conceptgen_jobs"] = JobRunner(workspace)
     CSRFProtect(app)
 
     @app.teardown_appcontext
@@ -58,7 +61,8 @@ def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] |
         if session is not None:
             session.close()
 
-    for bp in (auth.bp, runs.bp, clusters.bp, concepts.bp, media.bp, api.bp, audit.bp):
+    for bp in (auth.bp, runs.bp, clusters.bp, concepts.bp, media.bp, api.bp, audit.bp, jobs.bp,
+               experiments.bp):
         app.register_blueprint(bp)
     errors.register(app)
     fragments = FragmentCache()

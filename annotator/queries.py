@@ -451,7 +451,7 @@ class ConceptEntry:
     versions: list[VersionRow]
     annotators: list[str]
     tcav: list[TcavRow]
-    plots: list[str]
+    experiments: list[int]  # that scored it, newest first (their pages hold the plots)
     calibrations: list[CalibrationRow] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -478,26 +478,37 @@ def concept_library(session: Session) -> list[ConceptEntry]:
             .join(User, User.id == AuditLog.user_id).where(Cluster.concept_id.in_(ids)).distinct()):
         annotators[concept_id].add(name)
     tcav: dict[int, list[TcavRow]] = {i: [] for i in ids}
-    plots: dict[int, list[str]] = {i: [] for i in ids}
+    experiments: dict[int, list[int]] = {i: [] for i in ids}
     calibrations: dict[int, dict[int, CalibrationRow]] = {i: {} for i in ids}
-    for r, exp_plots, exp_summary in session.execute(
-            select(TcavResult, TcavExperiment.plots, TcavExperiment.summary)
+    for r, exp_summary in session.execute(
+            select(TcavResult, TcavExperiment.summary)
             .join(TcavExperiment, TcavExperiment.id == TcavResult.experiment_id)
             .where(TcavResult.concept_id.in_(ids)).order_by(TcavResult.experiment_id.desc(), TcavResult.id)):
         tcav[r.concept_id].append(TcavRow(r.experiment_id, r.target_class, r.layer, r.variant, r.comparison,
                                           float(r.tcav_mean), float(r.tcav_std), r.p_corrected,
                                           bool(r.significant), r.verdict))
-        for p in exp_plots or []:
-            if p not in plots[r.concept_id]:
-                plots[r.concept_id].append(p)
+        if r.experiment_id not in experiments[r.concept_id]:
+            experiments[r.concept_id].append(r.experiment_id)
         cal = (exp_summary or {}).get("calibration")
         if cal and r.experiment_id not in calibrations[r.concept_id]:
             calibrations[r.concept_id][r.experiment_id] = CalibrationRow(
                 r.experiment_id, cal["test"], cal["alpha"], cal["false_positive_rate"], cal["families_rejected"],
                 cal["n_families"], cal["n_null_hypotheses"], cal["cav_stability"], bool(cal["exceeds_alpha"]))
     return [ConceptEntry(c.id, c.name, c.description, c.status, c.source, c.current_version, versions[c.id],
-                         sorted(annotators[c.id]), tcav[c.id], plots[c.id], list(calibrations[c.id].values()))
+                         sorted(annotators[c.id]), tcav[c.id], experiments[c.id], list(calibrations[c.id].values()))
             for c in concepts]
+
+
+def concept_clusters(session: Session, concept_ids: list[int]) -> dict[int, int]:
+    """Per concept, the cluster its current version came from (where its members are reviewed)."""
+    ids = sorted(set(concept_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(ConceptVersion.concept_id, ConceptVersion.cluster_id)
+                           .join(Concept, and_(Concept.id == ConceptVersion.concept_id,
+                                               Concept.current_version == ConceptVersion.version))
+                           .where(ConceptVersion.concept_id.in_(ids), ConceptVersion.cluster_id.is_not(None)))
+    return {cid: cluster for cid, cluster in rows}
 
 
 # --- audit log -----------------------------------------------------------------

@@ -167,6 +167,6 @@ def plot_calibration(calibration, path: Path) -> Path:
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # suptitles wider than the axes stay whole
     plt.close(fig)
     return path

@@ -247,44 +247,99 @@ def test_other_users_cannot_undo_my_decision(app, alice):
 
 
 # --- concept library ----------------------------------------------------------------
-def test_library_shows_tcav_results_and_plots(app, alice):
+def _store_experiment(ws, concept_id, plots=(), status="finished", summary=None):
+    with ws.session() as s:
+        exp = TcavExperiment(config={"targets": ["push", "pull"], "test": "pseudo", "statistic": "logit-change",
+                                     "correction": "holm", "alpha": 0.05},
+                             model_name="demo", model_fingerprint="f" * 64, target="push,pull",
+                             layers=["blocks.1", "blocks.2"], seed=0, status=status, plots=list(plots),
+                             summary=summary if summary is not None else
+                             {"test": "pseudo", "statistic": "logit-change",
+                              "warnings": ["layer blocks.2 is degenerate for push"]})
+        s.add(exp)
+        s.flush()
+        for target, layer, variant, mean, sig, p_corr, flags in (
+                ("push", "blocks.1", "dynamic", 0.83, True, 0.004, []),
+                ("push", "blocks.1", "static", 0.41, False, 0.6, []),
+                ("pull", "blocks.2", "dynamic", 0.5, False, None, ["degenerate layer", "not tested"])):
+            s.add(TcavResult(experiment_id=exp.id, concept_id=concept_id, concept_name="sq", layer=layer,
+                             target_class=target, variant=variant, tcav_mean=mean, tcav_std=0.05, magnitude_mean=0.4,
+                             cav_accuracy_mean=0.9, p_value=p_corr and p_corr / 4, p_corrected=p_corr,
+                             significant=sig, verdict="significant positive" if sig else "not significant",
+                             details={"logit_changes": [0.2, 0.4], "flags": flags, "null_mean": 0.5}))
+        return exp.id
+
+
+def test_experiment_page_shows_verdicts_plots_once_per_target_and_json(app, alice):
     cid = app.seed.cluster_ids[0]
     concept_id = alice.post(f"/api/clusters/{cid}/accept", {"version": 1, "name": "sq", "description": "d"}
                             ).get_json()["concept_id"]
     ws = app.extensions["conceptgen_workspace"]
-    plot = ws.media / "tcav" / "exp1.png"
-    plot.parent.mkdir(parents=True)
+    folder = ws.media / "tcav" / "1"
+    folder.mkdir(parents=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plt.figure(figsize=(2, 2)).savefig(plot)
+    plots = ["scores_push.png", "temporal_push.png", "scores_pull.png", "calibration.png"]
+    for name in plots:
+        plt.figure(figsize=(2, 2)).savefig(folder / name)
     plt.close("all")
-    with ws.session() as s:
-        exp = TcavExperiment(config={}, model_name="demo", model_fingerprint="f" * 64, target="push",
-                             layers=["blocks.1"], seed=0, status="finished", plots=["tcav/exp1.png"])
-        s.add(exp)
-        s.flush()
-        s.add(TcavResult(experiment_id=exp.id, concept_id=concept_id, concept_name="sq", layer="blocks.1",
-                         target_class="push", tcav_mean=0.83, tcav_std=0.05, magnitude_mean=0.4,
-                         cav_accuracy_mean=0.9, p_value=0.001, p_corrected=0.004, significant=True,
-                         verdict="significant positive"))
-    page = alice.get("/concepts").text
-    assert "0.83 ± 0.05" in page and "significant positive" in page and 'src="/media/tcav/exp1.png"' in page
-    assert alice.get("/media/tcav/exp1.png").status_code == 200
-    assert alice.get("/api/concepts").get_json()["concepts"][0]["tcav"][0]["target_class"] == "push"
+    exp_id = _store_experiment(ws, concept_id, [f"tcav/1/{n}" for n in plots])
+
+    library = alice.get("/concepts").text  # the library links to the experiment, without the plots
+    assert "0.83 ± 0.05" in library and f'href="/experiments/{exp_id}"' in library and "<img" not in library
+    listing = alice.get("/experiments").text
+    assert f'href="/experiments/{exp_id}"' in listing and "push, pull" in listing and "pseudo" in listing
+    page = alice.get(f"/experiments/{exp_id}").text
+    for name in plots:
+        assert page.count(f'src="/media/tcav/1/{name}"') == 1  # each plot once
+    assert page.index("Plots for push") < page.index("scores_push.png") < page.index("Plots for pull")
+    assert "layer blocks.2 is degenerate for push" in page and "degenerate layer" in page
+    assert f'href="/clusters/{cid}"' in page  # the concept links to its members
+    assert 'data-static="0.41"' in page  # the dynamic row carries its static sibling's score
+    data = alice.get(f"/api/experiments/{exp_id}").get_json()
+    assert data["targets"] == ["push", "pull"] and data["statistic"] == "logit-change"
+    rows = data["results"]
+    assert [(r["target"], r["variant"], r["significant"]) for r in rows] == [
+        ("push", "dynamic", True), ("push", "static", False), ("pull", "dynamic", False)]
+    assert rows[0]["statistic_value"] == pytest.approx(0.3) and rows[0]["p_corrected"] == 0.004
+    assert rows[2]["flags"] == ["degenerate layer", "not tested"] and rows[2]["p_corrected"] is None
+    assert data["plots_by_target"]["push"] == ["tcav/1/scores_push.png", "tcav/1/temporal_push.png"]
+    assert data["shared_plots"] == ["tcav/1/calibration.png"]
+    assert alice.get("/api/experiments/999").status_code == 404
 
 
-def test_export_button_calls_the_export_library(app, alice):
-    pytest.importorskip("conceptgen.export", reason="conceptgen.export not written yet")
-    pytest.importorskip("conceptgen.render", reason="conceptgen.render (needed by export) not written yet")
+def test_running_experiment_shows_its_stage(app, alice):
+    from tcav.results import record_progress
+
+    ws = app.extensions["conceptgen_workspace"]
+    exp_id = _store_experiment(ws, None, status="running", summary={})
+    record_progress(ws, exp_id, 1, 3, "writing results and CAVs")
+    for url in ("/experiments", f"/experiments/{exp_id}"):
+        page = alice.get(url).text
+        assert '<progress class="progress" max="3" value="1"' in page and "writing results and CAVs" in page
+    assert alice.get(f"/api/experiments/{exp_id}").get_json()["progress"]["stage"] == "writing results and CAVs"
+
+
+def test_export_button_starts_an_export_job_with_progress(app, alice):
+    """The export answers at once with a job; the job reports progress and ends with the export."""
+    import time
+
     cid = app.seed.cluster_ids[0]
     alice.post(f"/api/clusters/{cid}/accept", {"version": 1, "name": "exported", "description": "d"})
     assert 'id="export-btn"' in alice.get("/concepts").text
     r = alice.post("/api/concepts/export", {"names": ["exported"], "mode": "crop"})
-    assert r.status_code == 200, r.get_json()
-    out = r.get_json()["out_dir"]
-    assert os.path.isfile(os.path.join(out, "manifest.json")) or os.listdir(out)
-    assert r.get_json()["summary"]["n_clips"] == 6
+    assert r.status_code == 202, r.get_json()
+    job_url = r.get_json()["status_url"]
+    deadline = time.monotonic() + 120
+    while (job := alice.get(job_url).get_json())["state"] in ("queued", "running") and time.monotonic() < deadline:
+        assert 0 <= job["done"] <= max(job["total"], 0) or job["total"] == 0
+        time.sleep(0.1)
+    assert job["state"] == "done", job
+    assert job["done"] == job["total"] == 6 and job["result"]["n_clips"] == 6
+    assert os.path.isfile(os.path.join(job["result"]["out_dir"], "manifest.json"))
+    listed = alice.get("/api/jobs?kind=export").get_json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
     bad = alice.post("/api/concepts/export", {"names": []})
     assert bad.status_code == 400
 

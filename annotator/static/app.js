@@ -205,7 +205,6 @@ function play(src, title) {
 
 async function loadSimilar() {
   const box = document.getElementById("similar");
-  const el = (tag, cls, text) => { const e = document.createElement(tag); if (cls) { e.className = cls; } if (text !== undefined) { e.textContent = text; } return e; };
   let data;
   try {
     const res = await fetch(box.dataset.url, {headers: {"Accept": "application/json"}, credentials: "same-origin"});
@@ -240,22 +239,139 @@ async function loadSimilar() {
   box.replaceChildren(list);
 }
 
+// --- background jobs (export): progress, ETA, cancel; found again after a reload ------
+async function getJSON(path) {
+  const res = await fetch(path, {headers: {"Accept": "application/json"}, credentials: "same-origin"});
+  let data = {};
+  try { data = await res.json(); } catch (e) { data = {error: "unexpected reply from the server (" + res.status + ")"}; }
+  if (!res.ok) { throw new Error(data.error || ("request failed with status " + res.status)); }
+  return data;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) { e.className = cls; }
+  if (text !== undefined) { e.textContent = text; }
+  return e;
+}
+
+function formatSeconds(s) {
+  if (s === null || s === undefined) { return "estimating…"; }
+  if (s < 60) { return Math.round(s) + " s left"; }
+  return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s left";
+}
+
+function renderJob(job) {
+  const box = el("div", "job state-" + job.state);
+  box.dataset.jobId = job.id;
+  const names = (job.params.names || []).join(", ");
+  const head = el("div", "job-head");
+  head.append(el("b", null, job.kind + " #" + job.id), el("span", "badge " + job.state, job.state),
+              el("span", "muted", names));
+  box.append(head);
+  const active = job.state === "queued" || job.state === "running";
+  if (active || job.state === "cancelled") {
+    const bar = el("progress", "progress");
+    bar.max = Math.max(job.total, 1);
+    bar.value = job.done;
+    bar.setAttribute("aria-label", "progress of job " + job.id);
+    const text = job.total ? job.done + " / " + job.total + " clips" : "starting…";
+    box.append(bar, el("span", "job-progress", text + (job.state === "running" ? " · " + formatSeconds(job.eta_s) : "")));
+  }
+  if (active) {
+    const cancel = el("button", "btn job-cancel", "Cancel");
+    cancel.type = "button";
+    cancel.addEventListener("click", async () => {
+      cancel.disabled = true;
+      try { await api("/api/jobs/" + job.id + "/cancel", {}); } catch (err) { toast(err.message, "error"); }
+      refreshJobs();
+    });
+    box.append(cancel);
+  }
+  if (job.state === "failed" || job.state === "cancelled") { box.append(el("p", "job-error", job.error || "")); }
+  if (job.state === "done" && job.result) {
+    const skipped = (job.result.skipped || []).length;
+    box.append(el("p", "job-result", "Exported " + job.result.n_clips + " clips to " + job.result.out_dir +
+                  (skipped ? " (" + skipped + " skipped)" : "")));
+  }
+  return box;
+}
+
+async function refreshJobs() {
+  const box = document.getElementById("jobs");
+  if (!box) { return; }
+  clearTimeout(refreshJobs.timer);
+  let data;
+  try { data = await getJSON("/api/jobs?limit=5&kind=" + encodeURIComponent(box.dataset.kind)); }
+  catch (err) { box.replaceChildren(el("p", "job-error", "Jobs unavailable: " + err.message)); return; }
+  box.replaceChildren(...data.jobs.map(renderJob));
+  if (data.jobs.some(j => j.state === "queued" || j.state === "running")) {
+    refreshJobs.timer = setTimeout(refreshJobs, 700);
+  }
+}
+
 // --- concept library ---------------------------------------------------------------
 function setupConcepts() {
+  refreshJobs();
   const btn = document.getElementById("export-btn");
   if (!btn) { return; }
   btn.addEventListener("click", async () => {
     const names = Array.from(document.querySelectorAll(".concept"))
       .filter(c => c.querySelector(".export-select").checked).map(c => c.dataset.name);
-    const out = document.getElementById("export-result");
-    if (!names.length) { out.textContent = "Select at least one concept to export."; return; }
-    out.textContent = "Exporting " + names.length + " concept(s)…";
+    if (!names.length) { toast("Select at least one concept to export.", "error"); return; }
     try {
-      const data = await api("/api/concepts/export", {names: names});
-      out.textContent = "Exported to " + data.out_dir;
+      await api("/api/concepts/export", {names: names});
     } catch (err) {
-      out.textContent = "Export failed: " + err.message;
+      toast("Export failed: " + err.message, "error");
     }
+    refreshJobs();
+  });
+}
+
+// --- experiments: sortable, filterable verdict table; a running one refreshes ----------
+function setupExperiment() {
+  const root = document.getElementById("experiment");
+  if (root.dataset.running) { setTimeout(() => location.reload(), 3000); }
+  const table = document.getElementById("verdicts");
+  if (!table) { return; }
+  const body = table.tBodies[0];
+  const rows = Array.from(body.rows);
+  const form = document.getElementById("verdict-filters");
+  const count = document.getElementById("verdict-count");
+  const filter = () => {
+    const want = {};
+    for (const key of ["target", "layer", "variant", "comparison"]) { want[key] = form.elements[key].value; }
+    const text = form.elements.concept.value.trim().toLowerCase();
+    const sigOnly = form.elements.significant.checked;
+    let shown = 0;
+    for (const r of rows) {
+      const ok = Object.entries(want).every(([k, v]) => !v || r.dataset[k] === v) &&
+        (!text || r.dataset.concept.toLowerCase().includes(text)) && (!sigOnly || r.dataset.significant === "true");
+      r.hidden = !ok;
+      shown += ok ? 1 : 0;
+    }
+    count.textContent = shown;
+  };
+  form.addEventListener("input", filter);
+  form.addEventListener("submit", ev => ev.preventDefault());
+  table.querySelectorAll("th[data-key]").forEach(th => {
+    th.querySelector("button").addEventListener("click", () => {
+      const key = th.dataset.key, numeric = th.dataset.kind === "number";
+      const dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+      table.querySelectorAll("th[data-key]").forEach(o => o.setAttribute("aria-sort", "none"));
+      th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
+      const value = r => {
+        const v = r.dataset[key];
+        if (!numeric) { return v; }
+        return v === "" ? Infinity : Number(v);  // missing numbers sort last
+      };
+      rows.sort((a, b) => {
+        const x = value(a), y = value(b);
+        if (numeric) { return x === y ? 0 : (x === Infinity ? 1 : y === Infinity ? -1 : dir * (x - y)); }
+        return dir * x.localeCompare(y);
+      });
+      body.append(...rows);
+    });
   });
 }
 
@@ -282,5 +398,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (page === "gallery") { handler = setupGallery(); }
   if (page === "cluster") { handler = setupCluster(); }
   if (page === "concepts") { setupConcepts(); }
+  if (page === "experiment") { setupExperiment(); }
   if (page !== "login") { setupKeys(handler); }
 });

@@ -200,21 +200,28 @@ def undo():
 @bp.post("/concepts/export")
 @login_required
 def export():
-    """Export concepts through the export command's own code (``conceptgen.export``)."""
-    try:
-        from conceptgen.export import export_concepts
-    except ImportError:
-        raise ConceptgenError("export is not available in this installation yet; "
-                              "use `conceptgen export` when it is") from None
+    """Start exporting concepts (``conceptgen.export``, the export command's own code) as a
+    background job; answers 202 at once with the job id (progress: ``GET /api/jobs/<id>``)."""
+    from conceptgen.export import export_concepts
+
     body = _body()
     names = body.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConfigError("send 'names': a non-empty list of concept names to export")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     out_dir = workspace().exports / f"annotator-{stamp}"
     kwargs = {k: body[k] for k in ("mode", "static") if k in body}
-    result = export_concepts(workspace(), names, out_dir, **kwargs)
-    return jsonify(ok=True, out_dir=str(out_dir), summary=_jsonable(result))
+    ws = workspace()
+
+    def work(reporter) -> dict[str, Any]:
+        report = export_concepts(ws, names, out_dir, on_progress=reporter.progress, **kwargs)
+        return {"out_dir": str(report.out_dir), "n_clips": report.n_clips, "n_files": report.n_files,
+                "skipped": [asdict(s) for s in report.skipped]}
+
+    from annotator.views.jobs import runner
+
+    job_id = runner().submit("export", {"names": names, "out_dir": str(out_dir), **kwargs}, work, user_id=g.user.id)
+    return jsonify(ok=True, job_id=job_id, out_dir=str(out_dir), status_url=f"/api/jobs/{job_id}"), 202
 
 
 def _jsonable(value: Any) -> Any:
