@@ -146,6 +146,7 @@ class ClusterCard:
     parent_id: int | None
     concept_id: int | None
     previews: list[Preview] = field(default_factory=list)
+    concept_name: str | None = None  # of an accepted cluster: what rejecting it would retire
 
 
 @dataclass
@@ -183,7 +184,8 @@ def _card(row: Any) -> ClusterCard:
     """A card from a row of ``_CARD_COLUMNS`` (plain columns: no ORM objects on the read path)."""
     return ClusterCard(id=row.id, version=row.version, label_index=row.label_index, name=row.name,
                        status=row.status, size=row.size, cohesion=float(row.cohesion), n_videos=row.n_videos,
-                       supported=bool(row.supported), parent_id=row.parent_id, concept_id=row.concept_id)
+                       supported=bool(row.supported), parent_id=row.parent_id, concept_id=row.concept_id,
+                       concept_name=getattr(row, "concept_name", None))
 
 
 @functools.lru_cache(maxsize=64)
@@ -259,7 +261,9 @@ def status_counts(session: Session, clustering_id: int) -> dict[str, int]:
 @functools.lru_cache(maxsize=None)
 def _gallery_statement(status: str, sort: str) -> Select:
     """One page of cards for a status filter and sort (``:clustering``, ``:limit``, ``:offset``)."""
-    return (select(*_CARD_COLUMNS).where(Cluster.clustering_id == bindparam("clustering"), _status_clause(status))
+    return (select(*_CARD_COLUMNS, Concept.name.label("concept_name"))
+            .outerjoin(Concept, Concept.id == Cluster.concept_id)
+            .where(Cluster.clustering_id == bindparam("clustering"), _status_clause(status))
             .order_by(*SORTS[sort]).limit(bindparam("limit")).offset(bindparam("offset")))
 
 
@@ -346,6 +350,16 @@ _DETAIL_RELATED = (select(Cluster.id, Cluster.status).where(Cluster.parent_id ==
                    .order_by(Cluster.id))
 
 
+def member_rows(session: Session, cluster_id: int, *, offset: int, limit: int) -> list[MemberRow]:
+    """Members of a cluster in review order (kept by rank, then removed), ``limit`` from ``offset``."""
+    rows = _read(session, _DETAIL_MEMBERS, cluster=int(cluster_id), limit=int(limit), offset=int(offset))
+    return [MemberRow(id=r.id, tube_id=r.tube_id, rank=r.rank, distance=float(r.distance),
+                      is_outlier=bool(r.is_outlier), excluded=bool(r.excluded),
+                      representative=bool(r.representative), video_id=r.video_id, video_name=_video_name(r.path),
+                      start_frame=r.start_frame, end_frame=r.end_frame, kind=r.kind, preview_path=r.preview_path)
+            for r in rows]
+
+
 def cluster_detail(session: Session, cluster_id: int, *, page: Any = 1, per_page: int = 24) -> ClusterDetail:
     head = _read(session, _DETAIL_HEAD, cluster=int(cluster_id))
     if not head:
@@ -353,12 +367,7 @@ def cluster_detail(session: Session, cluster_id: int, *, page: Any = 1, per_page
     head = head[0]
     page = _page_number(page)
     (n_members, prev_id, next_id), = _read(session, _DETAIL_COUNTS, cluster=head.id, clustering=head.clustering_id)
-    rows = _read(session, _DETAIL_MEMBERS, cluster=head.id, limit=per_page, offset=(page - 1) * per_page)
-    members = [MemberRow(id=r.id, tube_id=r.tube_id, rank=r.rank, distance=float(r.distance),
-                         is_outlier=bool(r.is_outlier), excluded=bool(r.excluded),
-                         representative=bool(r.representative), video_id=r.video_id, video_name=_video_name(r.path),
-                         start_frame=r.start_frame, end_frame=r.end_frame, kind=r.kind, preview_path=r.preview_path)
-               for r in rows]
+    members = member_rows(session, head.id, offset=(page - 1) * per_page, limit=per_page)
     related = _read(session, _DETAIL_RELATED, cluster=head.id)
     return ClusterDetail(
         cluster=_card(head), run_id=head.run_id, clustering_id=head.clustering_id, layer=head.layer,
@@ -398,6 +407,34 @@ def describe_similar(session: Session, clustering_id: int, hits: list[tuple[int,
         preview, start, end, vpath = info[tube_id]
         out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end))
     return out
+
+
+def mask_runs(mask: Any) -> list[int]:
+    """Run lengths of a (H, W) bool mask read row by row, starting with a run of False:
+    what the browser's tube overlay paints (COCO RLE is column-major and compressed)."""
+    import numpy as np
+
+    flat = np.asarray(mask, dtype=bool).ravel()
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+def tube_overlay(session: Session, tube_id: int) -> dict[str, Any]:
+    """A tube's frames, boxes and masks (mask pixels) and its source video's rate and size."""
+    from conceptgen.tubes import TubeRecord
+
+    row = session.get(Tube, int(tube_id))
+    if row is None:
+        raise NotFoundError(f"tube {tube_id} does not exist; reload the page")
+    video = session.get(Video, row.video_id)
+    tube = TubeRecord.from_row(row)
+    return {"tube_id": row.id, "video_id": video.id, "video_name": _video_name(video.path),
+            "fps": video.fps, "width": video.width, "height": video.height, "frame_count": video.frame_count,
+            "start_frame": row.start_frame, "end_frame": row.end_frame, "frame_indices": list(tube.frame_indices),
+            "mask_width": row.mask_width, "mask_height": row.mask_height, "boxes": row.boxes,
+            "masks": [mask_runs(m) for m in tube.masks()]}
 
 
 # --- concept library -----------------------------------------------------------

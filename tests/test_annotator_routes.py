@@ -422,3 +422,75 @@ def test_highlighted_source_video_is_rendered_once_and_served(app, alice):
     again = alice.get(f"/tubes/{tube_id}/highlight")
     assert again.location == first.location and out.stat().st_mtime_ns == made
     assert alice.get("/tubes/999999/highlight").status_code == 404
+
+
+# --- review at scale: bulk member decisions, tube overlays, cards that show their state ---
+def _members(app, cluster_id):
+    with app.extensions["conceptgen_workspace"].session() as s:
+        return {m.id: (m.cluster_id, m.excluded) for m in s.scalars(select(ClusterMember).order_by(ClusterMember.id))
+                if m.cluster_id == cluster_id}
+
+
+def test_bulk_remove_and_move_are_one_decision_each_and_undo_whole(app, alice):
+    a, b = app.seed.cluster_ids[:2]
+    ids = sorted(_members(app, a))[:3]
+    r = alice.post(f"/api/clusters/{a}/members/bulk", {"version": 1, "action": "remove", "members": ids})
+    assert r.status_code == 200, r.get_json()
+    assert [_members(app, a)[i][1] for i in ids] == [True, True, True]
+    moved = sorted(_members(app, a))[3:5]
+    r = alice.post(f"/api/clusters/{a}/members/bulk",
+                   {"version": _version(app, a), "action": "move", "members": moved, "target": b})
+    assert r.status_code == 200, r.get_json()
+    assert set(moved) <= set(_members(app, b)) and not set(moved) & set(_members(app, a))
+    audit = alice.get("/api/audit").get_json()["entries"]
+    assert [e["action"] for e in audit][:2] == ["move_members", "remove_members"]
+    assert alice.post("/api/undo").status_code == 200  # the move, all of it
+    assert set(moved) <= set(_members(app, a))
+    stray = alice.post(f"/api/clusters/{a}/members/bulk",
+                       {"version": _version(app, a), "action": "remove", "members": [sorted(_members(app, b))[0]]})
+    assert stray.status_code == 400 and "no longer in cluster" in stray.get_json()["error"]
+    stale = alice.post(f"/api/clusters/{a}/members/bulk", {"version": 1, "action": "remove", "members": ids})
+    assert stale.status_code == 409
+    for bad in ({"version": 1, "action": "remove", "members": "1,2"}, {"version": 1, "action": "zap", "members": ids}):
+        assert alice.post(f"/api/clusters/{a}/members/bulk", bad).status_code == 400
+
+
+def test_tube_overlay_gives_row_major_mask_runs_that_rebuild_the_masks(app, alice):
+    from conceptgen.orm import Tube
+    from conceptgen.tubes import TubeRecord
+
+    tube_id = next(iter(_members(app, app.seed.cluster_ids[0])))  # a member id; look its tube up
+    with app.extensions["conceptgen_workspace"].session() as s:
+        tube_id = s.get(ClusterMember, tube_id).tube_id
+        masks = TubeRecord.from_row(s.get(Tube, tube_id)).masks()
+    data = alice.get(f"/api/tubes/{tube_id}").get_json()
+    assert data["fps"] > 0 and len(data["masks"]) == len(data["frame_indices"]) == len(data["boxes"])
+    for runs, mask in zip(data["masks"], masks):
+        assert sum(runs) == data["mask_width"] * data["mask_height"]
+        flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+        assert np.array_equal(flat.reshape(data["mask_height"], data["mask_width"]), mask)
+    video = alice.get(f"/videos/{data['video_id']}/source", headers={"Range": "bytes=0-99"})
+    assert video.status_code == 206 and len(video.data) == 100
+    assert alice.get("/api/tubes/99999").status_code == 404
+
+
+def test_member_rows_load_from_an_offset(app, alice):
+    cid = app.seed.cluster_ids[0]
+    first = alice.get(f"/clusters/{cid}/members?offset=0&limit=2").text
+    rest = alice.get(f"/clusters/{cid}/members?offset=2").text
+    ids = lambda html: re.findall(r'data-member-id="(\d+)"', html)  # noqa: E731
+    assert len(ids(first)) == 2 and len(ids(first) + ids(rest)) == len(_members(app, cid))
+    assert not set(ids(first)) & set(ids(rest))
+
+
+def test_cards_show_their_state_instead_of_buttons_that_no_longer_apply(app, alice):
+    a, b = app.seed.cluster_ids[:2]
+    alice.post(f"/api/clusters/{a}/accept", {"version": 1, "name": "slide", "description": "d"})
+    alice.post(f"/api/clusters/{b}/reject", {"version": 1})
+    page = alice.get(f"/runs/{app.seed.run_id}/clusters?status=all").text
+    cards = {int(m.group(1)): m.group(0) for m in
+             re.finditer(r'<article class="card[^>]*data-cluster-id="(\d+)".*?</article>', page, re.S)}
+    assert "Accepted as “slide”" in cards[a] and "act-accept" not in cards[a] and "act-reject" in cards[a]
+    assert 'data-concept="slide"' in cards[a] and 'data-status="accepted"' in cards[a]
+    assert "Rejected" in cards[b] and "act-reject" not in cards[b] and "act-accept" in cards[b]
+    assert 'id="reject-dialog"' in page

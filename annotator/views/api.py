@@ -191,6 +191,30 @@ def move_member(member_id: int):
                    target_cluster_id=_int(body, "target", "the target cluster id"))
 
 
+@bp.post("/clusters/<int:cluster_id>/members/bulk")
+@login_required
+def bulk_members(cluster_id: int):
+    """Remove, restore or move several members of one cluster as one decision (one undo)."""
+    body = _body()
+    ids = body.get("members")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConfigError("send 'members': a list of member ids (whole numbers)")
+    action = body.get("action")
+    if action in ("remove", "restore"):
+        return _decide(decisions.set_members_excluded, cluster_id, ids, _version(body), excluded=action == "remove")
+    if action == "move":
+        return _decide(decisions.move_members, cluster_id, ids, _version(body),
+                       target_cluster_id=_int(body, "target", "the target cluster id"))
+    raise ConfigError("send 'action': one of remove, restore, move")
+
+
+@bp.get("/tubes/<int:tube_id>")
+@login_required
+def tube(tube_id: int):
+    """What the browser needs to outline a tube over its source video: frames, boxes, masks."""
+    return jsonify(queries.tube_overlay(db(), tube_id))
+
+
 @bp.post("/undo")
 @login_required
 def undo():

@@ -477,16 +477,53 @@ def set_member_excluded(session: Session, user_id: int | None, member_id: int, s
     """Remove a member from its cluster (``excluded``), or restore it."""
     member = _load_member(session, member_id)
     cluster = load_cluster(session, member.cluster_id, seen_version)
-    touched = _Touched(clusters={cluster.id: cluster}, members={member.id: member})
+    return _set_excluded(session, user_id, cluster, [member], excluded,
+                         "remove_member" if excluded else "restore_member",
+                         {"member_id": member.id, "tube_id": member.tube_id})
+
+
+def set_members_excluded(session: Session, user_id: int | None, cluster_id: int, member_ids: Iterable[int],
+                         seen_version: int | None, *, excluded: bool = True) -> DecisionResult:
+    """Remove (or restore) several members of one cluster in one decision (one undo)."""
+    cluster = load_cluster(session, cluster_id, seen_version)
+    members = _load_members_of(session, cluster, member_ids)
+    return _set_excluded(session, user_id, cluster, members, excluded,
+                         "remove_members" if excluded else "restore_members",
+                         {"member_ids": [m.id for m in members], "n_members": len(members)})
+
+
+def _set_excluded(session: Session, user_id: int | None, cluster: Cluster, members: list[ClusterMember],
+                  excluded: bool, action: str, info: dict[str, Any]) -> DecisionResult:
+    touched = _Touched(clusters={cluster.id: cluster}, members={m.id: m for m in members})
 
     def apply() -> dict[str, Any]:
-        member.excluded = bool(excluded)
-        if excluded:
-            member.representative = False
+        for member in members:
+            member.excluded = bool(excluded)
+            if excluded:
+                member.representative = False
         _refresh_stats(session, cluster)
-        return {"member_id": member.id, "tube_id": member.tube_id}
+        return info
 
-    return _decide(session, user_id, "remove_member" if excluded else "restore_member", cluster, touched, apply)
+    return _decide(session, user_id, action, cluster, touched, apply)
+
+
+MAX_BULK_MEMBERS = 5000  # one decision; larger selections are a split or a merge
+
+
+def _load_members_of(session: Session, cluster: Cluster, member_ids: Iterable[int]) -> list[ClusterMember]:
+    """The members ``member_ids`` (in rank order), each checked to belong to ``cluster``."""
+    ids = list(dict.fromkeys(int(i) for i in member_ids))
+    if not ids:
+        raise DecisionError("select at least one member first")
+    if len(ids) > MAX_BULK_MEMBERS:
+        raise DecisionError(f"{len(ids)} members selected; act on at most {MAX_BULK_MEMBERS} at once")
+    members = list(session.scalars(select(ClusterMember).where(ClusterMember.id.in_(ids))
+                                   .order_by(ClusterMember.rank, ClusterMember.id)))
+    strays = sorted(set(ids) - {m.id for m in members if m.cluster_id == cluster.id})
+    if strays:
+        shown = ", ".join(map(str, strays[:5])) + (" …" if len(strays) > 5 else "")
+        raise DecisionError(f"member(s) {shown} are no longer in cluster {cluster.id}; reload the page")
+    return members
 
 
 def set_representative(session: Session, user_id: int | None, member_id: int, seen_version: int | None,
@@ -511,24 +548,40 @@ def move_member(session: Session, user_id: int | None, member_id: int, seen_vers
     """Move a member to another cluster of the same clustering (appended last)."""
     member = _load_member(session, member_id)
     source = load_cluster(session, member.cluster_id, seen_version)
+    return _move(session, user_id, source, [member], target_cluster_id, "move_member",
+                 {"member_id": member.id, "tube_id": member.tube_id})
+
+
+def move_members(session: Session, user_id: int | None, cluster_id: int, member_ids: Iterable[int],
+                 seen_version: int | None, *, target_cluster_id: int) -> DecisionResult:
+    """Move several members of one cluster to another cluster in one decision (one undo)."""
+    source = load_cluster(session, cluster_id, seen_version)
+    members = _load_members_of(session, source, member_ids)
+    return _move(session, user_id, source, members, target_cluster_id, "move_members",
+                 {"member_ids": [m.id for m in members], "n_members": len(members)})
+
+
+def _move(session: Session, user_id: int | None, source: Cluster, members: list[ClusterMember],
+          target_cluster_id: int, action: str, info: dict[str, Any]) -> DecisionResult:
     target = load_cluster(session, target_cluster_id, None)
     if target.id == source.id:
-        raise DecisionError(f"member {member.id} is already in cluster {target.id}; pick another cluster")
+        raise DecisionError(f"the member(s) are already in cluster {target.id}; pick another cluster")
     if target.clustering_id != source.clustering_id:
         raise DecisionError(f"cluster {target.id} belongs to another clustering; move members only "
                             f"between clusters of one gallery")
     _require_reviewable(target)
-    touched = _Touched(clusters={source.id: source, target.id: target}, members={member.id: member})
+    touched = _Touched(clusters={source.id: source, target.id: target}, members={m.id: m for m in members})
 
     def apply() -> dict[str, Any]:
         last = session.scalar(select(func.max(ClusterMember.rank)).where(ClusterMember.cluster_id == target.id))
-        member.cluster_id, member.rank = target.id, (last if last is not None else -1) + 1
-        member.excluded = False
+        for offset, member in enumerate(members, start=1):
+            member.cluster_id, member.rank = target.id, (last if last is not None else -1) + offset
+            member.excluded = False
         _refresh_stats(session, source)
         _refresh_stats(session, target)
-        return {"member_id": member.id, "tube_id": member.tube_id, "from": source.id, "to": target.id}
+        return {**info, "from": source.id, "to": target.id}
 
-    return _decide(session, user_id, "move_member", source, touched, apply)
+    return _decide(session, user_id, action, source, touched, apply)
 
 
 # --- undo ----------------------------------------------------------------------
