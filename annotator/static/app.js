@@ -325,6 +325,7 @@ class TubePlayer {
   async open(row, mode) {
     const token = ++this.token;
     this.section.hidden = false;
+    document.body.classList.add("player-open");  // the list makes room: the player covers no row
     this.section.dataset.state = "loading";
     this.section.querySelector("#player-title").textContent = row.dataset.title;
     this.note.textContent = "";
@@ -388,6 +389,7 @@ class TubePlayer {
     this.video.removeAttribute("src");
     this.video.load();
     this.section.hidden = true;
+    document.body.classList.remove("player-open");
     this.section.dataset.state = "closed";
   }
 
@@ -613,6 +615,7 @@ function setupExperiment() {
     count.textContent = shown;
   };
   form.addEventListener("input", filter);
+  form.addEventListener("change", filter);
   form.addEventListener("submit", ev => ev.preventDefault());
   table.querySelectorAll("th[data-key]").forEach(th => {
     th.querySelector("button").addEventListener("click", () => {
