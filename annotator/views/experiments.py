@@ -1,5 +1,5 @@
 """TCAV experiments: the list, and one experiment's verdict table, plots, calibration
-and warnings (read through ``tcav.results``, the owner of the stored results)."""
+and warnings (read through ``conceptgen.experiments``, the one reader of stored results)."""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template
@@ -8,7 +8,7 @@ from annotator import queries
 from annotator.db import db
 from annotator.queries import to_plain
 from annotator.views.auth import login_required
-from tcav import results
+from conceptgen import experiments as results
 
 bp = Blueprint("experiments", __name__)
 
