@@ -173,12 +173,11 @@ _MEMBER_COLUMNS = (ClusterMember.id, *[getattr(ClusterMember, f) for f in MEMBER
 
 
 def _member_states(session: Session, members: dict[int, Any], chunk: int = 500) -> dict[str, dict[str, Any]]:
-    """The state of the touched members: plain ones (:class:`_Member`, written in bulk) from
-    their values, the others read back as plain rows (flushed first). A merge or an undo
-    touches hundreds of members; reading their ORM attributes one by one took longer than
-    the rest of the decision."""
-    rows: dict[int, Any] = {i: tuple(getattr(m, f) for f in MEMBER_FIELDS)
-                            for i, m in members.items() if isinstance(m, _Member)}
+    """The state of the touched members: from their own values (plain :class:`_Member`
+    rows, written in bulk, or the few ORM records of a member decision), and for members
+    known only by id (an undo's hundreds) read back as plain rows in one query per chunk."""
+    rows: dict[int, Any] = {i: tuple(getattr(m, f) for f in MEMBER_FIELDS)  # plain or ORM: its own values
+                            for i, m in members.items() if m is not None}
     ids = [i for i in members if i not in rows]
     for lo in range(0, len(ids), chunk):
         rows.update((r[0], r[1:]) for r in session.execute(select(*_MEMBER_COLUMNS)
