@@ -57,14 +57,16 @@ def _version(app, cluster_id):
 
 # --- auth ---------------------------------------------------------------------------
 @pytest.mark.parametrize("url", ["/runs", "/runs/1/clusters", "/clusters/1", "/concepts", "/audit",
-                                 "/media/previews/run1/c0_t0.mp4", "/tubes/1/highlight"])
+                                 "/media/previews/run1/c0_t0.mp4", "/tubes/1/highlight", "/experiments",
+                                 "/experiments/1", "/videos/1/source", "/clusters/1/members?offset=0"])
 def test_anonymous_pages_redirect_to_login(app, url):
     r = app.test_client().get(url)
     assert r.status_code == 302 and r.location.startswith("/login?next=")
 
 
 @pytest.mark.parametrize("url", ["/api/runs", "/api/runs/1/clusters", "/api/clusters/1", "/api/clusters/1/similar",
-                                 "/api/concepts", "/api/audit"])
+                                 "/api/concepts", "/api/audit", "/api/experiments", "/api/experiments/1",
+                                 "/api/jobs", "/api/jobs/1", "/api/tubes/1"])
 def test_anonymous_api_gets_401_json(app, url):
     r = app.test_client().get(url)
     assert r.status_code == 401 and "log in" in r.get_json()["error"]
