@@ -248,6 +248,13 @@ def _by(driver, css):
     return driver.find_elements(By.CSS_SELECTOR, css)
 
 
+def _present(driver, css, n=1):
+    """The elements matching ``css`` once at least ``n`` are on the page (a loaded machine
+    can hand back a page before its body is parsed)."""
+    return _wait(lambda: _by(driver, css) if len(_by(driver, css)) >= n else None,
+                 what=f"{n} x {css} on {driver.current_url}")
+
+
 def test_experiment_page_sorts_filters_and_shows_each_plot_once(server, browser, toy_tcav_clips):
     """A real TCAV experiment (the toy 3D CNN, ``conceptgen tcav``) read in the browser."""
     from selenium.webdriver.support.ui import Select
@@ -276,9 +283,10 @@ def test_experiment_page_sorts_filters_and_shows_each_plot_once(server, browser,
     driver = browser
     _login(driver, base, info)
     driver.get(base + "/experiments")
-    assert len(_by(driver, "tr.experiment-row")) == 2
+    assert len(_present(driver, "tr.experiment-row", 2)) == 2
     assert _by(driver, f'tr[data-experiment-id="{running_id}"] progress')[0].get_attribute("value") == "1"
     driver.get(base + f"/experiments/{exp_id}")
+    _present(driver, "section.plots img.plot", len(plots))
     rows = lambda: [r for r in _by(driver, "tr.verdict") if r.is_displayed()]  # noqa: E731
     n = len(rows())
     assert n >= 4 and {r.get_attribute("data-variant") for r in rows()} == {"dynamic", "static"}
@@ -323,7 +331,7 @@ def test_export_job_shows_progress_survives_reload_cancels_and_reports_failure(s
     driver = browser
     _login(driver, base, info)
     driver.get(base + "/concepts")
-    driver.find_element("id", "export-btn").click()
+    _present(driver, "#export-btn")[0].click()
     done = _wait(lambda: _by(driver, ".job.state-done"), timeout=120, what="the export job to finish")
     assert "Exported 6 clips to" in done[0].text and (ws.exports).exists()
 
@@ -371,7 +379,7 @@ def test_play_source_starts_at_the_tube_loops_its_span_and_zooms(server, browser
     driver = browser
     _login(driver, base, info)
     driver.get(base + f"/clusters/{info.cluster_ids[0]}")
-    row = _by(driver, "tr.member")[2]
+    row = _present(driver, "tr.member", 3)[2]
     tube = driver.execute_script("return fetch('/api/tubes/' + arguments[0]).then(r => r.json());",
                                  row.get_attribute("data-tube-id"))
     assert tube["start_frame"] > 0  # so that "from frame 0" would be visible
@@ -421,7 +429,7 @@ def test_rejecting_an_accepted_cluster_asks_first_and_names_the_concept(server, 
     driver = browser
     _login(driver, base, info)
     driver.get(base + f"/runs/{info.run_id}/clusters?status=accepted")
-    card = _by(driver, f'.card[data-cluster-id="{cid}"]')[0]
+    card = _present(driver, f'.card[data-cluster-id="{cid}"]')[0]
     assert "Accepted as “Sliding square”" in card.text
     assert not card.find_elements("css selector", ".act-accept")  # the state, not a button that no longer applies
     card.send_keys("r")
@@ -458,7 +466,7 @@ def test_a_520_member_cluster_scrolls_as_one_list_with_bulk_remove_and_move(tmp_
         driver.find_element("name", "password").send_keys("correct-horse")
         driver.find_element("css selector", "form.login button[type=submit]").click()
         driver.get(base + f"/clusters/{big}")
-        thumb = _by(driver, "tr.member video.preview")[0]
+        thumb = _present(driver, "tr.member video.preview")[0]
         assert thumb.size["width"] >= 160
         for _ in range(40):
             if len(_by(driver, "tr.member")) >= 520:
