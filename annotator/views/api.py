@@ -13,7 +13,7 @@ from conceptgen.review import decisions
 from annotator.db import db, workspace, writer_turn
 from conceptgen.db import get_or_raise
 from annotator.views.auth import login_required
-from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
+from conceptgen.errors import ConfigError, NotFoundError
 from conceptgen.orm import Cluster, ClusterMember
 
 bp = Blueprint("api", __name__, url_prefix="/api")
