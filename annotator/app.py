@@ -72,7 +72,8 @@ def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] |
     """Build the annotator for a workspace (default: $CONCEPTGEN_WORKSPACE or ./workspace);
     ``settings``: session idle time, HTTPS, proxies, login limits (default ServerSettings())."""
     from annotator import errors
-    from annotator.views import api, audit, auth, clusters, concepts, media, runs
+    from annotator.views import api, audit, auth, clusters, concepts, experiments, jobs, media, runs
+    from conceptgen.jobs import JobRunner, fail_orphaned_jobs
 
     workspace = workspace or Workspace.resolve()
     app = Flask(__name__)
@@ -91,6 +92,8 @@ def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] |
     security.install(app)
     app.extensions["conceptgen_workspace"] = workspace
     workspace.engine  # upgrade the schema before the first request, not during one
+    fail_orphaned_jobs(workspace)  # a job whose server process is gone will never finish
+    app.extensions["conceptgen_jobs"] = JobRunner(workspace)
     CSRFProtect(app)
 
     @app.teardown_appcontext
@@ -99,7 +102,8 @@ def create_app(workspace: Workspace | None = None, test_config: dict[str, Any] |
         if session is not None:
             session.close()
 
-    for bp in (auth.bp, runs.bp, clusters.bp, concepts.bp, media.bp, api.bp, audit.bp):
+    for bp in (auth.bp, runs.bp, clusters.bp, concepts.bp, media.bp, api.bp, audit.bp, jobs.bp,
+               experiments.bp):
         app.register_blueprint(bp)
     errors.register(app)
     fragments = FragmentCache()

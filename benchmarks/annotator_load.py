@@ -3,6 +3,7 @@ concurrent reviewers; reports page and API latency and proves no update was lost
 
     python benchmarks/annotator_load.py            # 1,000 clusters, 100,000 tubes, 20 clients, 60 s
     python benchmarks/annotator_load.py --quick    # 200 clusters, 20,000 tubes, 20 clients, 20 s
+    python benchmarks/annotator_load.py --real-clips   # the shape of a 7-real-clip workspace, 20 clients, 60 s
     python benchmarks/annotator_load.py --quick --db-url postgresql+psycopg://USER@HOST/EMPTY_DB
 
 Each client logs in as its own user and loops: gallery page (random status/sort/page),
@@ -51,9 +52,15 @@ from conceptgen.orm import AuditLog  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
 from targets import Target, add_flag, check, exit_status  # noqa: E402
 
-# Stated targets (README, Benchmarks): p95 under 200 ms for the gallery and the detail page.
-# The run exits 1 on a miss (--no-targets: 0); 5xx, lost updates and failed clients always do.
-TARGETS = (Target("gallery_p95_ms", "<", 200), Target("detail_p95_ms", "<", 200))
+# Stated targets (README, Benchmarks): p95 under 200 ms for the gallery, the detail page and
+# the decision POSTs. The run exits 1 on a miss (--no-targets: 0); 5xx, lost updates and
+# failed clients always do.
+TARGETS = (Target("gallery_p95_ms", "<", 200), Target("detail_p95_ms", "<", 200),
+           Target("decision_p95_ms", "<=", 200))
+# --real-clips: the review workload of the seven real clips (issue 21's measurement): 30
+# clusters of skewed sizes, the largest 464 tubes, 1,500 tubes over 7 videos.
+REAL_CLIP_SIZES = [464, 210, 150, 110, 90, 70, 56, 48, 40, 34, 30, 26, 22, 20, 18, 16, 14, 12, 10, 10, 8, 8, 8, 6,
+                   6, 6, 6, 4, 4, 4]
 
 PASSWORD = "benchmark-password"
 TOKEN = re.compile(r'name="csrf-token" content="([^"]+)"')
@@ -156,7 +163,7 @@ class Client(threading.Thread):
         self.timed("detail", "GET", f"/clusters/{cid}?page={self.rng.randint(1, 3)}")
 
     def post(self, url: str, body: dict) -> requests.Response:
-        return self.timed("api", "POST", url, json=body, headers={"X-CSRFToken": self.token})
+        return self.timed("decision", "POST", url, json=body, headers={"X-CSRFToken": self.token})
 
     def decide(self) -> None:
         self.n_decisions += 1
@@ -203,6 +210,8 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller and shorter (within 3 minutes)")
+    ap.add_argument("--real-clips", action="store_true",
+                    help="the shape of the seven-real-clip workspace: 30 skewed clusters (largest 464), 1,500 tubes")
     ap.add_argument("--clusters", type=int, default=None)
     ap.add_argument("--tubes", type=int, default=None)
     ap.add_argument("--clients", type=int, default=20)
@@ -226,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.workspace or tmp.name) / "ws"
     ws = Workspace.resolve(root, args.db_url)
     t = time.perf_counter()
-    info = seed_bulk_workspace(ws, n_clusters=n_clusters, n_tubes=n_tubes, n_videos=min(1000, n_tubes),
-                               seed=args.seed)
+    sizes = REAL_CLIP_SIZES if args.real_clips else None
+    if sizes:
+        n_clusters, n_tubes = len(sizes), sum(sizes)
+    info = seed_bulk_workspace(ws, n_clusters=n_clusters, n_tubes=n_tubes,
+                               n_videos=7 if sizes else min(1000, n_tubes), seed=args.seed, cluster_sizes=sizes)
     for i in range(args.clients):
         create_user(ws, f"bench{i}", PASSWORD)
     seed_s = time.perf_counter() - t
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     n_served = n_requests + sum(c.n_untimed for c in clients)
     print(f"one client alone: gallery p50={percentile(alone.latency['gallery'], 50):.1f} ms, "
           f"detail p50={percentile(alone.latency['detail'], 50):.1f} ms", flush=True)
-    for kind in ("gallery", "detail", "api"):
+    for kind in ("gallery", "detail", "decision"):
         v = latency[kind]
         print(f"{kind:8s} n={len(v):6d}  p50={percentile(v, 50):7.1f} ms  p95={percentile(v, 95):7.1f} ms  "
               f"max={max(v) if v else float('nan'):7.1f} ms", flush=True)
@@ -303,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         "gallery_p95_ms": round(percentile(latency["gallery"], 95), 1),
         "detail_p50_ms": round(percentile(latency["detail"], 50), 1),
         "detail_p95_ms": round(percentile(latency["detail"], 95), 1),
-        "api_p50_ms": round(percentile(latency["api"], 50), 1),
-        "api_p95_ms": round(percentile(latency["api"], 95), 1),
+        "decision_p50_ms": round(percentile(latency["decision"], 50), 1),
+        "decision_p95_ms": round(percentile(latency["decision"], 95), 1),
+        "decision_max_ms": round(max(latency["decision"]), 1) if latency["decision"] else float("nan"),
+        # the decision POSTs under their old name (benchmarks/distributed.py reads it)
+        "api_p50_ms": round(percentile(latency["decision"], 50), 1),
+        "api_p95_ms": round(percentile(latency["decision"], 95), 1),
         "alone_gallery_p50_ms": round(percentile(alone.latency["gallery"], 50), 1),
         "alone_detail_p50_ms": round(percentile(alone.latency["detail"], 50), 1),
         "workers": workers, "threads": threads,

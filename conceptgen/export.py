@@ -47,6 +47,8 @@ CLIP_FPS = 8.0  # exported clips are frame sequences; a fixed rate keeps the byt
 
 #: Called with each file's path relative to the export root right after it is written.
 FileHook = Callable[[str], None]
+#: Called with (clips written, clips in all) after each clip.
+ProgressHook = Callable[[int, int], None]
 
 
 # --- small typed records ------------------------------------------------------
@@ -99,13 +101,16 @@ def export_concepts(
     side: int = 112,
     overwrite: bool = False,
     on_file: FileHook | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> ExportReport:
     """Export concepts (names, or ``"all-approved"``) of ``workspace`` to ``out_dir``.
 
     Clips are ``num_frames`` x ``side`` x ``side`` RGB rendered at ``mode``
     (mask | crop | blur); ``static`` adds a static variant per dynamic example.
     ``on_file`` is a hook called after every file write (tests use it to
-    interrupt the export). Nothing appears at ``out_dir`` unless the export completes.
+    interrupt the export); ``on_progress(done, total)`` after every clip (the
+    annotator's job progress; an exception it raises stops the export). Nothing
+    appears at ``out_dir`` unless the export completes.
     """
     from conceptgen.render import RENDER_MODES
 
@@ -119,10 +124,12 @@ def export_concepts(
 
     concepts = load_concept_records(workspace, names)
     render = {"mode": mode, "static": static, "num_frames": num_frames, "side": side, "fps": CLIP_FPS}
+    plans = [_plan_examples(c.examples, static) for c in concepts]
+    counter = _Progress(sum(len(p) for p in plans), on_progress)
     with AtomicFolder(out_dir, on_file=on_file) as folder:
         entries, skipped, n_clips = [], [], 0
-        for concept, sub in zip(concepts, _concept_folders([c.name for c in concepts])):
-            entry, concept_skips = _write_concept(folder, concept, sub, render, workspace.media)
+        for concept, plan, sub in zip(concepts, plans, _concept_folders([c.name for c in concepts])):
+            entry, concept_skips = _write_concept(folder, concept, plan, sub, render, workspace.media, counter)
             entries.append(entry)
             skipped += concept_skips
             n_clips += len(entry["examples"])
@@ -257,16 +264,30 @@ def _concept_folders(names: list[str]) -> list[str]:
     return out
 
 
-def _write_concept(folder: "AtomicFolder", concept: ConceptRecord, sub: str, render: dict,
-                   media: Path) -> tuple[dict[str, Any], list[SkippedItem]]:
+class _Progress:
+    """Counts written clips across all concepts for an ``on_progress(done, total)`` hook."""
+
+    def __init__(self, total: int, hook: ProgressHook | None) -> None:
+        self.done, self.total, self.hook = 0, total, hook
+        if hook:
+            hook(0, total)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.hook:
+            self.hook(self.done, self.total)
+
+
+def _write_concept(folder: "AtomicFolder", concept: ConceptRecord, plan: list, sub: str, render: dict,
+                   media: Path, counter: _Progress) -> tuple[dict[str, Any], list[SkippedItem]]:
     entries: list[dict[str, Any]] = []
     skipped: list[SkippedItem] = []
-    plan = _plan_examples(concept.examples, render["static"])
     for k, (example, variant, sibling) in enumerate(progress(plan, desc=f"export {concept.name}", unit="clip")):
         try:
             entries.append(_write_example(folder, example, variant, sibling, k, sub, render, media))
         except (ConceptgenError, OSError, ValueError) as err:  # recorded; the rest go on
             skipped.append(SkippedItem(f"{concept.name}#{k} ({variant})", str(err)))
+        counter.step()  # outside the try: a cancel raised by the hook stops the export
     entry = {
         "name": concept.name, "description": concept.description, "folder": sub,
         "source": concept.source, "status": concept.status, "version": concept.version,

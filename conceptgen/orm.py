@@ -379,3 +379,27 @@ class TcavResult(Base):
 Index("ix_tubes_run_video", Tube.run_id, Tube.video_id)
 # The gallery reads each cluster's most central non-excluded members.
 Index("ix_cluster_members_cluster_rank", ClusterMember.cluster_id, ClusterMember.excluded, ClusterMember.rank)
+
+
+# --- background jobs ------------------------------------------------------------
+class Job(Base):
+    """Long work the annotator started (an export, ...), run in the serving process
+    (``conceptgen.jobs``). ``owner`` is host:pid of that process, so a restarted
+    server can tell its predecessor's unfinished jobs and mark them failed."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # export
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|done|failed|cancelled
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[Optional[str]] = mapped_column(String(200))
+    user_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
