@@ -109,7 +109,7 @@ def contact_sheet(rows: list[dict], truth_names: set[str], out: Path, *, per_cli
         frames = dict(zip(wanted, read_frames(row["path"], indices=wanted, max_side=512)))
         for (record, _, objectness), f in zip(candidates, wanted):
             mask = record.mask(record.frame_indices.index(f))
-            tiles.append((frames[f], mask, f"{row['clip'][:16]} f{f} {record.kind[:6]} obj {objectness:.2f}"))
+            tiles.append((frames[f], mask, f"{Path(row['clip']).stem[:14]} f{f} obj {objectness:.2f}"))
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), cv2.cvtColor(render_sheet(tiles, columns=per_clip), cv2.COLOR_RGB2BGR))
     print(f"contact sheet: {out} ({len(tiles)} tubes)")
