@@ -93,6 +93,9 @@ def test_models_layers_lists_blocks_with_token_shapes_and_why_a_layer_has_no_tim
         assert "classifier [pooled]" in lines
     folded = next(i for i in describe_layers(load_model(folders["timesformer"])) if i.name == FOLDED)
     assert folded.shape == (16, FRAMES, 32) and "batch axis" in folded.note
+    per_frame = next(i for i in describe_layers(load_model(folders["timesformer"]))
+                     if i.name == "timesformer.embeddings.patch_embeddings.projection")
+    assert per_frame.shape == (FRAMES, 32 * 4 * 4) and "patch tokens" in per_frame.note  # not (C, T, H, W)
 
 
 def test_a_builder_returning_a_transformers_model_loads_the_same_way(folders, tmp_path, monkeypatch, capsys):
