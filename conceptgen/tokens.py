@@ -49,9 +49,12 @@ class TokenGrid:
 def regroup(t: torch.Tensor, batch: int) -> torch.Tensor:
     """A tensor whose first axis is k * ``batch`` (a model that folds positions into the
     batch, as TimeSformer's attention does: ``x.reshape(B * k, ...)``) as (batch, k, ...),
-    batch-major like the reshape that folded it; any other tensor as it is."""
+    batch-major like the reshape that folded it; any other tensor as it is. A folded
+    (B * k, C, H, W) map becomes (batch, k, C * H * W), so that no view mistakes its
+    k folded positions for channels over time and space."""
     if batch >= 1 and t.ndim >= 1 and t.shape[0] != batch and t.shape[0] % batch == 0:
-        return t.reshape(batch, t.shape[0] // batch, *t.shape[1:])
+        out = t.reshape(batch, t.shape[0] // batch, *t.shape[1:])
+        return out.flatten(2) if out.ndim == 5 else out
     return t
 
 
@@ -77,8 +80,8 @@ def why_not_grid(shape: tuple[int, ...], grid: TokenGrid) -> str | None:
     if len(shape) == 2 and shape[0] in (grid.tokens, grid.patches):
         return None
     if len(shape) == 2:
-        return (f"its {shape[0]} tokens are not the model's {grid.patches} patch tokens of "
-                f"{grid.describe()}")
+        return (f"its {shape[0]} rows are not the model's {grid.patches} patch tokens of "
+                f"{grid.describe()} (a folded per-frame map, or another token set)")
     if len(shape) == 3:
         return (f"its output {shape} folds {shape[0]} positions per clip into the batch axis "
                 "(attention within a frame or over time), so its tokens have no single time grid")

@@ -93,6 +93,9 @@ def test_models_layers_lists_blocks_with_token_shapes_and_why_a_layer_has_no_tim
         assert "classifier [pooled]" in lines
     folded = next(i for i in describe_layers(load_model(folders["timesformer"])) if i.name == FOLDED)
     assert folded.shape == (16, FRAMES, 32) and "batch axis" in folded.note
+    per_frame = next(i for i in describe_layers(load_model(folders["timesformer"]))
+                     if i.name == "timesformer.embeddings.patch_embeddings.projection")
+    assert per_frame.shape == (FRAMES, 32 * 4 * 4) and "patch tokens" in per_frame.note  # not (C, T, H, W)
 
 
 def test_a_builder_returning_a_transformers_model_loads_the_same_way(folders, tmp_path, monkeypatch, capsys):
@@ -202,7 +205,8 @@ def test_extract_cluster_tcav_with_temporal_and_gradcam_end_to_end(folders, clip
         run = s.scalars(select(Run)).one()
         emb = load_embeddings(s, run.id, layer=block, pooling="mean", render_mode="mask")
     assert len(emb.vectors) >= 2 and emb.vectors.shape[1] == 32 and np.isfinite(emb.vectors).all()
-    assert "supported" in cli("cluster", "--run", run.id, "--k", 2, "--min-size", 1, "--min-videos", 1)
+    clustered = cli("cluster", "--run", run.id, "--k", 2, "--min-size", 1, "--min-videos", 1)
+    assert f"layer {block}, {len(emb.vectors)} tubes, k=2" in clustered, clustered
 
     out = cli("tcav", "--model", model, "--layers", layers, "--target", "right", "--concepts",
               clip_folders / "concepts", "--class-examples", clip_folders / "classes", "--random-sets", 3,
