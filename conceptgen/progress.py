@@ -1,6 +1,6 @@
 """Progress bars. All long loops go through :func:`progress` so ``--quiet``
 silences every bar at once, and :func:`reporting_to` can follow them from elsewhere
-(the annotator's experiment page shows a running TCAV experiment's bars)."""
+(the annotator shows a running TCAV experiment's bars)."""
 from __future__ import annotations
 
 import contextvars
