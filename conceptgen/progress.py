@@ -1,7 +1,9 @@
 """Progress bars. All long loops go through :func:`progress` so ``--quiet``
-silences every bar at once."""
+silences every bar at once, and :func:`reporting_to` can follow them from elsewhere
+(the annotator shows a running TCAV experiment's bars)."""
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from contextlib import contextmanager
@@ -14,6 +16,9 @@ from conceptgen.errors import TimeBudgetError
 T = TypeVar("T")
 
 _QUIET = os.environ.get("CONCEPTGEN_QUIET", "") not in ("", "0")
+#: Called with (bar description, items done, items in all or None) as a bar advances.
+Listener = Callable[[str, int, "int | None"], None]
+_LISTENER: contextvars.ContextVar[Listener | None] = contextvars.ContextVar("conceptgen_progress", default=None)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -25,11 +30,45 @@ def is_quiet() -> bool:
     return _QUIET
 
 
+@contextmanager
+def reporting_to(listener: Listener) -> Iterator[None]:
+    """Within this block (this thread or task), every :func:`progress` bar iterated
+    here also reports each step to ``listener``, quiet or not."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+class _Reported:
+    """A bar that also tells a listener of each item; otherwise the tqdm bar itself."""
+
+    def __init__(self, bar: tqdm, listener: Listener, desc: str, total: int | None) -> None:
+        self._bar, self._listener, self._desc, self._total = bar, listener, desc, total
+
+    def __iter__(self):
+        for n, item in enumerate(self._bar, start=1):
+            yield item
+            self._listener(self._desc, n, self._total)
+
+    def __getattr__(self, name):
+        return getattr(self._bar, name)
+
+
 def progress(iterable: Iterable[T] | None = None, **kwargs) -> "tqdm[T]":
     """A tqdm bar that honours ``--quiet``. Accepts tqdm's keyword arguments."""
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
-    return tqdm(iterable, disable=_QUIET or kwargs.pop("disable", False), **kwargs)
+    bar = tqdm(iterable, disable=_QUIET or kwargs.pop("disable", False), **kwargs)
+    listener = _LISTENER.get()
+    if listener is None or iterable is None:
+        return bar
+    total = kwargs.get("total")
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    return _Reported(bar, listener, str(kwargs.get("desc") or ""), total)
+
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conceptgen.errors import ConceptgenError, ConfigError
+from conceptgen.progress import reporting_to
 from tcav import examples as ex
 from tcav.experiment import TcavConfig, TcavInputs, TcavReport, config_dict, run_tcav
 from tcav.plots import plot_report
@@ -101,6 +102,22 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
     return TcavInputs(concepts, classes, pool)
 
 
+def _stage_reporter(workspace, experiment_id: int, every_s: float = 1.0):
+    """Scoring's progress bars (activations per batch) into the stored stage, at most once a second."""
+    import time
+
+    last = [0.0]
+
+    def report(desc: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or (total is not None and done >= total):
+            last[0] = now
+            of = f"/{total}" if total else ""
+            record_progress(workspace, experiment_id, 0, len(STAGES), f"{STAGES[0]}: {desc} {done}{of}")
+
+    return report
+
+
 def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOutcome:
     """Load, gather, score, store, export and plot. The experiment row is 'failed'
     with the reason if scoring stops on a user error."""
@@ -118,8 +135,9 @@ def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOut
     experiment_id = start_experiment(workspace, request.stored_config(), loaded)
     record_progress(workspace, experiment_id, 0, len(STAGES), STAGES[0])  # the annotator shows the stage
     try:
-        report = run_tcav(loaded, inputs, config, cache_dir=Path(workspace.cache) / "tcav",
-                          amp=request.amp, batch_size=request.batch_size, executor=executor)
+        with reporting_to(_stage_reporter(workspace, experiment_id)):
+            report = run_tcav(loaded, inputs, config, cache_dir=Path(workspace.cache) / "tcav",
+                              amp=request.amp, batch_size=request.batch_size, executor=executor)
     except ConceptgenError as err:
         fail_experiment(workspace, experiment_id, str(err))
         raise

@@ -114,3 +114,14 @@ def test_restart_fails_jobs_of_a_dead_server_but_not_of_a_live_one(ws):
     with ws.session() as s:
         states = [(j.state, j.error) for j in s.scalars(select(Job).order_by(Job.id))]
     assert states == [("failed", jobs.ORPHANED), ("running", None), ("done", None)]
+
+
+def test_progress_bars_report_to_a_listener_only_inside_the_block():
+    from conceptgen.progress import progress, reporting_to
+
+    seen = []
+    with reporting_to(lambda desc, done, total: seen.append((desc, done, total))):
+        assert list(progress(range(3), desc="batches")) == [0, 1, 2]
+        assert list(progress(iter("ab"), total=2, desc="letters")) == ["a", "b"]
+    assert list(progress(range(2), desc="after")) == [0, 1]
+    assert seen == [("batches", 1, 3), ("batches", 2, 3), ("batches", 3, 3), ("letters", 1, 2), ("letters", 2, 2)]

@@ -333,20 +333,27 @@ def _present(driver, css, n=1):
                  what=f"{n} x {css} on {driver.current_url}")
 
 
-def test_experiment_page_sorts_filters_and_shows_each_plot_once(server, browser, toy_tcav_clips):
+def test_experiment_page_sorts_filters_and_shows_each_plot_once(server, browser, toy_tcav_clips, monkeypatch):
     """A real TCAV experiment (the toy 3D CNN, ``conceptgen tcav``) read in the browser."""
     from selenium.webdriver.support.ui import Select
 
+    import tcav.workflow
     from conceptgen.cli import main
     from conceptgen.orm import TcavExperiment
     from tcav.results import record_progress
 
     base, ws, info = server
     root = toy_tcav_clips
+    stages = []  # what the running experiment showed, stage by stage (the real writer still runs)
+    monkeypatch.setattr(tcav.workflow, "record_progress",
+                        lambda *a: (stages.append(a[2:]), record_progress(*a)))
     assert main(["--quiet", "--workspace", str(ws.root), "tcav", "--model", str(root / "toy.pt"),
                  "--layers", "conv1,conv2", "--target", "right", "--concepts", str(root / "concepts"),
                  "--class-examples", str(root / "classes"), "--random-sets", "6", "--random-set-size", "8",
                  "--test", "pseudo", "--seed", "1", "--classifier", "mean-diff"]) == 0
+    scoring = [stage for done, total, stage in stages if done == 0 and "/" in stage]
+    assert scoring and all(stage.startswith("scoring concepts: ") for stage in scoring), stages
+    assert [s[:2] for s in stages][-2:] == [(1, 3), (2, 3)]
     with ws.session() as s:
         exp = s.scalars(select(TcavExperiment)).one()
         exp_id, plots = exp.id, list(exp.plots)

@@ -90,8 +90,11 @@ def cluster_state(c: Cluster) -> dict[str, Any]:
     return _row_state(CLUSTER_FIELDS, (getattr(c, f) for f in CLUSTER_FIELDS))
 
 
-def _concept_versions(session: Session, concept_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """concept id -> {str(version): {cluster_id, description, tube_ids}}."""
+def _concept_versions(session: Session, concept_ids: list[int],
+                      known_tubes: dict[int, list[int]] | None = None) -> dict[int, dict[str, Any]]:
+    """concept id -> {str(version): {cluster_id, description, tube_ids}}. ``known_tubes``
+    (version row id -> tube ids) spares reading examples again within one decision: a
+    version's examples never change once written (an undo deletes the whole version)."""
     out: dict[int, dict[str, Any]] = {cid: {} for cid in concept_ids}
     if not concept_ids:
         return out
@@ -99,20 +102,24 @@ def _concept_versions(session: Session, concept_ids: list[int]) -> dict[int, dic
         select(ConceptVersion.id, ConceptVersion.concept_id, ConceptVersion.version,
                ConceptVersion.cluster_id, ConceptVersion.description)
         .where(ConceptVersion.concept_id.in_(concept_ids))).all()
-    tubes: dict[int, list[int]] = {}
+    tubes = known_tubes if known_tubes is not None else {}
+    unread = [v.id for v in versions if v.id not in tubes]
+    for vid in unread:
+        tubes[vid] = []
     for vid, tube_id in session.execute(
             select(ConceptExample.concept_version_id, ConceptExample.tube_id)
-            .where(ConceptExample.concept_version_id.in_([v.id for v in versions]))
-            .order_by(ConceptExample.concept_version_id, ConceptExample.position)):
-        tubes.setdefault(vid, []).append(tube_id)
+            .where(ConceptExample.concept_version_id.in_(unread))
+            .order_by(ConceptExample.concept_version_id, ConceptExample.position)) if unread else ():
+        tubes[vid].append(tube_id)
     for v in versions:
         out[v.concept_id][str(v.version)] = {"cluster_id": v.cluster_id, "description": v.description,
-                                             "tube_ids": tubes.get(v.id, [])}
+                                             "tube_ids": list(tubes[v.id])}
     return out
 
 
-def _concept_states(session: Session, concepts: list[Concept]) -> dict[str, dict[str, Any]]:
-    versions = _concept_versions(session, [c.id for c in concepts])
+def _concept_states(session: Session, concepts: list[Concept],
+                    known_tubes: dict[int, list[int]] | None = None) -> dict[str, dict[str, Any]]:
+    versions = _concept_versions(session, [c.id for c in concepts], known_tubes)
     return {str(c.id): {**_row_state(CONCEPT_FIELDS, (getattr(c, f) for f in CONCEPT_FIELDS)),
                         "versions": versions[c.id]} for c in concepts}
 
@@ -162,11 +169,12 @@ class _Touched:
     # ORM records, plain members (_Member, of whole-cluster decisions) or None (undo: by id)
     members: dict[int, Any] = field(default_factory=dict)
     concepts: dict[int, Concept] = field(default_factory=dict)
+    version_tubes: dict[int, list[int]] = field(default_factory=dict)  # examples, read once per decision
 
     def snapshot(self, session: Session) -> dict[str, dict[str, Any]]:
         return {"clusters": {str(i): cluster_state(c) for i, c in self.clusters.items()},
                 "members": _member_states(session, self.members),
-                "concepts": _concept_states(session, list(self.concepts.values()))}
+                "concepts": _concept_states(session, list(self.concepts.values()), self.version_tubes)}
 
 
 _MEMBER_COLUMNS = (ClusterMember.id, *[getattr(ClusterMember, f) for f in MEMBER_FIELDS])
