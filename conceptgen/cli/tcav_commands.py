@@ -27,8 +27,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
-    p.add_argument("--classifier", default="sgd", choices=("sgd", "logistic", "svm", "mean-diff"),
-                   help="CAV classifier (default sgd: hinge loss, as TF TCAV and Captum)")
+    p.add_argument("--classifier", default="mean-diff", choices=("sgd", "logistic", "svm", "mean-diff"),
+                   help="CAV classifier (default mean-diff: stable across seeds, see calibration.json; "
+                        "sgd: hinge loss, as TF TCAV and Captum)")
     p.add_argument("--test", default="pseudo", choices=("pseudo", "permutation", "ttest"),
                    help="pseudo (default): rank against M random-pool pseudo-concepts scored on the same random "
                         "sets; or a two-sample test against random-vs-random TCAV scores: permutation, or "
@@ -37,13 +38,19 @@ def register(sub) -> None:
                    help="what --test pseudo ranks: the class-logit change towards the concept (auto's choice) "
                         "or the mean TCAV score; the two-sample tests always use the TCAV score")
     p.add_argument("--null-sets", type=int, default=0,
-                   help="with --test pseudo: M pseudo-concepts (0 = auto: Bonferroni reachable)")
+                   help="with --test pseudo: M pseudo-concepts (0 = auto: the smallest corrected p is alpha/100)")
+    p.add_argument("--seeds", type=int, default=0,
+                   help="score K draws of the random sets and report in how many each verdict holds "
+                        "(0 = auto: 3 with --test pseudo and mean-diff CAVs on a pool of up to 500 clips, else 1)")
+    p.add_argument("--family", default="target-layer", choices=("target-layer", "target", "experiment"),
+                   help="hypotheses corrected together: each target at each layer (default; a verdict does not "
+                        "change when other targets or layers join), each target, or the whole experiment")
     p.add_argument("--calibration-sets", type=int, default=20,
                    help="with --test permutation|ttest: pseudo-concepts per layer, class and variant scored as "
                         "concepts for calibration.json (default 20; each costs one CAV fit per random set, nearly "
                         "free with --classifier mean-diff; 0 = none). --test pseudo measures on its own null")
     p.add_argument("--correction", default="bonferroni", choices=("bonferroni", "holm"),
-                   help="family-wise correction over every hypothesis (default bonferroni)")
+                   help="family-wise correction within each --family (default bonferroni)")
     p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward/backward (default 8)")
     add_executor_options(p)
@@ -94,12 +101,14 @@ def tcav_config(args):
 
     return TcavConfig(layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
                       random_sets=_random_sets(args.random_sets), seed=args.seed, classifier=args.classifier,
-                      test=args.test, statistic=args.statistic, correction=args.correction,
+                      test=args.test, statistic=args.statistic, correction=args.correction, family=args.family,
+                      seeds=args.seeds,
                       random_set_size=args.random_set_size, render_mode=args.mode, null_sets=args.null_sets,
                       calibration_sets=args.calibration_sets)
 
 
 def _tcav(args, ctx) -> int:
+    from tcav.experiment import family_summary
     from tcav.workflow import TcavRequest, run_experiment
 
     missing = [flag for flag, value in (("--model", args.model), ("--layers", args.layers),
@@ -122,8 +131,8 @@ def _tcav(args, ctx) -> int:
         ctx.echo(f"calibration: false-positive rate {cal.false_positive_rate:.3g} ({cal.families_rejected}/"
                  f"{cal.n_families} null families, {cal.n_null_hypotheses} null hypotheses) vs alpha {cal.alpha}; "
                  f"CAV stability across seeds {stability}")
-    ctx.echo(f"experiment {outcome.experiment_id}: {outcome.report.n_random_sets} random sets, "
-             f"{len(outcome.report.tested())} hypotheses, {outcome.report.config.correction} correction")
+    ctx.echo(f"experiment {outcome.experiment_id}: {outcome.report.n_random_sets} random sets; "
+             f"{family_summary(outcome.report)}")
     ctx.echo(f"results: {', '.join(str(p) for p in outcome.files)}")
     ctx.echo(f"plots: {', '.join(str(p) for p in outcome.plots)}")
     return 0
@@ -149,14 +158,15 @@ def _tcav_apply(args, ctx) -> int:
 def format_table(report) -> list[str]:
     """The CLI's result table: one line per concept variant, class and layer."""
     head = (f"{'concept':<24} {'variant':<8} {'layer':<20} {'class':<14} {'TCAV':>5} {'±':>5} "
-            f"{'null':>5} {'CAVacc':>6} {'p':>8} {'p_corr':>8}  verdict")
+            f"{'null':>5} {'CAVacc':>6} {'z':>6} {'p':>8} {'p_corr':>8}  verdict")
     lines = [head, "-" * len(head)]
     for r in report.tested():
         null = report.null_for(r)
         layer = r.layer + (" (degenerate)" if null.diagnosis.degenerate else "")
         lines.append(f"{r.concept[:24]:<24} {r.variant:<8} {layer:<20} {r.target[:14]:<14} "
                      f"{r.tcav_mean:5.2f} {r.tcav_std:5.2f} {null.null_mean:5.2f} "
-                     f"{float(r.cav_accuracies.mean()):6.2f} {r.p_value:8.2g} {r.p_corrected:8.2g}  {r.verdict}")
+                     f"{float(r.cav_accuracies.mean()):6.2f} {'-' if r.z is None else f'{r.z:+.1f}':>6} "
+                     f"{r.p_value:8.3g} {r.p_corrected:8.3g}  {r.verdict}")
     relative = [r for r in report.results if r.comparison == "relative"]
     if relative:
         lines.append("relative TCAV (concept vs the other concepts):")
