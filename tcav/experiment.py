@@ -132,6 +132,9 @@ class TcavInputs:
     concepts: list[ConceptExamples]
     class_examples: dict[str, list[Example]]   # target class name -> example videos
     random_pool: list[Example]
+    rejected: dict[str, str] = field(default_factory=dict)   # files in the folders that are not videos -> why
+    # TF-TCAV's random folders used exactly as the N random sets (their clips are the pool); None: drawn
+    random_sets: list[list[Example]] | None = None
 
 
 @dataclass
@@ -279,6 +282,10 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
     from conceptgen.registry import as_loaded
 
     loaded = as_loaded(loaded, spec=spec, class_names=class_names)
+    if inputs.random_sets is not None:   # TF-TCAV's folders are the sets: N and their size are theirs
+        config = replace(config, random_sets=len(inputs.random_sets),
+                         random_set_size=max(len(s) for s in inputs.random_sets))
+        inputs = replace(inputs, random_pool=list({e.key: e for s in inputs.random_sets for e in s}.values()))
     config.validate()
     keep_freed_memory()  # batches of forward + backward: no page faults per batch
     targets = {name: loaded.class_index(name) for name in config.targets}
@@ -302,26 +309,35 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
         report = _score(store, concepts, inputs, pool, targets, config, int(config.random_sets), memo=memo)
     else:
         report = _score_auto(store, concepts, inputs, pool, targets, config, memo)
-    _across_seeds(report, seed_count(config, len(pool)),
+    _across_seeds(report, seed_count(config, len(pool), inputs.random_sets is not None),
                   lambda s: _score(store, concepts, inputs, pool, targets, config, report.n_random_sets, seed=s,
                                    memo=memo))
-    report.skipped = dict(store.failed)
+    report.skipped = {**inputs.rejected, **store.failed}
     report.calibration = calibrate(report)
     _flag_unstable_cavs(report)
     if report.calibration.warning:
         report.warnings.append(report.calibration.warning)
+    if inputs.rejected:
+        report.warnings.append(_skipped_warning("file(s) that are not videos", list(inputs.rejected)))
     if store.failed:
-        report.warnings.append(f"skipped {len(store.failed)} clip(s) that failed to load, e.g. "
-                               f"{next(iter(store.failed.values()))}")
+        report.warnings.append(_skipped_warning("clip(s) that failed to load", list(store.failed.values())))
     return report
 
 
-def seed_count(config: TcavConfig, pool_size: int) -> int:
+def _skipped_warning(what: str, names: list[str], shown: int = 5) -> str:
+    """Counted and named (the first ``shown``; all of them are in ``TcavReport.skipped``)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"skipped {len(names)} {what}: {'; '.join(names[:shown])}{more}"
+
+
+def seed_count(config: TcavConfig, pool_size: int, fixed_sets: bool = False) -> int:
     """K seeds of the random-set draws: ``config.seeds``, or auto: ``AUTO_SEEDS`` when the
     extra draws need no model work and little fitting (test "pseudo", whose candidates are
     the whole pool when it is within ``PSEUDO_POOL_CAP``, and mean-difference CAVs), else 1."""
     if config.seeds:
         return int(config.seeds)
+    if fixed_sets:   # TF-TCAV's folders are the sets: no other draw of them to check
+        return 1
     cheap = (config.test == "pseudo" and pool_size <= PSEUDO_POOL_CAP
              and config.classifier == MeanDifferenceClassifier.name)
     return AUTO_SEEDS if cheap else 1
@@ -426,7 +442,7 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
     stability seed; ``memo``: the pseudo null's grad . clip projections, shared by the calls of one run)."""
     seed = config.seed if seed is None else seed
     classifier = make_classifier(config.classifier)
-    draw = _draw_random(store, concepts, pool, config, n_sets, seed)
+    draw = _draw_random(store, concepts, pool, config, n_sets, seed, inputs.random_sets)
     results: list[HypothesisResult] = []
     layer_reports: list[LayerReport] = []
     all_cavs: list[CAV] = []
@@ -526,13 +542,18 @@ class _RandomDraw:
         return store.activations([self.pools[variant][j] for j in indices], layer)
 
 
-def _draw_random(store, concepts, pool, config: TcavConfig, n_sets: int, seed: int) -> _RandomDraw:
+def _draw_random(store, concepts, pool, config: TcavConfig, n_sets: int, seed: int,
+                 fixed: list[list[Example]] | None = None) -> _RandomDraw:
     """Step 1 (and step 3 for the drawn clips): random sets, null pairs and, for test
-    "pseudo", the candidates, out of pool clips that load; a pool too small for the
-    pseudo-concept test is a one-line error."""
+    "pseudo", the candidates, out of pool clips that load (``fixed``: the given sets
+    themselves); a pool too small for the pseudo-concept test is a one-line error."""
     pseudo = config.test == "pseudo"
     variants = sorted({c.variant for c in concepts})
-    draw = _RandomDraw(*_draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed, pseudo=pseudo))
+    if fixed is not None:
+        draw = _RandomDraw(*_fixed_sets(store, pool, fixed, variants, seed, pseudo=pseudo))
+    else:
+        draw = _RandomDraw(*_draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed,
+                                              pseudo=pseudo))
     largest = max(len(c.examples) for c in concepts)
     if pseudo and not pseudo_test_fits(len(pool), largest, config.random_set_size):
         raise DataError(f"the random pool has {len(pool)} clips, too few for the pseudo-concept test with "
@@ -679,6 +700,29 @@ def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int, 
         if not bad:
             return pools, random_sets, null_pairs, candidates
         pool = [e for i, e in enumerate(pool) if i not in bad]
+
+
+def _fixed_sets(store, pool, fixed: list[list[Example]], variants, seed: int, *, pseudo: bool = False):
+    """Steps 1 and 3 with the random sets given (TF-TCAV's random folders), used as they
+    are: set i is folder i's clips that load; the null pairs are (set i, set i+1 less
+    their shared clips), so the null is random-versus-random over the same folders.
+    Returns what :func:`_draw_usable_sets` returns."""
+    index = {e.key: i for i, e in enumerate(pool)}
+    candidates = pseudo_pool_indices(len(pool), seed) if pseudo else []
+    pools = variant_pools(pool, variants)
+    used = sorted({index[e.key] for s in fixed for e in s} | set(candidates))
+    for variant, clips in pools.items():
+        store.ensure([clips[i] for i in used], desc=f"random clips ({variant})")
+    bad = {i for clips in pools.values() for i in used if clips[i].key in store.failed}
+    random_sets = [sorted({index[e.key] for e in s} - bad) for s in fixed]
+    short = [i for i, s in enumerate(random_sets) if len(s) < MIN_EXAMPLES_PER_SIDE]
+    if short:
+        raise DataError(f"random set {short[0]} has {len(random_sets[short[0]])} readable clip(s) left; each "
+                        f"given random set needs at least {MIN_EXAMPLES_PER_SIDE}: add clips to its folder")
+    pairs = [(a, sorted(set(b) - set(a))) for a, b in zip(random_sets, random_sets[1:] + random_sets[:1])]
+    if any(len(b) < MIN_EXAMPLES_PER_SIDE for _, b in pairs):
+        raise DataError("two given random sets share nearly all their clips: give folders of different clips")
+    return pools, random_sets, pairs, [i for i in candidates if i not in bad]
 
 
 def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, other: np.ndarray, seed: int) -> CAV:

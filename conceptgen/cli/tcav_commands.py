@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from conceptgen.cli.engine_commands import add_executor_options, executor_from_args
 from conceptgen.cli.model_options import add_model_options, model_source
+from pathlib import Path
+
 from conceptgen.errors import ConfigError
 
 
@@ -15,9 +17,12 @@ def register(sub) -> None:
     p.add_argument("--layers", help="comma-separated layer names (`conceptgen models --layers`) (required)")
     p.add_argument("--target", help="class name(s) or index(es), comma-separated (required)")
     p.add_argument("--concepts",
-                   help="comma-separated approved concept names, all-approved, or a folder "
-                        "(one sub-folder of clips per concept, or a `conceptgen export` folder) (required)")
-    p.add_argument("--random-sets", default="10", help="N random sets (2-500, default 10) or auto")
+                   help="comma-separated approved concept names or globs of them ('auto-*'), all-approved, a folder "
+                        "(one sub-folder of clips per concept, or a `conceptgen export` folder), or concept "
+                        "folders by name or quoted glob (DIR/a,DIR/b or 'DIR/str*') (required)")
+    p.add_argument("--random-sets", default="10",
+                   help="N random sets (2-500, default 10) or auto; or random-set folders used exactly as the N "
+                        "sets, as TF-TCAV and Captum keep them (a quoted glob 'DIR/random500_*' or DIR1,DIR2,...)")
     p.add_argument("--random-set-size", type=int, default=20, help="clips per random set (default 20)")
     p.add_argument("--random-pool", default=None,
                    help="folder of random clips (default: random* sub-folders of --concepts DIR, else "
@@ -86,12 +91,26 @@ def _split(value: str, flag: str) -> tuple[str, ...]:
 
 
 def _random_sets(value: str) -> int | str:
+    """N, auto, or (folders given as the sets) the default N, replaced by the folder count."""
     if value == "auto":
         return value
     try:
         return int(value)
     except ValueError:
-        raise ConfigError(f"--random-sets must be a number or auto, got {value!r}") from None
+        if _random_set_folders(value):
+            return 10
+        raise ConfigError(f"--random-sets must be a number, auto, or random-set folders (a quoted glob such as "
+                          f"'DIR/random500_*', or DIR1,DIR2,...), got {value!r}") from None
+
+
+def _random_set_folders(value: str) -> str | None:
+    """``--random-sets`` as folders (TF-TCAV's random500_0 ... random500_N), else None."""
+    from tcav.examples import GLOB_CHARS
+
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if parts and all(any(c in p for c in GLOB_CHARS) or Path(p).is_dir() for p in parts):
+        return value
+    return None
 
 
 def tcav_config(args):
@@ -118,6 +137,7 @@ def _tcav(args, ctx) -> int:
 
     request = TcavRequest(model=model_source(args), concepts=args.concepts, config=tcav_config(args),
                           class_examples=args.class_examples, random_pool=args.random_pool,
+                          random_set_folders=_random_set_folders(args.random_sets),
                           device=args.device, amp=args.amp, batch_size=args.batch_size)
     ctx.workspace.engine  # an unreachable database fails here, before Ray starts
     with executor_from_args(args) as executor:
