@@ -79,6 +79,7 @@ def summary(report: TcavReport) -> dict[str, Any]:
                       "min_p_corrected": f.power.min_p_corrected} for f in report.families],
         "left_out": dict(report.left_out),
         "seeds": list(report.seeds),
+        "skipped": dict(report.skipped),   # non-video files by path, clips that failed to load by key
         "auto_history": report.auto_history,
         "calibration": report.calibration.summary() if report.calibration else None,
     }

@@ -16,7 +16,8 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from targets import Target, check, exit_status  # noqa: E402
 
-WITH_TARGETS = ("annotator_load", "cav_speed", "clustering", "discovery", "embedding", "tcav_synthetic")
+WITH_TARGETS = ("annotator_load", "cav_speed", "cav_stability", "clustering", "discovery", "embedding",
+                "tcav_synthetic")
 
 
 def test_a_missed_target_gives_exit_status_1_unless_targets_are_off(capsys):
