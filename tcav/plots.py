@@ -141,8 +141,7 @@ def plot_effects(report: TcavReport, target: str, path: Path) -> Path:
         names = [r.concept for r in rows]
         for ax in (left, right):
             ax.set_xticks(np.arange(len(rows)), names, rotation=40, ha="right", fontsize=8)
-        left.set_title(f"{layer}: {config.test_statistic} (dot), pseudo-null 1-99 % (grey),
-"
+        left.set_title(f"{layer}: {config.test_statistic} (dot), pseudo-null 1-99 % (grey),\n"
                        f"threshold for p_corr < {config.alpha} (red)", fontsize=8)
         left.set_ylabel("class-logit change" if config.test_statistic == "logit-change" else "TCAV score")
         right.set_ylim(0, 1.1)

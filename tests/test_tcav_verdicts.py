@@ -107,3 +107,18 @@ def test_cav_stability_is_reported_per_concept_and_layer_and_low_rows_are_flagge
         label = r.concept if r.variant == "dynamic" else f"{r.concept} [static]"
         assert r.cav_stability == by[(label, "conv2")]["mean_cosine"]
         assert ("unstable CAV" in r.flags) == (r.cav_stability < CAV_STABILITY_MIN)
+
+
+def test_the_effect_plot_threshold_is_where_the_corrected_p_crosses_alpha(alone, tmp_path):
+    from tcav.plots import null_threshold, plot_report
+
+    null = np.random.default_rng(2).normal(size=1999)
+    centre, reach = null_threshold(null, 4, 0.05)
+    distances = np.sort(np.abs(null - centre))[::-1]
+    beyond = stats.pseudo_concept_p(centre + reach * 1.01, null).p_value * 4
+    inside = stats.pseudo_concept_p(centre + distances[30], null).p_value * 4
+    assert beyond < 0.05 <= inside
+    assert null_threshold(null, 400, 0.05)[1] == float("inf")   # no value can pass: no threshold drawn
+    paths = plot_report(alone, tmp_path)
+    effect = tmp_path / "effect_right.png"
+    assert effect in paths and effect.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
