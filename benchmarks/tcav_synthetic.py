@@ -400,7 +400,7 @@ def print_table(report):
         lr = report.null_for(r)
         print(f"{r.concept:<20} {r.variant:<7} {r.layer:<10} {r.target:<13} {r.tcav_mean:5.2f} "
               f"{lr.null_mean:5.2f} {r.cav_accuracies.mean():5.2f} {r.logit_change_mean:7.3f} "
-              f"{_null_z(r, lr, report.config):6.1f} {r.p_corrected:8.2g} "
+              f"{_null_z(r, lr, report.config):6.1f} {r.p_corrected:8.3g} "
               f"{'-' if r.seeds_significant is None else f'{r.seeds_significant}/{r.n_seeds}':>5}  {r.verdict}")
     print()
     for lr in report.layer_reports:
