@@ -369,7 +369,9 @@ def figures(report, class_names) -> dict:
         "false_discovery_seed_shares": [f"{r.seeds_significant}/{r.n_seeds}" for r in false],
         "cav_stability": None if report.calibration is None else round(report.calibration.cav_stability, 3),
         "cav_stability_min": None if report.calibration is None else round(min(
-            s["mean_cosine"] for s in report.calibration.cav_stability_by_concept), 3),
+            s["cosine"] for s in report.calibration.cav_stability_by_concept), 3),
+        "cav_stability_single": None if report.calibration is None else round(
+            report.calibration.cav_stability_single, 3),
     }
 
 

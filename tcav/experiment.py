@@ -377,7 +377,7 @@ def _across_seeds(report: TcavReport, k: int, score_with) -> None:
 def _flag_unstable_cavs(report: TcavReport) -> None:
     """Each tested row gets its CAVs' stability (calibration.json); below
     ``CAV_STABILITY_MIN`` the row is flagged "unstable CAV" (its verdict stands)."""
-    stability = {(s["concept"], s["layer"]): s["mean_cosine"]
+    stability = {(s["concept"], s["layer"]): s["cosine"]
                  for s in (report.calibration.cav_stability_by_concept if report.calibration else [])}
     for r in report.tested():
         label = r.concept if r.variant == "dynamic" else f"{r.concept} [{r.variant}]"
