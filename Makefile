@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-headless test install clean
+.PHONY: demo demo-headless test test-under-load install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo-headless: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs
+
+# The concurrency and distributed tests with four CPU-bound processes beside them (.ci/under-load).
+test-under-load: $(STAMP)
+	PYTHON=$(BIN)/python .ci/under-load
 
 clean:
 	rm -rf $(VENV) workspace

@@ -1,7 +1,9 @@
 """Errors become a friendly page or a JSON ``{"error": ...}`` — never a traceback."""
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template
+from urllib.parse import urlsplit
+
+from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -23,7 +25,15 @@ def error_response(message: str, code: int):
 
     if wants_json():
         return jsonify(error=message, status=code), code
-    return render_template("error.html", message=message, code=code), code
+    return render_template("error.html", message=message, code=code, back=_back_url()), code
+
+
+def _back_url() -> str | None:
+    """The referring page when it is on this site (a plain link: the pages allow no inline script)."""
+    ref = urlsplit(request.referrer or "")
+    if ref.netloc != request.host or not ref.path.startswith("/") or ref.path.startswith("//"):
+        return None
+    return ref.path + (f"?{ref.query}" if ref.query else "")
 
 
 def register(app: Flask) -> None:

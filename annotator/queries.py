@@ -146,6 +146,7 @@ class ClusterCard:
     parent_id: int | None
     concept_id: int | None
     previews: list[Preview] = field(default_factory=list)
+    concept_name: str | None = None  # of an accepted cluster: what rejecting it would retire
 
 
 @dataclass
@@ -160,6 +161,7 @@ class GalleryPage:
     total: int
     status_counts: dict[str, int]
     cards: list[ClusterCard]
+    layer_warning: str | None = None  # the clustering's layer does not separate the run's tubes
 
     def to_json(self) -> dict[str, Any]:
         return to_plain(self)
@@ -183,7 +185,8 @@ def _card(row: Any) -> ClusterCard:
     """A card from a row of ``_CARD_COLUMNS`` (plain columns: no ORM objects on the read path)."""
     return ClusterCard(id=row.id, version=row.version, label_index=row.label_index, name=row.name,
                        status=row.status, size=row.size, cohesion=float(row.cohesion), n_videos=row.n_videos,
-                       supported=bool(row.supported), parent_id=row.parent_id, concept_id=row.concept_id)
+                       supported=bool(row.supported), parent_id=row.parent_id, concept_id=row.concept_id,
+                       concept_name=getattr(row, "concept_name", None))
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,11 +223,20 @@ class ClusteringRef:
     id: int
     run_id: int
     layer: str
+    params: dict | None = None
+
+    @property
+    def layer_warning(self) -> str | None:
+        """The clustering's layer check as one warning line, when its layer does not separate the tubes."""
+        from conceptgen.cluster import LayerSeparation
+
+        check = (self.params or {}).get("layer_check")
+        return LayerSeparation.from_dict(check).warning() if check else None
 
 
-_LATEST_CLUSTERING = (select(Clustering.id, Clustering.run_id, Clustering.layer)
+_LATEST_CLUSTERING = (select(Clustering.id, Clustering.run_id, Clustering.layer, Clustering.params)
                       .where(Clustering.run_id == bindparam("run")).order_by(Clustering.id.desc()).limit(1))
-_CLUSTERING = select(Clustering.id, Clustering.run_id, Clustering.layer).where(Clustering.id == bindparam("clustering"))
+_CLUSTERING = select(Clustering.id, Clustering.run_id, Clustering.layer, Clustering.params).where(Clustering.id == bindparam("clustering"))
 _STATUS_COUNTS = (select(Cluster.status, func.count(Cluster.id))
                   .where(Cluster.clustering_id == bindparam("clustering")).group_by(Cluster.status))
 
@@ -240,7 +252,7 @@ def resolve_clustering(session: Session, run_id: int, clustering_id: int | None)
     rows = (_read(session, _LATEST_CLUSTERING, run=run_id) if clustering_id is None
             else _read(session, _CLUSTERING, clustering=int(clustering_id)))
     if rows and rows[0].run_id == run_id:
-        return ClusteringRef(rows[0].id, rows[0].run_id, rows[0].layer)
+        return ClusteringRef(rows[0].id, rows[0].run_id, rows[0].layer, rows[0].params)
     if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
         raise NotFoundError(f"run {run_id} does not exist; pick one from the runs page")
     if clustering_id is None:
@@ -259,7 +271,9 @@ def status_counts(session: Session, clustering_id: int) -> dict[str, int]:
 @functools.lru_cache(maxsize=None)
 def _gallery_statement(status: str, sort: str) -> Select:
     """One page of cards for a status filter and sort (``:clustering``, ``:limit``, ``:offset``)."""
-    return (select(*_CARD_COLUMNS).where(Cluster.clustering_id == bindparam("clustering"), _status_clause(status))
+    return (select(*_CARD_COLUMNS, Concept.name.label("concept_name"))
+            .outerjoin(Concept, Concept.id == Cluster.concept_id)
+            .where(Cluster.clustering_id == bindparam("clustering"), _status_clause(status))
             .order_by(*SORTS[sort]).limit(bindparam("limit")).offset(bindparam("offset")))
 
 
@@ -279,7 +293,7 @@ def gallery(session: Session, run_id: int, *, clustering_id: int | None = None, 
         card.previews = previews[card.id]
     return GalleryPage(run_id=run_id, clustering_id=clustering.id, layer=clustering.layer, status=status,
                        sort=sort, page=page, n_pages=_pages(total, per_page), total=total,
-                       status_counts=counts, cards=cards)
+                       status_counts=counts, cards=cards, layer_warning=clustering.layer_warning)
 
 
 # --- cluster detail ------------------------------------------------------------
@@ -346,6 +360,16 @@ _DETAIL_RELATED = (select(Cluster.id, Cluster.status).where(Cluster.parent_id ==
                    .order_by(Cluster.id))
 
 
+def member_rows(session: Session, cluster_id: int, *, offset: int, limit: int) -> list[MemberRow]:
+    """Members of a cluster in review order (kept by rank, then removed), ``limit`` from ``offset``."""
+    rows = _read(session, _DETAIL_MEMBERS, cluster=int(cluster_id), limit=int(limit), offset=int(offset))
+    return [MemberRow(id=r.id, tube_id=r.tube_id, rank=r.rank, distance=float(r.distance),
+                      is_outlier=bool(r.is_outlier), excluded=bool(r.excluded),
+                      representative=bool(r.representative), video_id=r.video_id, video_name=_video_name(r.path),
+                      start_frame=r.start_frame, end_frame=r.end_frame, kind=r.kind, preview_path=r.preview_path)
+            for r in rows]
+
+
 def cluster_detail(session: Session, cluster_id: int, *, page: Any = 1, per_page: int = 24) -> ClusterDetail:
     head = _read(session, _DETAIL_HEAD, cluster=int(cluster_id))
     if not head:
@@ -353,12 +377,7 @@ def cluster_detail(session: Session, cluster_id: int, *, page: Any = 1, per_page
     head = head[0]
     page = _page_number(page)
     (n_members, prev_id, next_id), = _read(session, _DETAIL_COUNTS, cluster=head.id, clustering=head.clustering_id)
-    rows = _read(session, _DETAIL_MEMBERS, cluster=head.id, limit=per_page, offset=(page - 1) * per_page)
-    members = [MemberRow(id=r.id, tube_id=r.tube_id, rank=r.rank, distance=float(r.distance),
-                         is_outlier=bool(r.is_outlier), excluded=bool(r.excluded),
-                         representative=bool(r.representative), video_id=r.video_id, video_name=_video_name(r.path),
-                         start_frame=r.start_frame, end_frame=r.end_frame, kind=r.kind, preview_path=r.preview_path)
-               for r in rows]
+    members = member_rows(session, head.id, offset=(page - 1) * per_page, limit=per_page)
     related = _read(session, _DETAIL_RELATED, cluster=head.id)
     return ClusterDetail(
         cluster=_card(head), run_id=head.run_id, clustering_id=head.clustering_id, layer=head.layer,
@@ -398,6 +417,34 @@ def describe_similar(session: Session, clustering_id: int, hits: list[tuple[int,
         preview, start, end, vpath = info[tube_id]
         out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end))
     return out
+
+
+def mask_runs(mask: Any) -> list[int]:
+    """Run lengths of a (H, W) bool mask read row by row, starting with a run of False:
+    what the browser's tube overlay paints (COCO RLE is column-major and compressed)."""
+    import numpy as np
+
+    flat = np.asarray(mask, dtype=bool).ravel()
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+def tube_overlay(session: Session, tube_id: int) -> dict[str, Any]:
+    """A tube's frames, boxes and masks (mask pixels) and its source video's rate and size."""
+    from conceptgen.tubes import TubeRecord
+
+    row = session.get(Tube, int(tube_id))
+    if row is None:
+        raise NotFoundError(f"tube {tube_id} does not exist; reload the page")
+    video = session.get(Video, row.video_id)
+    tube = TubeRecord.from_row(row)
+    return {"tube_id": row.id, "video_id": video.id, "video_name": _video_name(video.path),
+            "fps": video.fps, "width": video.width, "height": video.height, "frame_count": video.frame_count,
+            "start_frame": row.start_frame, "end_frame": row.end_frame, "frame_indices": list(tube.frame_indices),
+            "mask_width": row.mask_width, "mask_height": row.mask_height, "boxes": row.boxes,
+            "masks": [mask_runs(m) for m in tube.masks()]}
 
 
 # --- concept library -----------------------------------------------------------
@@ -451,7 +498,7 @@ class ConceptEntry:
     versions: list[VersionRow]
     annotators: list[str]
     tcav: list[TcavRow]
-    plots: list[str]
+    experiments: list[int]  # that scored it, newest first (their pages hold the plots)
     calibrations: list[CalibrationRow] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -478,26 +525,37 @@ def concept_library(session: Session) -> list[ConceptEntry]:
             .join(User, User.id == AuditLog.user_id).where(Cluster.concept_id.in_(ids)).distinct()):
         annotators[concept_id].add(name)
     tcav: dict[int, list[TcavRow]] = {i: [] for i in ids}
-    plots: dict[int, list[str]] = {i: [] for i in ids}
+    experiments: dict[int, list[int]] = {i: [] for i in ids}
     calibrations: dict[int, dict[int, CalibrationRow]] = {i: {} for i in ids}
-    for r, exp_plots, exp_summary in session.execute(
-            select(TcavResult, TcavExperiment.plots, TcavExperiment.summary)
+    for r, exp_summary in session.execute(
+            select(TcavResult, TcavExperiment.summary)
             .join(TcavExperiment, TcavExperiment.id == TcavResult.experiment_id)
             .where(TcavResult.concept_id.in_(ids)).order_by(TcavResult.experiment_id.desc(), TcavResult.id)):
         tcav[r.concept_id].append(TcavRow(r.experiment_id, r.target_class, r.layer, r.variant, r.comparison,
                                           float(r.tcav_mean), float(r.tcav_std), r.p_corrected,
                                           bool(r.significant), r.verdict))
-        for p in exp_plots or []:
-            if p not in plots[r.concept_id]:
-                plots[r.concept_id].append(p)
+        if r.experiment_id not in experiments[r.concept_id]:
+            experiments[r.concept_id].append(r.experiment_id)
         cal = (exp_summary or {}).get("calibration")
         if cal and r.experiment_id not in calibrations[r.concept_id]:
             calibrations[r.concept_id][r.experiment_id] = CalibrationRow(
                 r.experiment_id, cal["test"], cal["alpha"], cal["false_positive_rate"], cal["families_rejected"],
                 cal["n_families"], cal["n_null_hypotheses"], cal["cav_stability"], bool(cal["exceeds_alpha"]))
     return [ConceptEntry(c.id, c.name, c.description, c.status, c.source, c.current_version, versions[c.id],
-                         sorted(annotators[c.id]), tcav[c.id], plots[c.id], list(calibrations[c.id].values()))
+                         sorted(annotators[c.id]), tcav[c.id], experiments[c.id], list(calibrations[c.id].values()))
             for c in concepts]
+
+
+def concept_clusters(session: Session, concept_ids: list[int]) -> dict[int, int]:
+    """Per concept, the cluster its current version came from (where its members are reviewed)."""
+    ids = sorted(set(concept_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(ConceptVersion.concept_id, ConceptVersion.cluster_id)
+                           .join(Concept, and_(Concept.id == ConceptVersion.concept_id,
+                                               Concept.current_version == ConceptVersion.version))
+                           .where(ConceptVersion.concept_id.in_(ids), ConceptVersion.cluster_id.is_not(None)))
+    return {cid: cluster for cid, cluster in rows}
 
 
 # --- audit log -----------------------------------------------------------------

@@ -15,10 +15,13 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from conceptgen.errors import ConceptgenError, ConfigError
 from conceptgen.workspace import Workspace
+
+if TYPE_CHECKING:
+    from annotator.security import ServerSettings
 
 LISTEN_BACKLOG = 1024
 
@@ -38,7 +41,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve_one(workspace: Workspace, sock: socket.socket, threads: int) -> None:
+def _serve_one(workspace: Workspace, sock: socket.socket, threads: int, settings: ServerSettings | None) -> None:
     """Run waitress on an already bound socket in this process until stopped."""
     import logging
 
@@ -46,15 +49,16 @@ def _serve_one(workspace: Workspace, sock: socket.socket, threads: int) -> None:
 
     from annotator import create_app
 
-    app = create_app(workspace)
+    app = create_app(workspace, settings=settings)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # a busy queue is not an error
     waitress_serve(app, sockets=[sock], threads=threads, ident="conceptgen")
 
 
 def serve(workspace: Workspace, *, host: str, port: int, threads: int, workers: int,
-          announce: Callable[[str], None] = print) -> None:
+          settings: ServerSettings | None = None, announce: Callable[[str], None] = print) -> None:
     """Serve until interrupted: ``workers`` processes of ``threads`` threads each
-    (``conceptgen serve`` holds the defaults: one worker per core, 8 threads)."""
+    (``conceptgen serve`` holds the defaults: one worker per core, 8 threads);
+    ``settings``: session idle time, HTTPS, proxies, login limits."""
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port; use 1-65535")
     if threads < 1 or workers < 1:
@@ -64,6 +68,9 @@ def serve(workspace: Workspace, *, host: str, port: int, threads: int, workers: 
     if workers > 1 and (":memory:" in workspace.db_url or workspace.db_url.rstrip("/") == "sqlite:"):
         raise ConfigError("an in-memory database cannot be shared by worker processes; use --workers 1")
     workspace.engine  # migrate once, in the parent, before any worker opens the database
+    from annotator.app import load_secret_key
+
+    load_secret_key(workspace)  # made (or found bad: one clear error) before any worker starts
     # Import the engine (torch, FAISS) now: done lazily, the first merge or split would stall every request.
     import conceptgen.cluster  # noqa: F401
     import conceptgen.embed  # noqa: F401
@@ -73,14 +80,14 @@ def serve(workspace: Workspace, *, host: str, port: int, threads: int, workers: 
     announce(f"conceptgen annotator on http://{host}:{port}/  ({workers} worker(s) x {threads} threads; "
              f"workspace {workspace.root}; Ctrl-C stops)")
     if workers == 1:
-        _serve_one(workspace, sock, threads)
+        _serve_one(workspace, sock, threads, settings)
         return
     workspace.close()  # no pooled SQLite connection may cross a fork
-    children = [_fork_worker(workspace, sock, threads) for _ in range(workers)]
+    children = [_fork_worker(workspace, sock, threads, settings) for _ in range(workers)]
     _supervise(children)
 
 
-def _fork_worker(workspace: Workspace, sock: socket.socket, threads: int) -> int:
+def _fork_worker(workspace: Workspace, sock: socket.socket, threads: int, settings: ServerSettings | None) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -88,7 +95,7 @@ def _fork_worker(workspace: Workspace, sock: socket.socket, threads: int) -> int
     try:  # the child: SIGTERM ends it; Ctrl-C reaches the whole process group, and the parent handles it
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _serve_one(workspace, sock, threads)
+        _serve_one(workspace, sock, threads, settings)
     except BaseException as err:  # a worker must never return into the parent's code
         print(f"annotator worker {os.getpid()} stopped: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         code = 1

@@ -117,9 +117,11 @@ def seed_review_workspace(ws: Workspace, *, n_clusters: int = 4, tubes_per_clust
 
 
 def seed_bulk_workspace(ws: Workspace, *, n_clusters: int = 1000, n_tubes: int = 100_000, n_videos: int = 1000,
-                        n_preview_files: int = 8, seed: int = 0, chunk: int = 20_000) -> SeedInfo:
+                        n_preview_files: int = 8, seed: int = 0, chunk: int = 20_000,
+                        cluster_sizes: list[int] | None = None) -> SeedInfo:
     """A large review workload inserted in bulk: one run, one clustering, ``n_clusters``
-    clusters sharing ``n_tubes`` tubes round-robin; previews reuse a few real H.264 files."""
+    clusters sharing ``n_tubes`` tubes round-robin (or ``cluster_sizes`` tubes each, in
+    order: a skewed workspace like a real one); previews reuse a few real H.264 files."""
     from conceptgen.masks import encode_rle, mask_box
     from conceptgen.render import render_outlined_preview
     from conceptgen.videoio import write_video
@@ -132,6 +134,13 @@ def seed_bulk_workspace(ws: Workspace, *, n_clusters: int = 1000, n_tubes: int =
         frames, masks = moving_square_clip(8, (32, 32), (50 + 20 * p, 120, 200 - 15 * p), phase=p)
         write_video(ws.media / rel, render_outlined_preview(frames, range(8), masks))
         previews.append(rel)
+    if cluster_sizes is not None:  # tube t's cluster, and its rank there (its position in tube order)
+        n_clusters, n_tubes = len(cluster_sizes), int(sum(cluster_sizes))
+        cluster_of = np.repeat(np.arange(n_clusters), cluster_sizes)
+        rank_of = np.arange(n_tubes) - np.concatenate([[0], np.cumsum(cluster_sizes)[:-1]])[cluster_of]
+    else:
+        cluster_of, rank_of = np.arange(n_tubes) % n_clusters, np.arange(n_tubes) // n_clusters
+    per_cluster = np.bincount(cluster_of, minlength=n_clusters)
     size = (32, 32)
     rles, boxes = [encode_rle(m) for m in masks[:4]], [mask_box(m) for m in masks[:4]]
     with ws.session() as s:
@@ -147,7 +156,6 @@ def seed_bulk_workspace(ws: Workspace, *, n_clusters: int = 1000, n_tubes: int =
                                 layer=LAYER, k=n_clusters, seed=seed)
         s.add(clustering)
         s.flush()
-        per_cluster = np.bincount(np.arange(n_tubes) % n_clusters, minlength=n_clusters)
         s.execute(insert(Cluster), [{"clustering_id": clustering.id, "label_index": c, "size": int(per_cluster[c]),
                                      "cohesion": float(rng.uniform(0.2, 0.95)), "n_videos": int(min(per_cluster[c], n_videos)),
                                      "supported": bool(per_cluster[c] >= 5), "status": "candidate", "version": 1}
@@ -163,10 +171,10 @@ def seed_bulk_workspace(ws: Workspace, *, n_clusters: int = 1000, n_tubes: int =
                                       "masks_rle": rles, "boxes": boxes, "area": 1 / 9, "score": 1.0,
                                       "preview_path": previews[t % n_preview_files]} for t in range(lo, hi)])
             distances = rng.uniform(0.0, 1.0, size=hi - lo)
-            s.execute(insert(ClusterMember), [{"cluster_id": cluster_ids[t % n_clusters], "tube_id": first_tube + t,
-                                               "distance": float(distances[t - lo]), "rank": t // n_clusters,
+            s.execute(insert(ClusterMember), [{"cluster_id": cluster_ids[cluster_of[t]], "tube_id": first_tube + t,
+                                               "distance": float(distances[t - lo]), "rank": int(rank_of[t]),
                                                "is_outlier": bool(distances[t - lo] > 0.97), "excluded": False,
-                                               "representative": t // n_clusters < 3}
+                                               "representative": bool(rank_of[t] < 3)}
                                               for t in range(lo, hi)])
         run_id, clustering_id = run.id, clustering.id
     return SeedInfo(run_id, clustering_id, cluster_ids, "", "")

@@ -168,8 +168,6 @@ def main(argv: list[str] | None = None) -> dict:
     set_quiet(True)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray stays on loopback
 
-    import ray
-
     from conceptgen.executors import RayExecutor
     from conceptgen.synth import generate_synthetic_set
 
@@ -191,19 +189,13 @@ def main(argv: list[str] | None = None) -> dict:
         s_all, _ = timed_run(ws_all, videos, args.model, weights, 1, device=args.device)
         print(f"in-process: {s_one:.1f} s with {args.cpus_per_worker} thread(s), {s_all:.1f} s with all", flush=True)
 
-        started_ray = args.address is None and not ray.is_initialized()
-        if started_ray:
-            ray.init(num_cpus=args.workers * args.cpus_per_worker, include_dashboard=False,
-                     logging_level="ERROR", log_to_driver=False)
-        try:
-            with RayExecutor(args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                             num_gpus_per_worker=args.num_gpus_per_task) as executor:
-                ws_ray = stores.workspace("ray")
-                s_ray, run_ray = timed_run(ws_ray, videos, args.model, weights, warmup, executor=executor)
-                workers = executor.workers
-        finally:
-            if started_ray:
-                ray.shutdown()
+        # Without --address the executor starts a private Ray with workers x cpus-per-worker CPUs
+        # (never the latest cluster named in Ray's temporary folder) and stops it on close.
+        with RayExecutor(args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                         num_gpus_per_worker=args.num_gpus_per_task) as executor:
+            ws_ray = stores.workspace("ray")
+            s_ray, run_ray = timed_run(ws_ray, videos, args.model, weights, warmup, executor=executor)
+            workers = executor.workers
         print(f"ray: {s_ray:.1f} s with {workers} worker(s)", flush=True)
         duplicates, lost = written_twice_and_lost(ws_ray, run_ray, n_videos)
         identical = signature(ws_ray, run_ray) == signature(ws_one, run_one)

@@ -11,7 +11,10 @@ batches, at the process's thread count: so the overhead includes what bit-identi
 results per clip cost.
 The demo network is used (trained weights when ``--workspace`` holds demo.pt, else
 random weights: throughput does not depend on the weights), or ``--model ARCH``, a
-registry architecture with random weights. CPU with 2 threads, or ``--device cuda``
+registry architecture with random weights, or any other ``--model`` that ``conceptgen``
+takes: a ``save_pretrained`` folder of a Hugging Face video classifier (VideoMAE,
+TimeSformer, ViViT; its token layers are embedded as (D, T, H, W), see conceptgen.tokens),
+a checkpoint, a model card. CPU with 2 threads, or ``--device cuda``
 (every timed step then ends with a CUDA synchronise; ``--amp`` runs both the pipeline
 and the bare forward under float16 autocast).
 Overhead = pipeline seconds / bare seconds - 1 (target <= 0.30). Also timed on their
@@ -70,7 +73,7 @@ def load_demo(workspace: Path | None, name: str = "demo", device: str = "cpu"):
     from conceptgen.workspace import Workspace
 
     if name != "demo":
-        return load_model(name, device=device)  # a registry architecture with random weights
+        return load_model(name, device=device)  # an architecture (random weights), an HF folder, a checkpoint
     if workspace is not None and (workspace / "models" / "demo.pt").is_file():
         return load_model("demo", workspace=Workspace.resolve(workspace), device=device)
     torch.manual_seed(0)
@@ -86,7 +89,9 @@ def main(argv=None) -> dict:
     p.add_argument("--mode", default=None, help="render mode (default: extract's default)")
     p.add_argument("--layers", default=None, help="layers (default: the model's default layer)")
     p.add_argument("--workspace", type=Path, default=None)
-    p.add_argument("--model", default="demo", help="demo, or a registry architecture (random weights), e.g. x3d_xs")
+    p.add_argument("--model", default="demo",
+                   help="demo, a registry architecture (random weights, e.g. x3d_xs), or a Hugging Face "
+                        "save_pretrained folder, checkpoint or model card")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -4,9 +4,15 @@ the clip alone.
 
 One rule for outputs (:func:`output_tensors`): a layer's output is the tensors in it,
 in order: a tensor alone, or the tensors of a tuple/list/dict, nested ones flattened
-(SlowFast stages return ``[slow, fast]``). :func:`as_activation` turns them into one
-tensor: a single tensor stays as it is (B, C, T, H, W); several are flattened per
-sample and concatenated (B, D).
+(SlowFast stages return ``[slow, fast]``). Each is then seen per clip
+(:func:`layer_view`): a tensor that folds positions into the batch axis (B * k, ...)
+is regrouped (B, k, ...), and on a model with a patch-token grid (conceptgen.tokens,
+set by the registry) token tensors (B, N, D) become (B, D, T, H, W), the class tokens
+set aside, so transformer blocks read like 3-D CNN layers. Gradients are taken with
+respect to the tensors in the graph (``Captured.raw``) and seen the same way.
+:func:`as_activation` turns a layer's tensors into one: a single tensor stays as it is
+(B, C, T, H, W); several are flattened per sample and concatenated (B, D).
+The model's output gives logits by conceptgen.model_io's rule (``Captured.logits``).
 
 The determinism contract (:func:`run_clipwise`): on CPU every clip goes through the
 model in its own forward of fixed shape (batch 1) on ONE intra-op thread, so neither
@@ -28,14 +34,16 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from conceptgen.errors import LayerNotFoundError, ModelError
+from conceptgen.errors import ConceptgenError, LayerNotFoundError, ModelError
+from conceptgen.model_io import forward_failure, require_logits
+from conceptgen.tokens import TokenGrid, regroup, to_grid
 
 CUDA_CLIPS_PER_FORWARD = 8
 # Part of the identity of every stored embedding / cached activation: bump it when the
@@ -59,6 +67,14 @@ def output_tensors(output: Any) -> tuple[torch.Tensor, ...]:
     return ()
 
 
+def layer_view(t: torch.Tensor, batch: int, tokens: TokenGrid | None) -> torch.Tensor:
+    """A captured tensor per clip: folded batches regrouped (B, k, ...); on a model with
+    a token grid, tokens (B, N, D) of the grid's length as (B, D, T, H, W)."""
+    t = regroup(t, batch)
+    grid = to_grid(t, tokens) if tokens is not None else None
+    return t if grid is None else grid
+
+
 def as_activation(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """One tensor per layer: a single output as it is; several flattened per sample and
     concatenated, (B, D)."""
@@ -74,12 +90,20 @@ class _StopForward(Exception):
 
 @dataclass
 class Captured:
-    """One forward's record: ``layers[name]`` the tensors of that layer's first output, in
-    the order the layers finished; ``output`` the model's output (None when the forward
-    stopped after the last captured layer)."""
+    """One forward's record: ``layers[name]`` the tensors of that layer's first output
+    seen per clip (:func:`layer_view`), in the order the layers finished; ``raw[name]``
+    the same tensors as the model made them (the ones gradients are taken to);
+    ``output`` the model's output (None when the forward stopped after the last
+    captured layer)."""
 
     layers: dict[str, tuple[torch.Tensor, ...]]
     output: Any = None
+    raw: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, classes) from ``output`` (conceptgen.model_io.logits_of); ModelError if none."""
+        return require_logits(self.output)
 
 
 def find_layer(model: nn.Module, dotted: str) -> nn.Module:
@@ -104,6 +128,7 @@ class LayerCapture:
         if isinstance(model, torch.jit.ScriptModule):
             raise ModelError(TORCHSCRIPT_REFUSAL)
         self.model = model
+        self.tokens: TokenGrid | None = getattr(model, "conceptgen_tokens", None)
         self.layers = tuple(dict.fromkeys(layers))
         self.stop_after_last, self.require_all = stop_after_last, require_all
         self._modules = {name: find_layer(model, name) for name in self.layers}
@@ -133,20 +158,30 @@ class LayerCapture:
 
     def forward(self, inputs) -> Captured:
         """Run the model on ``inputs`` (grad/autocast modes are the caller's) and return
-        what the hooks saw. Raises ModelError when a layer never ran."""
+        what the hooks saw. Raises ModelError when a layer never ran, or in one line
+        (the model's own message and the likely fix) when the model's forward fails."""
         self._local.sink = sink = {}
         output = None
         try:
             output = self.model(inputs)
         except _StopForward:
             pass
+        except (ConceptgenError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as err:  # raised inside the user's model
+            raise forward_failure(err, getattr(self.model, "conceptgen_spec", None), inputs) from err
         finally:
             self._local.sink = None
         missing = [n for n in self.layers if n not in sink]
         if missing and self.require_all:
             raise ModelError(f"layer {missing[0]} did not run in the model's forward; choose another "
                              "(`conceptgen models --layers NAME`)")
-        return Captured(sink, output)
+        batch = len(inputs[0] if isinstance(inputs, (list, tuple)) else inputs)
+        return Captured({n: self.view(ts, batch) for n, ts in sink.items()}, output, sink)
+
+    def view(self, tensors: Sequence[torch.Tensor], batch: int) -> tuple[torch.Tensor, ...]:
+        """A layer's tensors (or their gradients) as :attr:`Captured.layers` shows them."""
+        return tuple(layer_view(t, batch, self.tokens) for t in tensors)
 
 
 @contextmanager

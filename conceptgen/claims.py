@@ -24,7 +24,7 @@ import sqlalchemy.exc
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.orm import Session
 
-from conceptgen.errors import ConceptgenError
+from conceptgen.errors import ConceptgenError, StoreUnavailableError
 from conceptgen.orm import RunVideo, utcnow
 from conceptgen.processes import pid_alive
 from conceptgen.workspace import Workspace
@@ -129,7 +129,7 @@ class ClaimKeeper:
         while not self._stop.wait(self.every_s):
             try:
                 heartbeat(self.workspace, self.owner)
-            except sqlalchemy.exc.SQLAlchemyError:  # a busy or briefly unreachable database: next beat
+            except (sqlalchemy.exc.SQLAlchemyError, StoreUnavailableError):  # busy or briefly away: next beat
                 pass
 
     def __enter__(self) -> str:
@@ -139,4 +139,9 @@ class ClaimKeeper:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        release_all(self.workspace, self.owner)
+        try:
+            release_all(self.workspace, self.owner)
+        except (sqlalchemy.exc.SQLAlchemyError, StoreUnavailableError):
+            # The store is gone (its error is already on its way): the claims stay, and the
+            # next driver takes them over (this pid is dead, or the heartbeat expires).
+            pass

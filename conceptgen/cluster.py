@@ -11,6 +11,17 @@ Recipe (ACE/VTCD style, with human review downstream):
      outliers flagged, cohesion, distinct videos, ACE-style support filters;
   5. store a Clustering with its clusters and a FAISS similarity index.
 
+Scores are relative to the run's own spread, so that a cluster of everything cannot
+look tight: the *spread* is the mean cosine distance between two different tubes of
+the run (exact, from the sum of the unit vectors). A cluster's **cohesion** is
+``1 - (mean cosine distance between two of its members) / spread``, clipped to [0, 1]:
+0 for a cluster no tighter than random pairs of the run, 1 for identical members; a
+member's **distance** is its cosine distance to the cluster's centre divided by the
+spread (1.0: as far from the centre as two random tubes are from each other).
+Before clustering, :func:`layer_separation` checks that the layer tells the run's
+tubes apart at all (spread, effective rank, nearest neighbours against random pairs).
+Tubes tagged background (conceptgen.objectness) are left out unless asked.
+
 Outlier rule: a member is an outlier when its cosine distance to the centroid
 exceeds ``median + 3 * 1.4826 * MAD`` of its cluster's distances (a robust
 z-score above 3; 1.4826 * MAD estimates the standard deviation).
@@ -210,11 +221,100 @@ def choose_k(vectors: np.ndarray, *, seed: int = 0, niter: int = 25) -> int:
     return best_k
 
 
+def mean_pair_distance(unit_vectors: np.ndarray) -> float:
+    """Mean cosine distance (1 - cos) over all pairs of different rows of (N, D) unit
+    vectors, exactly: sum_{i != j} u_i . u_j = |sum u|^2 - N. 0.0 for N < 2."""
+    x = np.asarray(unit_vectors, dtype=np.float64)
+    n = len(x)
+    if n < 2:
+        return 0.0
+    total = x.sum(axis=0)
+    return float(max(0.0, 1.0 - (float(total @ total) - float(np.einsum("ij,ij->", x, x))) / (n * (n - 1))))
+
+
+MIN_SPREAD = 0.02  # below: the layer embeds the run's tubes as (almost) one point
+MIN_EFFECTIVE_RANK = 2.0
+MAX_NN_RATIO = 0.8  # nearest neighbours this close to random-pair distance: no local structure
+SEPARATION_SAMPLE = 2000
+
+
+@dataclass(frozen=True)
+class LayerSeparation:
+    """Does a layer tell a run's tubes apart? ``spread``: mean cosine distance between two
+    random tubes; ``effective_rank``: exp of the entropy of the centred embeddings'
+    normalised singular values squared (1: one direction); ``nn_ratio``: median
+    nearest-neighbour cosine distance / spread (near 1: neighbours are as far as random
+    tubes). ``separates`` is all three within bounds; ``reason`` says which failed."""
+
+    layer: str
+    n: int
+    spread: float
+    effective_rank: float
+    nn_ratio: float
+    separates: bool
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "n": self.n, "spread": round(self.spread, 6),
+                "effective_rank": round(self.effective_rank, 3), "nn_ratio": round(self.nn_ratio, 4),
+                "separates": self.separates, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerSeparation":
+        return cls(str(d["layer"]), int(d["n"]), float(d["spread"]), float(d["effective_rank"]),
+                   float(d["nn_ratio"]), bool(d["separates"]), str(d["reason"]))
+
+    def warning(self) -> str | None:
+        """One line for the CLI and the annotator's banner, or None when the layer separates."""
+        if self.separates:
+            return None
+        return (f"layer {self.layer} does not separate this run's {self.n} tubes ({self.reason}); clusters "
+                "and their scores will not mean much: extract at another layer (--layers), or use a model "
+                "trained on videos like these (--model NAME --weights PATH, or your own model)")
+
+
+def layer_separation(unit_vectors: np.ndarray, layer: str, *, seed: int = 0) -> LayerSeparation:
+    """The separation check on a seeded sample of at most 2,000 of (N, D) unit vectors."""
+    x = as_float32(unit_vectors)
+    rng = np.random.default_rng(seed)
+    if len(x) > SEPARATION_SAMPLE:
+        x = x[np.sort(rng.choice(len(x), size=SEPARATION_SAMPLE, replace=False))]
+    n = len(x)
+    spread = mean_pair_distance(x)
+    if n < 3:
+        return LayerSeparation(layer, n, spread, 0.0, 1.0, False, f"only {n} tube(s)")
+    centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    sv = np.linalg.svd(centred, compute_uv=False) ** 2
+    p = sv / sv.sum() if sv.sum() > 0 else np.ones(1)
+    p = p[p > 0]
+    effective_rank = float(np.exp(-(p * np.log(p)).sum()))
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nn = 1.0 - sims.max(axis=1)
+    nn_ratio = float(np.median(nn) / spread) if spread > 0 else 1.0
+    failed = []
+    if spread < MIN_SPREAD:
+        failed.append(f"mean distance between tubes {spread:.3f} < {MIN_SPREAD}")
+    if effective_rank < MIN_EFFECTIVE_RANK:
+        failed.append(f"effective rank {effective_rank:.2f} < {MIN_EFFECTIVE_RANK:g}")
+    if nn_ratio > MAX_NN_RATIO:
+        failed.append(f"nearest neighbours at {nn_ratio:.2f} of the random-pair distance > {MAX_NN_RATIO}")
+    reason = "; ".join(failed) or (f"spread {spread:.3f}, effective rank {effective_rank:.1f}, "
+                                   f"nearest neighbours at {nn_ratio:.2f} of random pairs")
+    return LayerSeparation(layer, n, spread, effective_rank, nn_ratio, not failed, reason)
+
+
+def separation_rank(check: LayerSeparation) -> tuple:
+    """Sort key, best layer first: separating layers, then the lowest nearest-neighbour ratio."""
+    return (not check.separates, check.nn_ratio, -check.spread, check.layer)
+
+
 @dataclass(frozen=True)
 class ClusterStats:
     """One cluster. ``members``: row indices ranked nearest-first; ``distances``:
-    their cosine distances (1 - cos) to the centroid direction, same order;
-    ``outliers``: bool per member; ``centroid``: (D,) unit vector."""
+    their cosine distances (1 - cos) to the centroid direction divided by the run's
+    spread, same order; ``outliers``: bool per member; ``centroid``: (D,) unit vector;
+    ``cohesion``: 1 - mean member-pair distance / spread, in [0, 1]."""
 
     label: int
     members: np.ndarray
@@ -245,12 +345,23 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
     return np.array([mapping[int(v)] for v in labels], dtype=np.int64)
 
 
+def relative_cohesion(unit_vectors: np.ndarray, spread: float) -> float:
+    """1 - mean pair distance of the rows / ``spread``, clipped to [0, 1]; 0 when it cannot
+    be measured (fewer than 2 rows, or a run with no spread)."""
+    if len(unit_vectors) < 2 or spread < 1e-6:
+        return 0.0
+    return float(np.clip(1.0 - mean_pair_distance(unit_vectors) / spread, 0.0, 1.0))
+
+
 def summarise_clusters(unit_vectors: np.ndarray, labels: np.ndarray, video_ids: np.ndarray, *,
-                       min_size: int, min_videos: int) -> list[ClusterStats]:
+                       min_size: int, min_videos: int, spread: float | None = None) -> list[ClusterStats]:
     """Rank, flag and score each cluster. unit_vectors (N, D) L2-normalised;
-    labels (N,) in [0, k); video_ids (N,) the source video of each row."""
+    labels (N,) in [0, k); video_ids (N,) the source video of each row; ``spread``: the
+    run's mean random-pair cosine distance (default: that of ``unit_vectors``)."""
     x = as_float32(unit_vectors)
     video_ids = np.asarray(video_ids)
+    spread = mean_pair_distance(x) if spread is None else float(spread)
+    scale = spread if spread >= 1e-6 else 1.0
     out = []
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
@@ -258,11 +369,11 @@ def summarise_clusters(unit_vectors: np.ndarray, labels: np.ndarray, video_ids: 
         sims = x[rows] @ centroid
         order = np.lexsort((rows, -sims))  # nearest first; ties by row for determinism
         rows, sims = rows[order], sims[order]
-        distances = (1.0 - sims).astype(np.float64)
+        distances = np.maximum(1.0 - sims.astype(np.float64), 0.0) / scale
         n_videos = len(np.unique(video_ids[rows]))
         out.append(ClusterStats(
             label=int(c), members=rows, distances=distances, outliers=flag_outliers(distances),
-            cohesion=float(sims.mean()), n_videos=int(n_videos),
+            cohesion=relative_cohesion(x[rows], spread), n_videos=int(n_videos),
             supported=bool(len(rows) >= min_size and n_videos >= min_videos), centroid=centroid))
     return out
 
@@ -298,6 +409,9 @@ class ClusteringReport:
     clusters: list[ClusterStats] = field(repr=False)
     tube_ids: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
+    separation: LayerSeparation | None = None  # the chosen layer's check
+    layer_checks: list[LayerSeparation] = field(default_factory=list)  # every stored layer, best first
+    n_background: int = 0  # tubes left out as background
 
     @property
     def n_supported(self) -> int:
@@ -306,6 +420,10 @@ class ClusteringReport:
 
 def index_path(workspace: Workspace, clustering_id: int) -> Path:
     return workspace.cache / "faiss" / f"clustering{clustering_id}.index"
+
+
+def _run_layers(run: Run) -> list[str]:
+    return list((run.config or {}).get("layers") or [])
 
 
 def _run_embedding_key(run: Run, layer: str | None) -> tuple[str, str, str]:
@@ -321,29 +439,70 @@ def _run_embedding_key(run: Run, layer: str | None) -> tuple[str, str, str]:
     return layer, cfg.get("pooling", "mean"), cfg.get("render_mode", "crop")
 
 
-def cluster_run(workspace: Workspace, run_id: int, *, layer: str | None = None, k: int | str = "auto",
-                seed: int = 0, min_size: int = 5, min_videos: int = 3, niter: int = 25,
-                nredo: int = 3) -> ClusteringReport:
-    """Cluster run ``run_id``'s tubes at ``layer`` (default: the run's first layer)
-    and store a new Clustering. Re-clustering never re-extracts."""
+def background_tube_ids(workspace: Workspace, run_id: int) -> set[int]:
+    """Ids of the run's tubes tagged background by conceptgen.objectness."""
+    with workspace.session() as s:
+        return set(s.scalars(select(Tube.id).where(Tube.run_id == run_id, Tube.background.is_(True))))
+
+
+def check_run_layers(workspace: Workspace, run_id: int, *, include_background: bool = False,
+                     seed: int = 0) -> list[LayerSeparation]:
+    """:func:`layer_separation` for every layer the run stored, best layer first."""
     with workspace.session() as s:
         run = s.get(Run, run_id)
         if run is None:
             raise NotFoundError(f"run {run_id} does not exist; list runs with `conceptgen runs`")
-        layer, pooling, mode = _run_embedding_key(run, layer)
+        layers = _run_layers(run) or [_run_embedding_key(run, None)[0]]
+        keys = [_run_embedding_key(run, layer) for layer in layers]
+        embs = [load_embeddings(s, run_id, layer=l, pooling=p, render_mode=m) for l, p, m in keys]
+    skip = set() if include_background else background_tube_ids(workspace, run_id)
+    checks = []
+    for (layer, _, _), emb in zip(keys, embs):
+        keep = np.array([int(t) not in skip for t in emb.tube_ids], dtype=bool)
+        if keep.any():
+            checks.append(layer_separation(l2_normalise(emb.vectors[keep]), layer, seed=seed))
+    return sorted(checks, key=separation_rank)
+
+
+def cluster_run(workspace: Workspace, run_id: int, *, layer: str | None = None, k: int | str = "auto",
+                seed: int = 0, min_size: int = 5, min_videos: int = 3, niter: int = 25,
+                nredo: int = 3, include_background: bool = False) -> ClusteringReport:
+    """Cluster run ``run_id``'s tubes at ``layer`` and store a new Clustering.
+    Re-clustering never re-extracts. ``layer`` None: the stored layer that separates
+    the run's tubes best (:func:`check_run_layers`). Background tubes are left out
+    unless ``include_background``."""
+    checks = check_run_layers(workspace, run_id, include_background=include_background, seed=seed)
+    with workspace.session() as s:
+        run = s.get(Run, run_id)
+        layer, pooling, mode = _run_embedding_key(run, layer if layer is not None else
+                                                  (checks[0].layer if checks else None))
         emb = load_embeddings(s, run_id, layer=layer, pooling=pooling, render_mode=mode)
     if len(emb.tube_ids) == 0:
         raise DataError(f"run {run_id} has no embeddings at {layer!r}; run `conceptgen extract` first")
-    x = l2_normalise(emb.vectors)
+    skip = set() if include_background else background_tube_ids(workspace, run_id)
+    keep = np.array([int(t) not in skip for t in emb.tube_ids], dtype=bool)
+    if not keep.any():
+        raise DataError(f"all {len(keep)} tubes of run {run_id} are tagged background (walls, floors, water...): "
+                        "no candidates; cluster them anyway with --include-background")
+    tube_ids, video_ids = emb.tube_ids[keep], emb.video_ids[keep]
+    x = l2_normalise(emb.vectors[keep])
+    separation = next((c for c in checks if c.layer == layer), None) or layer_separation(x, layer, seed=seed)
     k_value = _resolve_k(k, x, seed)
     labels = canonical_labels(kmeans(x, k_value, seed=seed, niter=niter, nredo=nredo).labels)
-    stats = summarise_clusters(x, labels, emb.video_ids, min_size=min_size, min_videos=min_videos)
+    stats = summarise_clusters(x, labels, video_ids, min_size=min_size, min_videos=min_videos,
+                               spread=separation.spread)
     params = {"k": k if k == "auto" else int(k), "k_chosen": k_value, "seed": seed, "niter": niter,
               "nredo": nredo, "min_size": min_size, "min_videos": min_videos, "pooling": pooling,
               "render_mode": mode, "normalise": "l2", "outlier_rule": "d > median + 3*1.4826*MAD",
-              "auto_k_rule": "max silhouette (cosine), k in 2..min(30, n//5), sample <= 2000"}
-    clustering_id = _store_clustering(workspace, run_id, layer, k_value, seed, params, emb.tube_ids, x, stats)
-    return ClusteringReport(clustering_id, run_id, layer, k_value, len(x), stats, emb.tube_ids, labels)
+              "auto_k_rule": "max silhouette (cosine), k in 2..min(30, n//5), sample <= 2000",
+              "include_background": include_background, "n_background_left_out": int((~keep).sum()),
+              "scores": "cohesion = 1 - mean member-pair cosine distance / spread; member distance = "
+                        "cosine distance to the centre / spread; spread = mean cosine distance of two run tubes",
+              "layer_check": separation.as_dict(),
+              "layer_checks": [c.as_dict() for c in checks]}
+    clustering_id = _store_clustering(workspace, run_id, layer, k_value, seed, params, tube_ids, x, stats)
+    return ClusteringReport(clustering_id, run_id, layer, k_value, len(x), stats, tube_ids, labels,
+                            separation=separation, layer_checks=checks, n_background=int((~keep).sum()))
 
 
 def _resolve_k(k: int | str, x: np.ndarray, seed: int) -> int:
@@ -397,8 +556,12 @@ def _load_index(workspace: Workspace, clustering: Clustering) -> faiss.Index:
         run = s.get(Run, clustering.run_id)
         _, pooling, mode = _run_embedding_key(run, clustering.layer)
         emb = load_embeddings(s, clustering.run_id, layer=clustering.layer, pooling=pooling, render_mode=mode)
+    keep = np.ones(len(emb.tube_ids), dtype=bool)
+    if not (clustering.params or {}).get("include_background", True):  # older clusterings kept every tube
+        skip = background_tube_ids(workspace, clustering.run_id)
+        keep = np.array([int(t) not in skip for t in emb.tube_ids], dtype=bool)
     path.parent.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(build_similarity_index(l2_normalise(emb.vectors), emb.tube_ids), str(path))
+    faiss.write_index(build_similarity_index(l2_normalise(emb.vectors[keep]), emb.tube_ids[keep]), str(path))
     if clustering.index_sha256 and sha256_file(path) != clustering.index_sha256:
         raise IntegrityError(f"FAISS index of clustering {clustering.id} does not match its checksum "
                              f"after rebuilding; the run's embeddings changed — re-run `conceptgen cluster`")
@@ -423,6 +586,12 @@ def similar_tubes(workspace: Workspace, clustering_id: int, tube_id: int, k: int
     index = _load_index(workspace, clustering)
     sims, ids = index.search(l2_normalise(query.vectors), min(int(k) + 1, index.ntotal))
     return [(int(i), float(v)) for i, v in zip(ids[0], sims[0]) if i != tube_id and i >= 0][:k]
+
+
+def clustering_spread(params: dict | None) -> float | None:
+    """The spread a stored clustering's scores are relative to (None: made before it was recorded)."""
+    check = (params or {}).get("layer_check") or {}
+    return float(check["spread"]) if "spread" in check else None
 
 
 def clustering_labels(workspace: Workspace, clustering_id: int) -> dict[int, int]:

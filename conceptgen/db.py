@@ -12,11 +12,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from conceptgen.errors import ConfigError, NotFoundError, UnreachableError
+from conceptgen.errors import ConfigError, NotFoundError, StoreUnavailableError, UnreachableError
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -101,9 +101,47 @@ def current_revision(engine: Engine) -> str | None:
 
 def _is_connect_failure(err: DBAPIError) -> bool:
     """An error raised while connecting (refused, timed out, unknown host, bad password, no such database)."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
     return isinstance(err, (OperationalError, InterfaceError))
+
+
+# PostgreSQL SQLSTATE classes that mean the server or the link is gone: connection exception,
+# operator intervention (shutdown, crash), insufficient resources, system error.
+_OUTAGE_SQLSTATE_CLASSES = ("08", "57", "53", "58")
+# SQLite result codes that mean the file is unusable: I/O error, disk full, cannot open.
+_OUTAGE_SQLITE_CODES = (10, 13, 14)
+
+
+def is_outage(err: BaseException) -> bool:
+    """True when ``err`` says the store itself went away (server stopped or restarted,
+    connection lost, database file gone), not that a statement was wrong or lost a race."""
+    if not isinstance(err, DBAPIError):
+        return False
+    if err.connection_invalidated:
+        return True
+    orig = err.orig
+    if hasattr(orig, "sqlstate"):  # psycopg: no sqlstate at all means the client lost the server
+        state = orig.sqlstate
+        return _is_connect_failure(err) and (state is None or state[:2] in _OUTAGE_SQLSTATE_CLASSES)
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _OUTAGE_SQLITE_CODES
+
+
+def outage_error(url: str, err: BaseException) -> StoreUnavailableError:
+    """The one line for a store that went away: which store (password hidden), why, and that
+    rerunning resumes."""
+    orig = getattr(err, "orig", None) or err
+    reason = " ".join(str(orig).split())[:200] or type(orig).__name__
+    return StoreUnavailableError(
+        f"lost the database at {safe_url(url)} ({reason}); what was committed before is kept: "
+        "start the server (or restore the connection) and run the same command again to resume")
+
+
+def _quietly(step) -> None:
+    """Runs a cleanup step that must not raise over the error being handled (a dead server)."""
+    try:
+        step()
+    except SQLAlchemyError:
+        pass
 
 
 def head_revision() -> str:
@@ -117,16 +155,19 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A transaction: commit on success, roll back on any error."""
+    """A transaction: commit on success, roll back on any error. A store that went away
+    raises StoreUnavailableError (one line); cleanup on a dead server never raises."""
     session = factory()
     try:
         yield session
         session.commit()
-    except BaseException:
-        session.rollback()
+    except BaseException as err:
+        _quietly(session.rollback)
+        if is_outage(err):
+            raise outage_error(factory.kw["bind"].url.render_as_string(hide_password=False), err) from err
         raise
     finally:
-        session.close()
+        _quietly(session.close)
 
 
 def get_or_raise(session: Session, model, key: int, what: str, hint: str = ""):

@@ -62,5 +62,14 @@ class UnreachableError(ConceptgenError):
     """A database server or Ray cluster that cannot be reached (address, port, credentials)."""
 
 
+class StoreUnavailableError(UnreachableError):
+    """The database went away during work (server stopped, connection lost, disk gone).
+    What was committed before is kept; rerunning the command resumes."""
+
+
 class IntegrityError(ConceptgenError):
     """A checksum mismatch or other corruption in stored or exported data."""
+
+
+class TimeBudgetError(ConceptgenError):
+    """A video ran past its per-video time budget in one stage (it is recorded as failed)."""

@@ -19,6 +19,8 @@ to the database, guarded by claims), so the driver only schedules and reports.
 from __future__ import annotations
 
 import socket
+import sys
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
@@ -26,16 +28,26 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator
 
 from conceptgen.errors import ConceptgenError, ConfigError, UnreachableError
+from conceptgen.ray_connection import RAY_CONNECT_TIMEOUT_S, connect_ray
 
 EXECUTORS = ("inprocess", "ray")
 MAX_ATTEMPTS = 3  # an item whose worker died this many times stops the run (it may be what kills them)
-RAY_CONNECT_TIMEOUT_S = 5.0
+RESOURCE_NOTICE_S = 10.0  # workers still waiting for CPUs/GPUs after this long: say so
+
+
+def notice(message: str) -> None:
+    """One line for the operator on stderr, between progress bars (not silenced by --quiet)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 class Executor(ABC):
     """Runs ``make_worker(loaded)``'s callable over items on some workers."""
 
     workers: int = 1
     device: str | None = None  # where workers put the model (None: where ``loaded`` already is)
+    lost_workers: int = 0  # workers that died during this executor's maps (so far)
+    requeued: int = 0      # items handed to another worker after theirs died (so far)
 
     @abstractmethod
     def map_unordered(self, make_worker: Callable[[Any], Callable[[Any], Any]], loaded,
@@ -91,48 +103,21 @@ class _ModelActor:
         return self.worker(item)
 
 
-def _check_reachable(address: str) -> None:
-    """One-line UnreachableError when HOST:PORT does not accept a TCP connection."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--address {address!r} is not HOST:PORT or 'auto'; the head node prints its "
-                          "address when started with `ray start --head`")
-    try:
-        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise UnreachableError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}; start it "
-                               "with `ray start --head` on the head node, or check --address") from None
-
-def connect_ray(address: str | None) -> bool:
-    """Connects this process to Ray; True when it started Ray itself (to shut down later).
-    ``address``: None starts a local Ray on this machine; 'auto' joins the cluster this node
-    belongs to; HOST:PORT joins that head node."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--executor ray needs Ray: pip install 'conceptgen[distributed]'") from None
-    if ray.is_initialized():
-        return False
-    if address not in (None, "auto"):
-        _check_reachable(address)
-    try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False,
-                 include_dashboard=False, configure_logging=False)
-    except ConnectionError as err:
-        where = "this machine (start one with `ray start --head`)" if address == "auto" else address
-        raise UnreachableError(f"cannot reach a Ray cluster at {where}: {' '.join(str(err).split())[:200]}") from None
-    return True
-
 class RayExecutor(Executor):
     """Workers are Ray actors spread over the cluster, one per ``cpus_per_worker`` CPUs
     (or per ``num_gpus_per_worker`` GPUs when given), unless ``workers`` says how many."""
 
     def __init__(self, address: str | None = None, *, workers: int | None = None, cpus_per_worker: float = 1.0,
-                 num_gpus_per_worker: float = 0.0, in_flight_per_worker: int = 2):
+                 num_gpus_per_worker: float = 0.0, in_flight_per_worker: int = 2,
+                 connect_timeout_s: float = RAY_CONNECT_TIMEOUT_S, notice_after_s: float = RESOURCE_NOTICE_S,
+                 notify: Callable[[str], None] = notice):
         if cpus_per_worker <= 0 or num_gpus_per_worker < 0 or (workers is not None and workers < 1):
             raise ConfigError("Ray workers need > 0 CPUs each, >= 0 GPUs each and at least one worker")
         self._pool = None
-        self._started = connect_ray(address)
+        self.notice_after_s, self.notify = notice_after_s, notify
+        # A private Ray (no address) gets the CPUs the asked-for workers need, else all cores.
+        private_cpus = workers * cpus_per_worker if workers and not num_gpus_per_worker else None
+        self._started = connect_ray(address, timeout_s=connect_timeout_s, num_cpus=private_cpus)
         import ray
 
         resources = ray.cluster_resources()
@@ -166,18 +151,43 @@ class RayExecutor(Executor):
         actor_cls = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus or None, max_restarts=0)(_ModelActor)
         actors = [actor_cls.remote(ref, self.device, max(1, int(self.cpus))) for _ in range(self.workers)]
         alive = []
-        for actor, ready in zip(actors, [a.ready.remote() for a in actors]):
+        for actor, ready in zip(actors, self._wait_started({a.ready.remote(): a for a in actors})):
             try:
                 ray.get(ready)
                 alive.append(actor)
             except ray.exceptions.RayTaskError as err:
-                raise err.as_instanceof_cause() from None
+                raise _worker_error(err) from None
             except ray.exceptions.RayError:
                 self.lost_workers += 1
         if not alive:
             raise UnreachableError("no Ray worker could start; see `ray status` on the head node")
         self._pool = (loaded.fingerprint, alive)
         return alive
+
+    def _wait_started(self, readies: dict) -> list:
+        """Waits until every actor answers (or died); says once, after ``notice_after_s``, when
+        some are still waiting for the cluster's CPUs or GPUs, and what the cluster has."""
+        import ray
+
+        waiting, told, since = list(readies), False, time.monotonic()
+        while waiting:
+            timeout = None if told else max(0.0, self.notice_after_s - (time.monotonic() - since))
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=timeout)
+            if waiting and not told:
+                self.notify(self.resource_wait_message(len(waiting)))
+                told = True
+        return list(readies)
+
+    def resource_wait_message(self, n_waiting: int) -> str:
+        import ray
+
+        total, free = ray.cluster_resources(), ray.available_resources()
+        need = f"{self.cpus:g} CPU" + (f" and {self.gpus:g} GPU" if self.gpus else "")
+        has = f"{free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs free" + (
+            f", {free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPUs free" if self.gpus else "")
+        return (f"waiting for Ray resources: {n_waiting} of {self.workers} workers cannot start yet (each needs "
+                f"{need}; the cluster has {has}); another driver may hold them, or nodes are still joining; "
+                "`ray status` on the head shows who")
 
     def map_unordered(self, make_worker, loaded, items):
         import ray
@@ -216,12 +226,14 @@ class RayExecutor(Executor):
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayTaskError as err:  # the work itself raised: the caller's error
-                raise err.as_instanceof_cause() from None
+                raise _worker_error(err) from None
             except ray.exceptions.RayError:  # the worker or its node died: hand the item on
                 if actor in load:
                     del load[actor]
                     pool.remove(actor)
                     self.lost_workers += 1
+                    self.notify(f"a Ray worker was lost (its process or node died); its items go to the "
+                                f"{len(pool)} remaining worker(s)")
                 if attempts + 1 >= MAX_ATTEMPTS:
                     raise ConceptgenError(f"{MAX_ATTEMPTS} Ray workers died on one item ({item!r:.80}); "
                                           "it may be too large for a worker's memory") from None
@@ -248,13 +260,21 @@ class RayExecutor(Executor):
 
 _END = object()
 
+
+def _worker_error(err):
+    """A worker's own exception for the driver: a ConceptgenError as itself (its str is the
+    one line the CLI prints; Ray's wrapper would print the remote traceback), else Ray's
+    wrapper that is also an instance of the cause's class."""
+    return err.cause if isinstance(err.cause, ConceptgenError) else err.as_instanceof_cause()
+
 def make_executor(name: str = "inprocess", *, address: str | None = None, workers: int | None = None,
-                  num_gpus_per_task: float = 0.0) -> Executor:
+                  num_gpus_per_task: float = 0.0, connect_timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> Executor:
     """The executor named on the command line (``--executor``)."""
     if name == "inprocess":
         if address is not None or num_gpus_per_task or workers is not None:
             raise ConfigError("--address, --workers and --num-gpus-per-task need --executor ray")
         return InProcessExecutor()
     if name == "ray":
-        return RayExecutor(address, workers=workers, num_gpus_per_worker=num_gpus_per_task)
+        return RayExecutor(address, workers=workers, num_gpus_per_worker=num_gpus_per_task,
+                           connect_timeout_s=connect_timeout_s)
     raise ConfigError(f"--executor {name!r} unknown; use one of {', '.join(EXECUTORS)}")

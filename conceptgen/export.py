@@ -41,11 +41,14 @@ SCHEMA_VERSION = 1
 FORMAT_NAME = "conceptgen-concept-dataset"
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.json.sha256"
+CHECKSUMS = "SHA256SUMS"   # the FiftyOne and CVAT exports' checksums (``sha256sum -c`` format)
 FORMAT_DOC = "FORMAT.md"
 CLIP_FPS = 8.0  # exported clips are frame sequences; a fixed rate keeps the bytes reproducible
 
 #: Called with each file's path relative to the export root right after it is written.
 FileHook = Callable[[str], None]
+#: Called with (clips written, clips in all) after each clip.
+ProgressHook = Callable[[int, int], None]
 
 
 # --- small typed records ------------------------------------------------------
@@ -78,6 +81,8 @@ class VerifyReport:
     export_dir: Path
     n_files: int
     problems: list[FileProblem]
+    kind: str = "native"   # native | fiftyone | cvat-video
+    notes: list[str] = field(default_factory=list)   # what could not be checked, one line each
 
     @property
     def ok(self) -> bool:
@@ -96,13 +101,16 @@ def export_concepts(
     side: int = 112,
     overwrite: bool = False,
     on_file: FileHook | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> ExportReport:
     """Export concepts (names, or ``"all-approved"``) of ``workspace`` to ``out_dir``.
 
     Clips are ``num_frames`` x ``side`` x ``side`` RGB rendered at ``mode``
     (mask | crop | blur); ``static`` adds a static variant per dynamic example.
     ``on_file`` is a hook called after every file write (tests use it to
-    interrupt the export). Nothing appears at ``out_dir`` unless the export completes.
+    interrupt the export); ``on_progress(done, total)`` after every clip (the
+    annotator's job progress; an exception it raises stops the export). Nothing
+    appears at ``out_dir`` unless the export completes.
     """
     from conceptgen.render import RENDER_MODES
 
@@ -116,10 +124,12 @@ def export_concepts(
 
     concepts = load_concept_records(workspace, names)
     render = {"mode": mode, "static": static, "num_frames": num_frames, "side": side, "fps": CLIP_FPS}
+    plans = [_plan_examples(c.examples, static) for c in concepts]
+    counter = _Progress(sum(len(p) for p in plans), on_progress)
     with AtomicFolder(out_dir, on_file=on_file) as folder:
         entries, skipped, n_clips = [], [], 0
-        for concept, sub in zip(concepts, _concept_folders([c.name for c in concepts])):
-            entry, concept_skips = _write_concept(folder, concept, sub, render, workspace.media)
+        for concept, plan, sub in zip(concepts, plans, _concept_folders([c.name for c in concepts])):
+            entry, concept_skips = _write_concept(folder, concept, plan, sub, render, workspace.media, counter)
             entries.append(entry)
             skipped += concept_skips
             n_clips += len(entry["examples"])
@@ -141,10 +151,15 @@ def export_concepts(
 
 
 def verify_export(export_dir: str | Path) -> VerifyReport:
-    """Check the manifest's own checksum and every file's sha256; list what is wrong."""
+    """Check an export of any format (:func:`export_kind`): for the native one the manifest's
+    own checksum and every file's sha256; for FiftyOne and CVAT exports their ``SHA256SUMS``
+    and that every video they reference is there. ``notes`` say what could not be checked."""
     root = Path(export_dir)
-    if not (root / MANIFEST).is_file():
-        raise NotFoundError(f"{root} has no {MANIFEST}; pass the folder written by `conceptgen export`")
+    kind = export_kind(root)
+    if kind != "native":
+        from conceptgen.export_formats import verify_tool_export
+
+        return verify_tool_export(root, kind)
     problems: list[FileProblem] = []
     manifest_bytes = (root / MANIFEST).read_bytes()
     sum_file = root / MANIFEST_SUM
@@ -156,7 +171,45 @@ def verify_export(export_dir: str | Path) -> VerifyReport:
         files: dict[str, str] = json.loads(manifest_bytes)["files"]
     except (ValueError, KeyError, TypeError):
         problems.append(FileProblem(MANIFEST, "unreadable manifest"))
-        return VerifyReport(root, 0, problems)
+        return VerifyReport(root, 0, problems, kind)
+    problems += check_files(root, files, also_listed={MANIFEST, MANIFEST_SUM})
+    return VerifyReport(root, len(files) + 2, problems, kind)
+
+
+def export_kind(root: Path) -> str:
+    """native | fiftyone | cvat-video: which writer made the folder ``root``, by its layout."""
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        try:
+            head = json.loads(manifest.read_bytes())
+        except ValueError:
+            return "native"   # verify reports the unreadable manifest
+        return "fiftyone" if isinstance(head, dict) and head.get("type") == "eta.core.datasets.LabeledVideoDataset" \
+            else "native"
+    if root.is_dir() and (any(root.glob("*/*.xml")) or any(root.glob("*.xml"))):
+        return "cvat-video"
+    raise NotFoundError(f"{root} is not an export (no {MANIFEST}, no CVAT XML); pass the folder "
+                        "written by `conceptgen export`")
+
+
+def checksum_lines(checksums: dict[str, str]) -> str:
+    """``sha256sum -c`` lines for the files of ``checksums`` (relative path -> sha256)."""
+    return "".join(f"{digest}  {rel}\n" for rel, digest in sorted(checksums.items()))
+
+
+def read_checksum_lines(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        digest, sep, rel = line.partition("  ")
+        if sep and len(digest) == 64:
+            out[rel] = digest
+    return out
+
+
+def check_files(root: Path, files: dict[str, str], *, also_listed: set[str]) -> list[FileProblem]:
+    """Each listed file is inside ``root``, present and of its sha256; no other file is there
+    (except ``also_listed``)."""
+    problems = []
     for rel, expected in progress(sorted(files.items()), desc="verify", unit="file"):
         path = root / rel
         if Path(rel).is_absolute() or ".." in Path(rel).parts:  # a manifest must not point outside
@@ -165,18 +218,20 @@ def verify_export(export_dir: str | Path) -> VerifyReport:
             problems.append(FileProblem(rel, "missing"))
         elif sha256_file(path) != expected:
             problems.append(FileProblem(rel, "checksum mismatch"))
-    listed = set(files) | {MANIFEST, MANIFEST_SUM}
+    listed = set(files) | also_listed
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         if rel not in listed:
             problems.append(FileProblem(rel, "unexpected file"))
-    return VerifyReport(root, len(files) + 2, problems)
+    return problems
 
 
 def read_manifest(export_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
     """The parsed manifest of an export; with ``verify`` raises IntegrityError on corruption."""
     root = Path(export_dir)
     if verify:
+        if not (root / MANIFEST).is_file():
+            raise NotFoundError(f"{root} has no {MANIFEST}; pass the folder written by `conceptgen export`")
         report = verify_export(root)
         if not report.ok:
             listed = ", ".join(f"{p.path} ({p.problem})" for p in report.problems[:5])
@@ -209,16 +264,30 @@ def _concept_folders(names: list[str]) -> list[str]:
     return out
 
 
-def _write_concept(folder: "AtomicFolder", concept: ConceptRecord, sub: str, render: dict,
-                   media: Path) -> tuple[dict[str, Any], list[SkippedItem]]:
+class _Progress:
+    """Counts written clips across all concepts for an ``on_progress(done, total)`` hook."""
+
+    def __init__(self, total: int, hook: ProgressHook | None) -> None:
+        self.done, self.total, self.hook = 0, total, hook
+        if hook:
+            hook(0, total)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.hook:
+            self.hook(self.done, self.total)
+
+
+def _write_concept(folder: "AtomicFolder", concept: ConceptRecord, plan: list, sub: str, render: dict,
+                   media: Path, counter: _Progress) -> tuple[dict[str, Any], list[SkippedItem]]:
     entries: list[dict[str, Any]] = []
     skipped: list[SkippedItem] = []
-    plan = _plan_examples(concept.examples, render["static"])
     for k, (example, variant, sibling) in enumerate(progress(plan, desc=f"export {concept.name}", unit="clip")):
         try:
             entries.append(_write_example(folder, example, variant, sibling, k, sub, render, media))
         except (ConceptgenError, OSError, ValueError) as err:  # recorded; the rest go on
             skipped.append(SkippedItem(f"{concept.name}#{k} ({variant})", str(err)))
+        counter.step()  # outside the try: a cancel raised by the hook stops the export
     entry = {
         "name": concept.name, "description": concept.description, "folder": sub,
         "source": concept.source, "status": concept.status, "version": concept.version,

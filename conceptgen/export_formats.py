@@ -10,22 +10,25 @@ Both write the concepts' *tubes* on their source videos (the native export,
       data/<video>.mp4           each source video that has an approved example, copied
       labels/<video>.json        ETA VideoLabels: per frame (1-based), one object per tube in it:
                                  label = concept name, index = tube id (FiftyOne's track index),
-                                 bounding_box relative [0, 1], mask = the tube's mask inside the box,
-                                 attribute concept_version
-      FORMAT.md
+                                 bounding_box relative [0, 1] on whole video pixels, mask = the
+                                 tube's video-resolution mask inside the box, attribute concept_version
+      FORMAT.md, SHA256SUMS
 
 ``cvat-video``: one CVAT task per source video::
 
-    OUT/<video>/annotations.xml  CVAT for video 1.1 (interpolation): one <track> of <box> per tube
-                                 and, with masks, one <track> of <mask> (CVAT RLE) per tube;
-                                 every tube frame is a keyframe, a shape with outside="1" ends
-                                 each run of frames; attributes tube_id and concept_version
-    OUT/<video>/<video file>     the source video, to create the task from
-    OUT/FORMAT.md
+    OUT/<task>/<task>.xml        CVAT for video 1.1 (interpolation): per tube one <track> of <box>
+                                 and one <track> of <polygon> (its mask's pixel-edge outline;
+                                 see masks.mask_outline for parts and holes); every tube frame is a
+                                 keyframe, a shape with outside="1" ends each run of frames;
+                                 attributes tube_id and concept_version. Every task declares
+                                 the export's full label set, so one reader takes all tasks.
+    OUT/<task>/<video file>      the source video, to create the task from
+    OUT/FORMAT.md, OUT/SHA256SUMS
 
 Boxes and masks are scaled from the tube's processing resolution to the video's
 pixels. Examples without a tube (imported clips) have no source frames and are
-skipped with a reason. Both exports are atomic and deterministic, like the native one.
+skipped with a reason. Both exports are atomic and deterministic, like the native one;
+``SHA256SUMS`` (``sha256sum -c``) lets ``conceptgen verify`` check them.
 """
 from __future__ import annotations
 
@@ -43,9 +46,10 @@ import numpy as np
 
 from conceptgen.errors import ConfigError
 from conceptgen.concepts import load_concept_records
-from conceptgen.export import ExportReport, SkippedItem, AtomicFolder
+from conceptgen.export import (CHECKSUMS, AtomicFolder, ExportReport, FileProblem, SkippedItem, VerifyReport,
+                               check_files, checksum_lines, read_checksum_lines)
 from conceptgen.hashing import sha256_bytes
-from conceptgen.masks import resize_mask, scale_box
+from conceptgen.masks import mask_box, mask_outline, resize_mask, scale_box
 from conceptgen.tubes import TubeRecord
 
 FORMATS = ("native", "fiftyone", "cvat-video")
@@ -107,6 +111,17 @@ class TubeLabel:
         x0, y0, x1, y1 = self.boxes[i]
         return [x0 / w, y0 / h, x1 / w, y1 / h]
 
+    def pixel_box(self, i: int) -> tuple[int, int, int, int]:
+        """Integer box (x0, y0, x1, y1; x1/y1 exclusive) in video pixels of frame ``i``:
+        :meth:`video_box` rounded outwards, grown to hold the video mask, inside the frame."""
+        x0, y0, x1, y1 = self.video_box(i)
+        mx0, my0, mx1, my1 = mask_box(self.video_mask(i))
+        if mx1 > mx0:
+            x0, y0, x1, y1 = min(x0, mx0), min(y0, my0), max(x1, mx1), max(y1, my1)
+        w, h = self.video.width, self.video.height
+        x0, y0 = min(max(0, int(np.floor(x0))), w - 1), min(max(0, int(np.floor(y0))), h - 1)
+        return x0, y0, min(w, max(x0 + 1, int(np.ceil(x1)))), min(h, max(y0 + 1, int(np.ceil(y1))))
+
     def mask(self, i: int) -> np.ndarray:
         """bool (mask h, mask w) of frame ``i``."""
         return self.tube.mask(i)
@@ -141,12 +156,16 @@ def tube_labels(workspace, names: Sequence[str] | str) -> tuple[list[TubeLabel],
     return labels, skipped
 
 
+def task_stem(video: SourceVideo) -> str:
+    """The export's name for a video (CVAT task folder and XML, FiftyOne data/labels files)."""
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', video.path.stem)[:60]}-{video.sha256[:8]}"
+
+
 def _by_video(labels: list[TubeLabel]) -> dict[str, list[TubeLabel]]:
     """Folder/file stem -> its video's tubes, in a stable order."""
     out: dict[str, list[TubeLabel]] = {}
     for label in sorted(labels, key=lambda lb: (lb.video.sha256, lb.concept, lb.tube_id)):
-        stem = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', label.video.path.stem)[:60]}-{label.video.sha256[:8]}"
-        out.setdefault(stem, []).append(label)
+        out.setdefault(task_stem(label.video), []).append(label)
     return out
 
 
@@ -160,24 +179,42 @@ def export_for_tool(workspace, names: Sequence[str] | str, out_dir: str | Path, 
     if out_dir.exists() and not overwrite:
         raise ConfigError(f"{out_dir} already exists; choose another --out or pass --overwrite")
     labels, skipped = tube_labels(workspace, names)
+    label_names = sorted({lb.concept for lb in labels})
     with AtomicFolder(out_dir) as folder:
-        index_bytes = writers[fmt](folder, _by_video(labels), masks=masks)
+        index_bytes = writers[fmt](folder, _by_video(labels), masks=masks, label_names=label_names)
         folder.write_text("FORMAT.md", FORMAT_DOCS[fmt])
+        folder.write_text(CHECKSUMS, checksum_lines(folder.checksums))
         n_files = len(folder.checksums)
     return ExportReport(out_dir, sorted({lb.concept for lb in labels}), len(labels), n_files,
                         sha256_bytes(index_bytes), skipped)
 
 
 # --- FiftyOne (ETA VideoLabels) ------------------------------------------------------
+# Readers draw a relative box at int(width * x) (ETA's truncation, which FiftyOne uses):
+# corners written as pixel + EPS land on that pixel whatever the float round-off.
+BOX_EPS = 1e-6
+
+
+def relative_corner(pixel: int, size: int) -> float:
+    """A box corner on pixel edge ``pixel`` of ``size`` as a fraction that truncating readers
+    (``int(size * x)``, also after FiftyOne's x + (x1 - x) round trip) read back as ``pixel``."""
+    return (pixel + BOX_EPS) / size
+
+
 def eta_object(label: TubeLabel, i: int, *, masks: bool) -> dict:
-    """One DetectedObject of frame ``label.frames[i]``: concept label, tube id as index."""
-    x0, y0, x1, y1 = label.relative_box(i)
+    """One DetectedObject of frame ``label.frames[i]``: concept label, tube id as index.
+    The box is the tube's box in video pixels rounded outwards (grown to the mask if the
+    mask reaches past it) and the mask is the video-resolution mask inside it, so a reader
+    that draws the mask in the box puts it on exactly the tube's pixels."""
+    x0, y0, x1, y1 = label.pixel_box(i)
+    w, h = label.video.width, label.video.height
     obj = {"type": ETA_OBJECT_TYPE, "label": label.concept, "index": label.tube_id,
-           "bounding_box": {"top_left": {"x": x0, "y": y0}, "bottom_right": {"x": x1, "y": y1}},
+           "bounding_box": {"top_left": {"x": relative_corner(x0, w), "y": relative_corner(y0, h)},
+                            "bottom_right": {"x": relative_corner(x1, w), "y": relative_corner(y1, h)}},
            "attrs": {"attrs": [{"type": ETA_NUMERIC_ATTRIBUTE, "name": "concept_version",
                                 "value": label.concept_version}]}}
     if masks:  # FiftyOne's instance masks cover the bounding box only
-        obj["mask"] = eta_mask(box_crop(label.mask(i), label.boxes[i]))
+        obj["mask"] = eta_mask(label.video_mask(i)[y0:y1, x0:x1])
     return obj
 
 
@@ -194,13 +231,6 @@ def eta_mask_decode(text: str) -> np.ndarray:
         return np.load(buffer, allow_pickle=False)
 
 
-def box_crop(mask: np.ndarray, box: Sequence[float]) -> np.ndarray:
-    """The part of ``mask`` inside ``box`` (pixels, x1/y1 exclusive, rounded outwards)."""
-    x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
-    x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
-    return np.asarray(mask, dtype=bool)[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
-
-
 def video_labels(labels: list[TubeLabel], *, masks: bool) -> dict:
     """ETA VideoLabels dict of one video: frame numbers are 1-based, as FiftyOne's."""
     frames: dict[int, list[dict]] = {}
@@ -210,7 +240,7 @@ def video_labels(labels: list[TubeLabel], *, masks: bool) -> dict:
     return {"frames": {str(n): {"frame_number": n, "objects": {"objects": frames[n]}} for n in sorted(frames)}}
 
 
-def _write_fiftyone(folder, videos: dict[str, list[TubeLabel]], *, masks: bool) -> bytes:
+def _write_fiftyone(folder, videos: dict[str, list[TubeLabel]], *, masks: bool, label_names: list[str]) -> bytes:
     index = []
     for stem, labels in videos.items():
         data = f"data/{stem}{labels[0].video.path.suffix.lower()}"
@@ -241,6 +271,15 @@ def cvat_rle_decode(rle: Sequence[int], width: int, height: int) -> np.ndarray:
     return values.reshape(height, width)
 
 
+def cvat_points(points: Sequence[Sequence[float]]) -> str:
+    """CVAT's polygon ``points`` attribute: "x0,y0;x1,y1;..." with two decimals."""
+    return ";".join(f"{float(x):.2f},{float(y):.2f}" for x, y in points)
+
+
+def cvat_box(box: Sequence[float]) -> dict[str, str]:
+    return dict(zip(("xtl", "ytl", "xbr", "ybr"), (f"{float(v):.2f}" for v in box)))
+
+
 def _shape_attributes(element, label: TubeLabel) -> None:
     for name, value in (("tube_id", label.tube_id), ("concept_version", label.concept_version)):
         ET.SubElement(element, "attribute", name=name).text = str(value)
@@ -257,31 +296,29 @@ def _runs(frames: list[int]) -> list[tuple[int, int]]:
 
 
 def _track_shapes(track, label: TubeLabel, kind: str) -> None:
-    """Every tube frame as a keyframe; after each run, the same shape with outside=1."""
-    def shape(i: int, frame: int, outside: int) -> None:
-        attrs = {"frame": str(frame), "outside": str(outside), "occluded": "0", "keyframe": "1"}
+    """Every tube frame as a keyframe; after each run, the same shape with outside=1.
+    A polygon track leaves out the frames whose mask is empty (a polygon needs points)."""
+    geometry: dict[int, dict[str, str]] = {}
+    for i, frame in enumerate(label.frames):
         if kind == "box":
-            x0, y0, x1, y1 = label.video_box(i)
-            attrs.update(xtl=f"{x0:.2f}", ytl=f"{y0:.2f}", xbr=f"{x1:.2f}", ybr=f"{y1:.2f}", z_order="0")
+            geometry[frame] = cvat_box(label.video_box(i))
         else:
-            mask = label.video_mask(i)
-            ys, xs = np.nonzero(mask)
-            left, top = (int(xs.min()), int(ys.min())) if len(xs) else (0, 0)
-            right, bottom = (int(xs.max()), int(ys.max())) if len(xs) else (0, 0)
-            crop = mask[top:bottom + 1, left:right + 1]
-            attrs.update(rle=", ".join(map(str, cvat_rle(crop))), left=str(left), top=str(top),
-                         width=str(right - left + 1), height=str(bottom - top + 1), z_order="0")
-        _shape_attributes(ET.SubElement(track, kind, attrs), label)
-
-    for first, last in _runs(label.frames):
-        for i in range(first, last + 1):
-            shape(i, label.frames[i], 0)
-        if label.frames[last] + 1 < label.video.frame_count:
-            shape(last, label.frames[last] + 1, 1)
+            points = mask_outline(label.video_mask(i))
+            if points:
+                geometry[frame] = {"points": cvat_points(points)}
+    frames = sorted(geometry)
+    for first, last in _runs(frames):
+        for f in frames[first:last + 1] + ([frames[last] + 1] if frames[last] + 1 < label.video.frame_count else []):
+            outside = int(f not in geometry)
+            attrs = {"frame": str(f), "outside": str(outside), "occluded": "0", "keyframe": "1",
+                     **geometry[frames[last] if outside else f], "z_order": "0"}
+            _shape_attributes(ET.SubElement(track, kind, attrs), label)
 
 
-def cvat_document(labels: list[TubeLabel], source: str, *, masks: bool) -> ET.Element:
-    """The <annotations> tree of one video (CVAT for video 1.1, interpolation mode)."""
+def cvat_document(labels: list[TubeLabel], source: str, *, masks: bool, label_names: Sequence[str]) -> ET.Element:
+    """The <annotations> tree of one video (CVAT for video 1.1, interpolation mode). Every
+    task declares all of ``label_names`` with the same attributes, so that one reader
+    (Datumaro, a CVAT project) can take all the tasks together."""
     video = labels[0].video
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = CVAT_VERSION
@@ -291,7 +328,7 @@ def cvat_document(labels: list[TubeLabel], source: str, *, masks: bool) -> ET.El
                       ("start_frame", "0"), ("stop_frame", str(video.frame_count - 1))):
         ET.SubElement(task, tag).text = text
     names = ET.SubElement(task, "labels")
-    for concept in sorted({lb.concept for lb in labels}):
+    for concept in label_names:
         label = ET.SubElement(names, "label")
         ET.SubElement(label, "name").text = concept
         ET.SubElement(label, "type").text = "any"
@@ -307,24 +344,89 @@ def cvat_document(labels: list[TubeLabel], source: str, *, masks: bool) -> ET.El
     ET.SubElement(task, "source").text = source
     track_id = 0
     for label in labels:
-        for kind in ("box", "mask") if masks else ("box",):
+        for kind in ("box", "polygon") if masks else ("box",):
             track = ET.SubElement(root, "track", id=str(track_id), label=label.concept, source="manual")
             _track_shapes(track, label, kind)
             track_id += 1
     return root
 
 
-def _write_cvat(folder, videos: dict[str, list[TubeLabel]], *, masks: bool) -> bytes:
+def cvat_xml(root: ET.Element) -> bytes:
+    ET.indent(root)
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+def _write_cvat(folder, videos: dict[str, list[TubeLabel]], *, masks: bool, label_names: list[str]) -> bytes:
     index = []
     for stem, labels in videos.items():
         source = labels[0].video.path.name
         folder.copy_file(f"{stem}/{source}", labels[0].video.path)
-        tree = cvat_document(labels, source, masks=masks)
-        ET.indent(tree)
-        xml = b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(tree, encoding="utf-8") + b"\n"
-        folder.write_bytes(f"{stem}/annotations.xml", xml)
-        index.append(f"{stem}/annotations.xml")
+        # named after the task, not annotations.xml: Datumaro makes each file's stem a subset,
+        # so the tasks' frames stay apart when it reads the whole folder
+        folder.write_bytes(f"{stem}/{stem}.xml",
+                           cvat_xml(cvat_document(labels, source, masks=masks, label_names=label_names)))
+        index.append(f"{stem}/{stem}.xml")
     return _json(index)
+
+
+# --- verify -----------------------------------------------------------------------------
+def verify_tool_export(root: Path, kind: str) -> VerifyReport:
+    """A FiftyOne or CVAT export: every file of its SHA256SUMS (and no other), and every
+    video it references. Without SHA256SUMS (a folder CVAT wrote, say) only the latter."""
+    problems: list[FileProblem] = []
+    notes: list[str] = []
+    sums = root / CHECKSUMS
+    if sums.is_file():
+        files = read_checksum_lines(sums.read_text())
+        problems += check_files(root, files, also_listed={CHECKSUMS})
+        n_files = len(files) + 1
+    else:
+        notes.append(f"no {CHECKSUMS}: not written by `conceptgen export` (or written over since), so file "
+                     "checksums cannot be checked; checked only that the referenced videos exist")
+        n_files = sum(1 for p in root.rglob("*") if p.is_file())
+    for rel in _referenced_videos(root, kind, problems):
+        if not (root / rel).is_file():
+            problems.append(FileProblem(rel, "missing video"))
+    return VerifyReport(root, n_files, problems, kind, notes)
+
+
+def _referenced_videos(root: Path, kind: str, problems: list[FileProblem]) -> list[str]:
+    """Relative paths of the videos (and FiftyOne label files) the export's index files name."""
+    if kind == "fiftyone":
+        try:
+            index = json.loads((root / "manifest.json").read_bytes())["index"]
+            return [entry[key] for entry in index for key in ("data", "labels")]
+        except (ValueError, KeyError, TypeError):
+            problems.append(FileProblem("manifest.json", "unreadable manifest"))
+            return []
+    out = []
+    from conceptgen.cvat_import import cvat_files
+
+    for xml in cvat_files(root):
+        rel = xml.relative_to(root).as_posix()
+        try:
+            meta = ET.parse(xml).getroot().find("meta")
+        except ET.ParseError:
+            problems.append(FileProblem(rel, "not valid XML"))
+            continue
+        source = cvat_source(meta)
+        if not source:
+            problems.append(FileProblem(rel, "names no video (<source>)"))
+        else:
+            out.append((xml.parent / source).relative_to(root).as_posix())
+    return out
+
+
+def cvat_source(meta) -> str:
+    """The video file name of a CVAT XML's <meta>: <task><source> (CVAT 2.x), <job><source>,
+    or <meta><source> (older CVAT)."""
+    if meta is None:
+        return ""
+    for path in ("task/source", "job/source", "source"):
+        text = (meta.findtext(path) or "").strip()
+        if text:
+            return text
+    return ""
 
 
 def _json(obj) -> bytes:
@@ -334,26 +436,55 @@ def _json(obj) -> bytes:
 FORMAT_DOCS = {
     "fiftyone": """# conceptgen concepts as a FiftyOne video dataset
 
-Load it with FiftyOne (`pip install 'conceptgen[fiftyone]'`):
+Load it with FiftyOne (any environment that has `fiftyone` and its database):
 
     import fiftyone as fo
     dataset = fo.Dataset.from_dir(dataset_dir="THIS_FOLDER", dataset_type=fo.types.FiftyOneVideoLabelsDataset)
 
 Each video's frames carry `detections`: one detection per concept tube in the frame,
 `label` = the concept's name, `index` = the tube id (one track per tube), a relative
-bounding box, the tube's mask inside the box and the attribute `concept_version`.
+bounding box on whole video pixels (each corner + 1e-6 px, so that readers that truncate
+`width * x`, as FiftyOne does, land on the pixel), the tube's mask at the video's
+resolution inside the box (FiftyOne draws it on exactly the tube's pixels) and the
+attribute `concept_version`. `SHA256SUMS` holds every file's sha256 (`sha256sum -c
+SHA256SUMS`, or `conceptgen verify THIS_FOLDER`).
 """,
     "cvat-video": """# conceptgen concepts as CVAT for video 1.1 tasks
 
-One folder per source video: create a CVAT task from the video file in it, then
-upload `annotations.xml` with "Upload annotations" and the format "CVAT 1.1".
-Each concept is a label; each tube is one track of boxes (and one of masks), with
-the attributes `tube_id` and `concept_version`. Every tube frame is a keyframe; a
-shape with outside="1" ends each run of frames.
+One folder per source video, holding the video and `<folder name>.xml` (CVAT for video
+1.1, interpolation mode). Every file declares the same labels, one per exported concept,
+each with two text attributes, `tube_id` and `concept_version`; so Datumaro reads the whole
+folder in one call (`dm.Dataset.import_from("THIS_FOLDER", "cvat")`, one subset per task).
 
-Fix the tracks in CVAT, export the task as "CVAT for video 1.1" and bring the tracks
-back as a new version of each concept:
+## In CVAT
+1. Create a project (or task) with the labels of the XML: for each concept a label of
+   type "any" with the text attributes `tube_id` and `concept_version` (the `<labels>`
+   of any XML here, as CVAT's "Raw" label constructor JSON or by hand).
+2. Create one task per folder from its video file; "Upload annotations" with the
+   format "CVAT 1.1" and the folder's XML.
+3. Fix the tracks, then "Export task dataset" as "CVAT for video 1.1".
 
-    conceptgen import-concepts PATH/TO/annotations.xml   (or a folder of them)
+## What the tracks hold
+- Each tube is two tracks with the same label and `tube_id`: a track of boxes, and a track
+  of polygons (the mask's outline along pixel edges, so filling it gives back the mask
+  exactly). A mask of several parts, or with holes, is still one polygon per frame: each
+  further outline is joined to the first by a zero-width cut walked there and back, so
+  even-odd and non-zero filling (COCO's rasteriser, Datumaro, CVAT) give the parts and
+  the holes. Frames whose mask is empty have no polygon.
+- Every tube frame is a keyframe; a shape with `outside="1"` ends each run of frames.
+- CVAT keeps box and polygon tracks whole, every keyframe. It does not keep mask
+  tracks (it reads only the first keyframe of each, CVAT issue #6264), which is why
+  masks travel as polygons.
+
+## Back into conceptgen
+
+    conceptgen import-concepts --plan PATH/TO/FOLDER-OR-XML   # what would change, per label
+    conceptgen import-concepts PATH/TO/FOLDER-OR-XML
+
+An edited polygon becomes the new mask; a box moved without its polygon moves the mask
+(resized: crops it; the report says so); a deleted track removes the tube; a renamed label
+renames its concept (`--rename OLD=NEW`, or found by the tracks' `tube_id`s); only
+concepts whose tubes changed get a new version, and importing the same content again
+changes nothing. A label that is no concept is refused unless `--allow-new-labels`.
 """,
 }

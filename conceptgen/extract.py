@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from functools import partial
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -36,12 +36,12 @@ from sqlalchemy import func, select
 
 import conceptgen
 from conceptgen.embed import POOLINGS, HookEmbedder, embed_clips, vector_to_blob
-from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
+from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError, StoreUnavailableError
 from conceptgen.hashing import sha256_file, sha256_json
 from conceptgen.ingest import select_videos
 from conceptgen.masks import encode_rle
 from conceptgen.orm import Clustering, Embedding, Run, RunVideo, Tube, Video, utcnow
-from conceptgen.progress import progress
+from conceptgen.progress import progress, stage_progress
 from conceptgen.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 DEFAULT_RENDER_MODE = "mask"  # keeps position and scale, so motion survives (benchmarks/discovery.py)
 PREVIEW_MAX_SIDE = 256
-# Fields of the run config that do not change results: excluded from the run's identity.
-RUNTIME_FIELDS = ("batch_size", "device")
+# Config fields left out of a run's identity: the model's weight fingerprint already says which weights.
+IDENTITY_EXCLUDED = ("pretrained",)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ExtractConfig:
 
     model: str = "demo"  # a registry.ModelSource: name, checkpoint, model card or package.module:function
     weights: str | None = None
+    pretrained: bool = False  # a registry model's published weights
     model_kwargs: dict | None = None
     input_spec: dict | None = None  # InputSpec.to_dict()
     class_names: tuple[str, ...] | None = None
@@ -66,7 +67,7 @@ class ExtractConfig:
     sam_checkpoint: str | None = None
     sam_model: str = "vit_b"
     keyframe_every: int = 4
-    min_tube_length: int = 4
+    min_tube_length: int = 8  # shorter tubes (< 0.3 s) were fragments on real clips (benchmarks/real_discovery.py)
     layers: tuple[str, ...] = ()  # empty: the model's default layer (see default_layers)
     pooling: str = "mean"
     render_mode: str = DEFAULT_RENDER_MODE
@@ -84,7 +85,8 @@ class ExtractConfig:
         from conceptgen.segment import default_segmenter_names
 
         if source is not None:
-            kwargs.update(model=source.model, weights=source.weights, model_kwargs=source.model_kwargs,
+            kwargs.update(model=source.model, weights=source.weights, pretrained=source.pretrained,
+                          model_kwargs=source.model_kwargs,
                           input_spec=source.spec.to_dict() if source.spec else None,
                           class_names=source.class_names)
         if Path(kwargs.get("model", "")).is_file():  # a checkpoint or card: the same file from any folder
@@ -113,7 +115,7 @@ class ExtractConfig:
         """The model this config names, as a registry.ModelSource."""
         from conceptgen.registry import InputSpec, ModelSource
 
-        return ModelSource(self.model, weights=self.weights, model_kwargs=self.model_kwargs,
+        return ModelSource(self.model, weights=self.weights, pretrained=self.pretrained, model_kwargs=self.model_kwargs,
                            spec=InputSpec.from_dict(self.input_spec) if self.input_spec else None,
                            class_names=self.class_names)
 
@@ -141,6 +143,8 @@ class ExtractReport:
     n_skipped: int = 0  # already done before this call, or claimed by another driver
     n_discarded: int = 0  # computed, but another driver had taken the video over (nothing written)
     n_tubes: int = 0
+    lost_workers: int = 0  # Ray workers (or their nodes) that died during this call
+    n_retried: int = 0  # videos handed to another worker after theirs died
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video path, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (video path, note) for done videos
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -167,6 +171,9 @@ class ExtractReport:
         if self.n_discarded:
             lines.append(f"  {self.n_discarded} video(s) computed but discarded: another driver had taken "
                          "them over and stored them")
+        if self.lost_workers or self.n_retried:
+            lines.append(f"  {self.lost_workers} worker(s) lost (process or node died); {self.n_retried} video(s) "
+                         "retried on the other workers")
         lines += [f"  note: {p}: {n}" for p, n in self.notes]
         lines += [f"  failed: {p}: {r}" for p, r in self.failures]
         return lines
@@ -181,16 +188,39 @@ class VideoTubes:
     tubes: list  # track.Tube
     embeddings: dict[str, np.ndarray]
     note: str | None = None
+    objectness: list = field(default_factory=list)  # objectness.TubeObjectness per tube
 
 
-@contextmanager
-def _timed(totals: dict[str, float], stage: str) -> Iterator[None]:
-    """Adds the wall seconds of the block to ``totals[stage]``."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        totals[stage] += time.perf_counter() - t0
+DEFAULT_VIDEO_TIME_LIMIT = 1800.0  # seconds per video; past it the video is recorded as failed
+
+
+@dataclass
+class StageClock:
+    """One video's stages: wall seconds per stage in ``totals``, a progress bar per stage
+    (``label``: the video), and the video's time budget (``start_video`` arms it)."""
+
+    totals: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    label: str = ""
+    budget: float | None = DEFAULT_VIDEO_TIME_LIMIT
+    deadline: float | None = None
+
+    def start_video(self, label: str) -> None:
+        self.totals.clear()
+        self.label = label
+        self.deadline = None if self.budget is None else time.monotonic() + self.budget
+
+    @contextmanager
+    def __call__(self, stage: str, total: int = 0, unit: str = "frame", *,
+                 budgeted: bool = True) -> Iterator[Callable[[int], None]]:
+        """Times the block as ``stage``; yields ``tick(n)`` for its ``total`` units of work.
+        ``budgeted=False``: the time budget is not enforced (storing finished work)."""
+        t0 = time.perf_counter()
+        try:
+            with stage_progress(stage, total, unit=unit, label=self.label, budget=self.budget,
+                                deadline=self.deadline if budgeted else None) as tick:
+                yield tick
+        finally:
+            self.totals[stage] += time.perf_counter() - t0
 
 
 # --- identity ------------------------------------------------------------------
@@ -209,7 +239,8 @@ def run_identity(config: ExtractConfig, model_fingerprint: str) -> str:
     through the model (conceptgen.capture.FORWARD_CONTRACT)."""
     from conceptgen.capture import FORWARD_CONTRACT
 
-    return sha256_json({"config": asdict(config), "model_fingerprint": model_fingerprint,
+    fields_ = {k: v for k, v in asdict(config).items() if k not in IDENTITY_EXCLUDED}
+    return sha256_json({"config": fields_, "model_fingerprint": model_fingerprint,
                         "forward": FORWARD_CONTRACT})
 
 
@@ -251,11 +282,12 @@ def default_layers(loaded) -> tuple[str, ...]:
 class VideoProcessor:
     """Turns one video's frames into tubes and embeddings (steps 2-4 of the recipe)."""
 
-    def __init__(self, config: ExtractConfig, loaded, *, batch_size: int, clock: Callable[[str], ContextManager]):
+    def __init__(self, config: ExtractConfig, loaded, *, batch_size: int, clock: StageClock | None = None):
         from conceptgen.render import fill_from_mean
         from conceptgen.segment import build_segmenters
 
-        self.config, self.loaded, self.batch_size, self.clock = config, loaded, batch_size, clock
+        self.config, self.loaded, self.batch_size = config, loaded, batch_size
+        self.clock = clock or StageClock(budget=None)
         self.segmenters = build_segmenters(config.segmenters, sam_checkpoint=config.sam_checkpoint,
                                            sam_model=config.sam_model, device=str(loaded.device),
                                            keyframe_every=config.keyframe_every, seed=config.seed)
@@ -266,22 +298,35 @@ class VideoProcessor:
         from conceptgen.segment import optical_flow, run_segmenters
         from conceptgen.track import build_tubes
 
+        from conceptgen.objectness import score_tubes
+        from conceptgen.track import tracking_work_units
+
         t = len(frames)
-        with self.clock("segment"):
-            flows = optical_flow(frames)
-            detections = run_segmenters(self.segmenters, frames, flows=flows)
+        with self.clock("segment", total=t - 1 + sum(s.work_units(t) for s in self.segmenters)) as tick:
+            flows = optical_flow(frames, tick=tick)
+            detections = run_segmenters(self.segmenters, frames, flows=flows, tick=tick)
         observed = {s.name: set(s.keyframes(t)) for s in self.segmenters if len(s.keyframes(t)) < t}
         # A video shorter than the minimum tube length still yields (shorter) tubes.
         min_length = min(self.config.min_tube_length, t)
-        with self.clock("track"):
+        with self.clock("track", total=tracking_work_units(detections)) as tick:
             tubes = build_tubes(frames, detections, flows=flows, observed=observed or None,
-                                min_length=min_length)
-        with self.clock("embed"):
-            embeddings = embed_clips(self.embedder, (self.render(frames, tube) for tube in tubes),
+                                min_length=min_length, tick=tick)
+        with self.clock("objectness", total=max(t - 1, 0) + len(tubes), unit="step") as tick:
+            objectness = score_tubes(tubes, flows, seed=self.config.seed, tick=tick) if tubes else []
+        with self.clock("embed", total=len(tubes), unit="tube") as tick:
+            embeddings = embed_clips(self.embedder, self._rendered(frames, tubes, tick),
                                      batch_size=self.batch_size) if tubes else {}
         n = self.loaded.spec.num_frames
-        note = f"short video: {t} frames < clip length {n}, frames repeated" if t < n else None
-        return VideoTubes(frames, tubes, embeddings, note)
+        notes = [f"short video: {t} frames < clip length {n}, frames repeated"] if t < n else []
+        if tubes and all(o.background for o in objectness):
+            notes.append(f"all {len(tubes)} tubes are background (large, static, edge-touching or weak-edged "
+                         "regions): no candidates from this video")
+        return VideoTubes(frames, tubes, embeddings, "; ".join(notes) or None, objectness)
+
+    def _rendered(self, frames: np.ndarray, tubes: list, tick: Callable[[int], None]) -> Iterator[np.ndarray]:
+        for tube in tubes:
+            yield self.render(frames, tube)
+            tick(1)
 
     def render(self, frames: np.ndarray, tube) -> np.ndarray:
         from conceptgen.render import render_tube_clip
@@ -301,6 +346,7 @@ class ExtractTask:
     config: ExtractConfig
     batch_size: int
     owner: str  # the driver's claim token (conceptgen.claims)
+    video_time_limit: float | None = DEFAULT_VIDEO_TIME_LIMIT  # seconds; None: no limit
 
 
 @dataclass(frozen=True)
@@ -336,16 +382,16 @@ class VideoWorker:
 
     def __init__(self, task: ExtractTask, loaded):
         self.task = task
-        self.clock_totals: dict[str, float] = defaultdict(float)
-        self.processor = VideoProcessor(task.config, loaded, batch_size=task.batch_size,
-                                        clock=partial(_timed, self.clock_totals))
+        self.clock = StageClock(budget=task.video_time_limit)
+        self.clock_totals = self.clock.totals
+        self.processor = VideoProcessor(task.config, loaded, batch_size=task.batch_size, clock=self.clock)
 
     def __call__(self, job: VideoJob) -> VideoOutcome:
         from conceptgen.claims import AlreadyFinishedError, ClaimLostError
         from conceptgen.videoio import read_frames
 
-        task, config, clock = self.task, self.task.config, self.processor.clock
-        self.clock_totals.clear()
+        task, config, clock = self.task, self.task.config, self.clock
+        clock.start_video(Path(job.path).name)
         t0 = time.perf_counter()
         seed_everything(video_seed(config.seed, job.sha256))
         try:
@@ -353,13 +399,15 @@ class VideoWorker:
                 indices = None if config.max_frames is None else range(min(job.frame_count, config.max_frames))
                 frames = read_frames(job.path, indices=indices, max_side=config.max_side)
             result = self.processor(frames)
-            with clock("store"):
-                _store_video(task, job, result, seconds=time.perf_counter() - t0)
+            with clock("store", total=len(result.tubes), unit="tube", budgeted=False) as tick:
+                _store_video(task, job, result, seconds=time.perf_counter() - t0, tick=tick)
         except AlreadyFinishedError as stored:  # a retry after a worker died between commit and answer
             return VideoOutcome(job.video_id, job.path, "done", n_tubes=stored.n_tubes,
                                 stage_seconds=dict(self.clock_totals))
         except (ClaimLostError, sqlalchemy.exc.IntegrityError):
             return VideoOutcome(job.video_id, job.path, "lost", stage_seconds=dict(self.clock_totals))
+        except StoreUnavailableError:  # the database went away: no video's fault; the run stops
+            raise
         except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
             reason = str(err) if isinstance(err, ConceptgenError) else " ".join(f"{type(err).__name__}: {err}".split())
             _store_failure(task, job.video_id, reason, time.perf_counter() - t0)
@@ -371,7 +419,8 @@ class VideoWorker:
 # --- the run orchestrator ------------------------------------------------------------
 def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int | None = None,
             batch_size: int = 16, device: str = "cpu", only_video_ids: Sequence[int] | None = None,
-            model=None, spec=None, executor: "Executor | None" = None) -> ExtractReport:
+            model=None, spec=None, executor: "Executor | None" = None,
+            video_time_limit: float | None = DEFAULT_VIDEO_TIME_LIMIT) -> ExtractReport:
     """Create or resume a run and process every selected video not yet done.
 
     ``config`` None with ``run_id``: resume that run with its stored config.
@@ -380,8 +429,11 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     instead of loading ``config.model``, which then only names it in the run table.
     ``executor``: where videos are processed (default: this process; see
     conceptgen.executors). Each video is claimed before it is computed, so several
-    drivers, or a resumed one, never compute or write a video twice."""
+    drivers, or a resumed one, never compute or write a video twice.
+    ``video_time_limit``: seconds one video may take before it is recorded as failed
+    (checked as each stage reports progress); None: no limit."""
     from conceptgen.claims import ClaimKeeper
+    from conceptgen.doctor import check_run_media
     from conceptgen.executors import InProcessExecutor
     from conceptgen.registry import as_loaded, load_model
 
@@ -408,21 +460,46 @@ def extract(workspace: Workspace, config: ExtractConfig | None, *, run_id: int |
     _check_worker_options(config, executor.device or device)
     run_id, resumed = _open_run(workspace, config, loaded.fingerprint, run_id,
                                 runtime={"batch_size": batch_size, "device": executor.device or device})
+    if resumed:  # 'done' rows count only if their files are here (not another workspace's database)
+        check_run_media(workspace, run_id)
     report = ExtractReport(run_id=run_id, resumed=resumed)
     todo, report.n_skipped = _videos_to_do(workspace, run_id, config.videos)
     if only_video_ids is not None:
         todo = [v for v in todo if v.id in set(only_video_ids)]
+    lost_before, retried_before = executor.lost_workers, executor.requeued  # counted over this call
     with ClaimKeeper(workspace) as owner:
-        task = ExtractTask(workspace, run_id, config, batch_size, owner)
+        task = ExtractTask(workspace, run_id, config, batch_size, owner, video_time_limit)
         jobs = _claimed_jobs(workspace, run_id, owner, todo, report)
         outcomes = executor.map_unordered(partial(VideoWorker, task), loaded, jobs)
         bar = progress(outcomes, total=len(todo), desc=f"extract run {run_id} ({executor.workers} worker"
                        f"{'s' if executor.workers > 1 else ''})", unit="video")
         for _job, outcome in bar:
             report.add(outcome)
+    report.lost_workers = executor.lost_workers - lost_before
+    report.n_retried = executor.requeued - retried_before
     _finish_run(workspace, run_id)
     report.seconds = time.perf_counter() - started
     return report
+
+
+DEMO_MODEL_ON_REAL_VIDEO = (
+    "the demo model knows only the synthetic shapes of `conceptgen synth` and cannot tell tubes of real video "
+    "apart; on your videos use a registry model with its weights (--model x3d_s --pretrained where the network "
+    "allows, or --model r3d_18 --weights r3d_18.pth), or your own model (--model package.module:function "
+    "--weights PATH, or a model card; see 'Your own model' in the README); pass --model demo to use it anyway")
+
+
+def check_default_model_fits(workspace: Workspace, selector: str = "all") -> None:
+    """Raises ConfigError when extraction without a model would run the demo model on
+    videos that are not from a synthetic set (it has only seen 32-px synthetic shapes)."""
+    from conceptgen.synth import is_synthetic_video
+
+    with workspace.session() as s:
+        paths = [v.path for v in select_videos(s, selector)]
+    real = [p for p in paths if not is_synthetic_video(p)]
+    if real:
+        raise ConfigError(f"{len(real)} of {len(paths)} videos are not synthetic (e.g. {Path(real[0]).name}): "
+                          + DEMO_MODEL_ON_REAL_VIDEO)
 
 
 def _check_worker_options(config: ExtractConfig, device: str) -> None:
@@ -496,7 +573,8 @@ def preview_relpath(run_id: int, video_sha256: str, track_index: int) -> str:
     return f"previews/run{run_id}/{video_sha256}-{track_index}.mp4"
 
 
-def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, seconds: float) -> None:
+def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, seconds: float,
+                 tick: Callable[[int], None] | None = None) -> None:
     """Tubes, embeddings, previews and the RunVideo outcome of one video, in one transaction
     that first turns this driver's claim into 'done' (ClaimLostError: nothing is written)."""
     from conceptgen.claims import finish_claim
@@ -510,7 +588,7 @@ def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, second
     with workspace.session() as s:
         finish_claim(s, run_id, job.video_id, task.owner, status="done", n_tubes=len(result.tubes),
                      error=result.note, seconds=seconds)
-        for i, tube in enumerate(result.tubes):
+        for i, (tube, thing) in enumerate(zip(result.tubes, result.objectness, strict=True)):
             # Written before the commit; a retry writes identical bytes to the same name. The
             # claim makes this the only writer, so partial files there are a killed worker's.
             rel = preview_relpath(run_id, job.sha256, i)
@@ -523,12 +601,18 @@ def _store_video(task: ExtractTask, job: VideoJob, result: VideoTubes, *, second
                        masks_rle=[encode_rle(m) for m in tube.masks],
                        boxes=[[float(v) for v in b] for b in tube.boxes],
                        area=float(tube.mean_area()), score=float(tube.score),
+                       objectness=float(thing.objectness), background=bool(thing.background),
+                       objectness_features={"motion": round(thing.motion, 4), "area": round(thing.area, 5),
+                                            "border_sides": round(thing.border_sides, 4),
+                                            "contrast": round(thing.contrast, 4)},
                        preview_path=rel, preview_sha256=sha256_file(workspace.media / rel))
             row.embeddings = [Embedding(layer=layer, pooling=pooling, render_mode=mode,
                                         dim=int(result.embeddings[layer][i].size), dtype="float16",
                                         vector=vector_to_blob(result.embeddings[layer][i]))
                               for layer in config_layers]
             s.add(row)
+            if tick is not None:
+                tick(1)
 
 
 def _store_failure(task: ExtractTask, video_id: int, reason: str, seconds: float) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from conceptgen.errors import ConceptgenError, ConfigError, DataError, NotFoundError
-from conceptgen.export import MANIFEST, SkippedItem, read_manifest
+from conceptgen.export import MANIFEST, SkippedItem, export_kind, read_manifest
 from conceptgen.hashing import sha256_file
 from conceptgen.orm import AuditLog, Concept, ConceptExample, ConceptVersion, User
 from conceptgen.progress import progress
@@ -50,21 +50,30 @@ class ImportedClip:
 
 
 def import_concepts(workspace, source_dir: str | Path, *, user: str | None = None,
-                    min_clips: int = 2) -> ImportReport:
+                    min_clips: int = 2, plan_only: bool = False, rename: dict[str, str] | None = None,
+                    allow_new_labels: bool = False):
     """Import an export folder (has manifest.json), CVAT for video XML (a file or a folder
     of them: :mod:`conceptgen.cvat_import`) or a plain folder of clips.
 
     ``user`` is recorded as the importer; ``min_clips`` is the fewest valid clips a
-    plain-folder concept needs (an export is taken as it is)."""
+    plain-folder concept needs (an export is taken as it is). ``plan_only``, ``rename``
+    (old concept name -> label) and ``allow_new_labels`` are for CVAT XML only."""
     from conceptgen.cvat_import import import_cvat_video, is_cvat_video
 
     source = Path(source_dir)
     if is_cvat_video(source) and not (source / MANIFEST).is_file():
-        return import_cvat_video(workspace, source, user=user)
+        return import_cvat_video(workspace, source, user=user, plan_only=plan_only, rename=rename,
+                                 allow_new_labels=allow_new_labels)
+    if plan_only or rename or allow_new_labels:
+        raise ConfigError("--plan, --rename and --allow-new-labels apply to CVAT XML only; "
+                          f"{source} is not CVAT for video XML")
     if not source.is_dir():
         raise NotFoundError(f"{source} is not a folder; pass an export folder or a folder of "
                             "concept sub-folders with clips")
     if (source / MANIFEST).is_file():
+        if export_kind(source) == "fiftyone":
+            raise ConfigError(f"{source} is a FiftyOne export, which conceptgen does not read back; import a "
+                              "native export or CVAT for video XML")
         return import_export(workspace, source, user=user)
     return import_clip_folders(workspace, source, user=user, min_clips=min_clips)
 

@@ -23,6 +23,9 @@ __all__ = [
     "union_box",
     "resize_mask",
     "scale_box",
+    "mask_outline",
+    "outline_mask",
+    "shift_mask",
 ]
 
 
@@ -115,3 +118,61 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 def scale_box(box: Sequence[float], sx: float, sy: float) -> list[float]:
     """Box scaled by ``sx`` horizontally and ``sy`` vertically (pixels -> pixels)."""
     return [float(box[0]) * sx, float(box[1]) * sy, float(box[2]) * sx, float(box[3]) * sy]
+
+
+def mask_outline(mask: np.ndarray) -> list[tuple[int, int]]:
+    """One polygon whose even-odd fill is exactly ``mask``: its pixel-edge outlines.
+
+    Vertices are pixel corners ``(x, y)`` (integers; pixel (x, y) spans [x, x+1] x [y, y+1]).
+    Several parts and holes become one ring: each further outline (another part, or a
+    hole, traced the opposite way) is reached from the first outline's first vertex by
+    a zero-width bridge walked there and back, so it adds no area. Empty mask -> ``[]``.
+    :func:`outline_mask` (COCO's polygon rasteriser, as Datumaro and CVAT use) inverts it.
+    """
+    m = np.asarray(mask, dtype=bool)
+    # On the mask doubled in size, OpenCV's boundary pixel centres sit at even coordinates on
+    # left/top edges and odd ones on right/bottom edges, so ceil(u / 2) is the pixel corner.
+    up = np.repeat(np.repeat(m, 2, axis=0), 2, axis=1).astype(np.uint8)
+    contours, _ = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    rings = []
+    for contour in contours:
+        ring: list[tuple[int, int]] = []
+        for x, y in ((contour.reshape(-1, 2) + 1) // 2).tolist():
+            if not ring or ring[-1] != (x, y):
+                ring.append((x, y))
+        while len(ring) > 1 and ring[0] == ring[-1]:
+            ring.pop()
+        if len(ring) >= 3:
+            rings.append(ring)
+    if not rings:
+        return []
+    anchor = rings[0][0]
+    points = rings[0] + [anchor]
+    for ring in rings[1:]:
+        points += ring + [ring[0], anchor]
+    return points
+
+
+def outline_mask(points: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """bool ``(height, width)``: the polygon ``points`` [(x, y), ...] (pixel corners) filled
+    even-odd by COCO's rasteriser; fewer than 3 points -> empty."""
+    if len(points) < 3:
+        return np.zeros((height, width), bool)
+    flat = [float(v) for p in points for v in p[:2]]
+    rle = coco_mask.frPyObjects([flat], height, width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(coco_mask.merge(rle)).astype(bool)
+
+
+def shift_mask(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``mask`` moved by (dx, dy) pixels; what leaves the frame is cut off."""
+    m = np.asarray(mask, dtype=bool)
+    out = np.zeros_like(m)
+    h, w = m.shape
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    ys, yd = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
+    xs, xd = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
+    out[yd, xd] = m[ys, xs]
+    return out

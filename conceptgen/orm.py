@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -135,6 +136,11 @@ class Tube(Base):
     boxes: Mapped[list[list[float]]] = mapped_column(JSON)
     area: Mapped[float] = mapped_column(Float)  # mean mask area, fraction of the frame
     score: Mapped[float] = mapped_column(Float, default=1.0)
+    # conceptgen.objectness: a thing or background (walls, floors, water); background tubes
+    # are kept but left out of clustering unless asked. None/False: stored before the score existed.
+    objectness: Mapped[Optional[float]] = mapped_column(Float)
+    objectness_features: Mapped[Optional[dict[str, float]]] = mapped_column(JSON)
+    background: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     preview_path: Mapped[Optional[str]] = mapped_column(Text)  # relative to media/
     preview_sha256: Mapped[Optional[str]] = mapped_column(String(64))
 
@@ -309,6 +315,19 @@ class AuditLog(Base):
     user: Mapped[Optional[User]] = relationship()
 
 
+class LoginFailure(Base):
+    """One failed login (or one being checked): the login throttle's memory, in the
+    database so that every worker process and host sees the same counts. Rows older
+    than the longest lockout are deleted as new ones arrive."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)  # as typed, cut to 100 characters
+    address: Mapped[str] = mapped_column(String(64), index=True)  # the client's IP address
+
+
 # --- TCAV -------------------------------------------------------------------
 class TcavExperiment(Base):
     __tablename__ = "tcav_experiments"
@@ -360,3 +379,27 @@ class TcavResult(Base):
 Index("ix_tubes_run_video", Tube.run_id, Tube.video_id)
 # The gallery reads each cluster's most central non-excluded members.
 Index("ix_cluster_members_cluster_rank", ClusterMember.cluster_id, ClusterMember.excluded, ClusterMember.rank)
+
+
+# --- background jobs ------------------------------------------------------------
+class Job(Base):
+    """Long work the annotator started (an export, ...), run in the serving process
+    (``conceptgen.jobs``). ``owner`` is host:pid of that process, so a restarted
+    server can tell its predecessor's unfinished jobs and mark them failed."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # export
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|done|failed|cancelled
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[Optional[str]] = mapped_column(String(200))
+    user_id: Mapped[Optional[int]] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)

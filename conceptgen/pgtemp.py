@@ -61,9 +61,7 @@ class ThrowawayPostgres:
             if os.geteuid() == 0:
                 shutil.chown(root, SERVICE_USER)
             server._run("initdb", "-D", str(root / "data"), "--auth=trust", "-N", "-U", "postgres", "-E", "UTF8")
-            server._run("pg_ctl", "-D", str(root / "data"), "-w", "-l", str(root / "log"), "-o",
-                        f"-c listen_addresses=127.0.0.1 -p {server.port} -k {root} -c fsync=off "
-                        "-c full_page_writes=off -c max_connections=200", "start")
+            server.resume()
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
@@ -78,6 +76,17 @@ class ThrowawayPostgres:
             log = (self.root / "log").read_text()[-800:] if (self.root / "log").exists() else ""
             raise ConfigError(f"{tool} failed: {' '.join((done.stderr or done.stdout).split())[:400]} {log}")
 
+    def resume(self) -> None:
+        """Starts the server on its folder and port (after ``start`` made it, or ``halt``)."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-w", "-l", str(self.root / "log"), "-o",
+                  f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+                  "-c full_page_writes=off -c max_connections=200", "start")
+
+    def halt(self) -> None:
+        """Stops the server and keeps its data, as an operator's ``pg_ctl stop`` does (open
+        connections are cut); ``resume`` starts it again."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
@@ -87,7 +96,8 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+            if (self.root / "data" / "postmaster.pid").exists():  # not halted
+                self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -26,67 +26,28 @@ import json
 import socket
 import urllib.parse
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from conceptgen.errors import ConfigError, DataError, ModelError, UnknownClassError, shorten
+from conceptgen import hf_models
+from conceptgen.errors import ConfigError, ModelError, UnknownClassError, shorten
 from conceptgen.hashing import sha256_bytes
+# The input side lives in conceptgen.model_io; these names stay importable from here.
+from conceptgen.model_io import (KINETICS_MEAN, KINETICS_STD, InputSpec, forward_failure,  # noqa: F401
+                                 model_input, normalize_clips, pack_pathways, require_logits)
+from conceptgen.tokens import TokenGrid
 
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
 TV_R3D_MEAN = (0.43216, 0.394666, 0.37645)
 TV_R3D_STD = (0.22803, 0.22145, 0.216989)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "conceptgen-checkpoint-v1"
 _OFFLINE_TIMEOUT_S = 3.0
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model eats: ``num_frames`` x ``side`` x ``side`` RGB clips, scaled to [0, 1]
-    then normalised per channel. SlowFast takes ``[slow, fast]`` where the slow pathway
-    keeps every ``slowfast_alpha``-th frame."""
-
-    num_frames: int
-    side: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    pathways: str = "single"  # "single" | "slowfast"
-    slowfast_alpha: int = 4
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
-        """From ``{"num_frames", "side"[, "mean", "std", "pathways", "slowfast_alpha"]}``
-        (mean and std default to Kinetics'); raises ModelError naming what is wrong."""
-        known = {"num_frames", "side", "mean", "std", "pathways", "slowfast_alpha"}
-        if not isinstance(d, dict) or not {"num_frames", "side"} <= set(d) or set(d) - known:
-            raise ModelError(f"bad input spec {d!r}; give {{\"num_frames\": N, \"side\": S[, \"mean\": "
-                             "[r, g, b], \"std\": [r, g, b], \"pathways\": \"single\"|\"slowfast\"]}")
-        try:
-            spec = cls(num_frames=int(d["num_frames"]), side=int(d["side"]),
-                       mean=tuple(float(x) for x in d.get("mean", KINETICS_MEAN)),
-                       std=tuple(float(x) for x in d.get("std", KINETICS_STD)),
-                       pathways=d.get("pathways", "single"), slowfast_alpha=int(d.get("slowfast_alpha", 4)))
-        except (TypeError, ValueError) as err:
-            raise ModelError(f"bad input spec {d!r} ({err}); num_frames and side are integers, "
-                             "mean and std three numbers") from err
-        if spec.num_frames < 1 or spec.side < 1 or len(spec.mean) != 3 or len(spec.std) != 3 \
-                or spec.pathways not in ("single", "slowfast"):
-            raise ModelError(f"bad input spec {d!r}; num_frames and side >= 1, mean and std three "
-                             "numbers, pathways single or slowfast")
-        return spec
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
 
 
 @dataclass
@@ -98,13 +59,14 @@ class LoadedModel:
     fingerprint: str  # sha256 over the state_dict (see model_fingerprint)
     device: torch.device
     metadata: dict = field(default_factory=dict)  # checkpoint extras (accuracy, seed, ...)
+    tokens: TokenGrid | None = None  # a transformer's patch-token grid (conceptgen.tokens)
 
     def prepare(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """uint8 clips (B, T, H, W, 3) with T = spec.num_frames and H = W = spec.side
-        -> normalised float (B, 3, T, S, S) on ``device``; ``[slow, fast]`` for SlowFast
-        (slow has T // alpha frames)."""
-        return pack_pathways(normalize_clips(clips, self.spec, self.device, what=f"model {self.name}"),
-                             self.spec)
+        -> normalised float (B, 3, T, S, S) on ``device``, or (B, T, 3, S, S) for layout
+        BTCHW; ``[slow, fast]`` for SlowFast (slow has T // alpha frames)."""
+        return model_input(normalize_clips(clips, self.spec, self.device, what=f"model {self.name}"),
+                           self.spec)
 
     def class_index(self, name_or_index: str | int) -> int:
         """Index of a class given its name or index; raises UnknownClassError."""
@@ -120,52 +82,6 @@ class LoadedModel:
         hint = f"did you mean {', '.join(close)}?" if close else \
             f"classes start {', '.join(self.class_names[:5])}"
         raise UnknownClassError(f"model {self.name} has no class {name_or_index!r}; {hint}")
-
-
-def normalize_clips(clips: np.ndarray | torch.Tensor, spec: InputSpec,
-                    device: torch.device | str = "cpu", *, what: str = "the model") -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) at spec size -> float (B, 3, T, S, S): scaled to [0, 1], then
-    (x - mean) / std per channel. Raises DataError for clips of the wrong shape."""
-    x = clips if isinstance(clips, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(clips))
-    want = (spec.num_frames, spec.side, spec.side, 3)
-    if x.ndim != 5 or tuple(x.shape[1:]) != want:
-        raise DataError(f"{what} needs clips shaped (B, {want[0]}, {want[1]}, {want[2]}, 3), got "
-                        f"{tuple(x.shape)}; sample with videoio.sample_indices and resize with "
-                        "videoio.resize_clip")
-    if isinstance(clips, np.ndarray) and clips.dtype == np.uint8 and torch.device(device).type == "cpu":
-        # A uint8 value has 256 normalised values per channel: one table lookup (cv2.LUT)
-        # gives the same floats as the arithmetic below, in a third of its time.
-        table = _normalisation_table(tuple(spec.mean), tuple(spec.std))
-        flat = cv2.LUT(x.numpy().reshape(-1, spec.side, 3), table)  # x: the contiguous array made above
-        return torch.from_numpy(flat).view(x.shape).permute(0, 4, 1, 2, 3)
-    return _normalise(x.to(device), spec.mean, spec.std)
-
-
-def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W): (x / 255 - mean) / std per channel."""
-    x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1, 1)
-    return (x - mean_t) / std_t
-
-
-@functools.lru_cache(maxsize=16)
-def _normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(1, 256, 3) float32: :func:`_normalise` of every uint8 value in each channel."""
-    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256, 1).expand(1, 1, 1, 256, 3)
-    table = _normalise(values, mean, std).permute(0, 2, 3, 4, 1).reshape(1, 256, 3).contiguous().numpy()
-    table.flags.writeable = False
-    return table
-
-
-def pack_pathways(x: torch.Tensor, spec: InputSpec) -> torch.Tensor | list[torch.Tensor]:
-    """(B, 3, T, S, S) -> itself, or ``[slow, fast]`` for SlowFast (slow: T // alpha frames
-    picked uniformly, as in pytorchvideo's PackPathway)."""
-    if spec.pathways != "slowfast":
-        return x
-    t = x.shape[2]
-    slow_idx = torch.linspace(0, t - 1, max(1, t // spec.slowfast_alpha), device=x.device).long()
-    return [x.index_select(2, slow_idx), x]
 
 
 # --------------------------------------------------------------------------- architectures
@@ -336,7 +252,7 @@ class ModelSource:
     def to_dict(self) -> dict:
         """Plain values, files as absolute paths (a record finds them from any folder)."""
         def path(p):
-            return str(Path(p).resolve()) if p and Path(p).is_file() else p
+            return str(Path(p).resolve()) if p and (Path(p).is_file() or hf_models.is_directory(p)) else p
         return {"model": path(self.model), "weights": path(self.weights), "model_kwargs": self.model_kwargs,
                 "input_spec": self.spec.to_dict() if self.spec else None,
                 "class_names": list(self.class_names) if self.class_names else None}
@@ -458,26 +374,29 @@ def as_loaded(model: "nn.Module | LoadedModel", *, spec: InputSpec | None = None
         raise ModelError(TORCHSCRIPT_REFUSAL)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"expected a torch nn.Module or LoadedModel, got {type(model).__name__}")
-    spec = spec or getattr(model, "conceptgen_spec", None)
+    own = hf_models.facts(model) if hf_models.is_hf_model(model) else None  # transformers: its config says
+    spec = spec or getattr(model, "conceptgen_spec", None) or (own and own.spec)
     if spec is None:
         raise ConfigError("pass spec=InputSpec(num_frames=..., side=..., mean=..., std=...) with an nn.Module")
+    spec = spec.with_model_layout(own and own.spec.layout)
+    tokens = own.tokens if own else getattr(model, "conceptgen_tokens", None)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.eval()
-    _attach_spec(model, spec)
-    names = list(class_names) if class_names else _index_names(model, spec, device)
+    _attach_spec(model, spec, tokens)
+    names = list(class_names) if class_names else (own and own.class_names) or _index_names(model, spec, device)
     return LoadedModel(name=name or type(model).__name__, model=model, spec=spec, class_names=names,
-                       fingerprint=model_fingerprint(model), device=device)
+                       fingerprint=model_fingerprint(model), device=device, tokens=tokens)
 
 
 def _index_names(model: nn.Module, spec: InputSpec, device: torch.device) -> list[str]:
     """"0".."N-1" for a model's N logits (one probe forward of a zero clip)."""
-    x = torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device)
-    with torch.inference_mode():
-        logits = model(pack_pathways(x, spec))
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise ModelError(f"the model returned {type(logits).__name__} "
-                         f"{tuple(getattr(logits, 'shape', ()))}, not logits (B, classes)")
-    return [str(i) for i in range(logits.shape[1])]
+    x = model_input(torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device), spec)
+    try:
+        with torch.inference_mode():
+            output = model(x)
+    except Exception as err:  # inside the user's model: its message and the likely fix
+        raise forward_failure(err, spec, x) from err
+    return [str(i) for i in range(require_logits(output).shape[1])]
 
 
 # --------------------------------------------------------------------------- loading
@@ -493,18 +412,20 @@ def load_model(source: "str | Path | ModelSource", *, weights: str | Path | None
         source = source.under(read_model_card(source.model))
     loaded = _resolve(source, workspace)
     side = _sidecar(source.weights or (source.model if Path(source.model).is_file() else None))
+    own_layout = loaded.spec.layout if loaded.spec else None
     loaded.spec = source.spec or side.spec or loaded.spec
     if loaded.spec is None:
         raise ModelError(f"no input spec for {source.model}; give --input-spec '{{\"num_frames\": 8, "
                          f"\"side\": 112}}', a model card with spec, or a sidecar JSON beside the weights")
+    loaded.spec = loaded.spec.with_model_layout(own_layout)
     layers = source.concept_layers or side.concept_layers
     if layers:
         loaded.metadata = {**loaded.metadata, "concept_layers": list(layers)}
     loaded.model = loaded.model.to(dev).eval()
     loaded.device = dev
     names = source.class_names or side.class_names or loaded.class_names
+    _attach_spec(loaded.model, loaded.spec, loaded.tokens)
     loaded.class_names = list(names) if names else _index_names(loaded.model, loaded.spec, dev)
-    _attach_spec(loaded.model, loaded.spec)
     return loaded
 
 
@@ -525,10 +446,17 @@ def _resolve(source: ModelSource, workspace) -> LoadedModel:
                                   kwargs=source.model_kwargs)
     if path.is_file():
         return _load_checkpoint(path, name)
+    if hf_models.is_directory(path):
+        return _load_hf(source)
     if ":" in name:
         return _load_user_network(source)
     if path.suffix in (".pt", ".pth", ".pyth", ".ckpt", ".jit", *CARD_SUFFIXES):
         raise ModelError(f"{name} does not exist; check the path")
+    if hf_models.looks_like_hub_name(name):
+        return _load_hf(source)
+    if path.is_dir():
+        raise ModelError(f"{name} is a folder without config.json; give a folder written by "
+                         "save_pretrained, a checkpoint file or a model card")
     close = difflib.get_close_matches(name, available_models(), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ModelError(f"unknown model {name!r}; {hint}run `conceptgen models` for the names, or give a "
@@ -539,10 +467,33 @@ def _load_user_network(source: ModelSource) -> LoadedModel:
     model = build_network(source.model, source.model_kwargs, user_code=True)
     if source.weights is not None:
         _load_state_dict(model, _read_state_dict(Path(source.weights)), f"{source.model} from {source.weights}")
+    metadata = {"builder": source.model, "builder_kwargs": dict(source.model_kwargs or {})}
+    if hf_models.is_hf_model(model):  # says its own spec, names and tokens; its head gives logits
+        return _hf_loaded(source.model, model.eval(), hf_models.facts(model), metadata)
     _strip_softmax(model)
     return LoadedModel(name=source.model, model=model, spec=None, class_names=[],
+                       fingerprint=model_fingerprint(model), device=torch.device("cpu"), metadata=metadata)
+
+
+def _load_hf(source: ModelSource) -> LoadedModel:
+    """A save_pretrained folder (or, where the network allows, a hub name)."""
+    for flag, value in (("--weights", source.weights), ("--model-kwargs", source.model_kwargs),
+                        ("--pretrained", source.pretrained)):
+        if value:
+            raise ConfigError(f"{flag} does not apply to the Hugging Face model {source.model} (its folder "
+                              f"holds its config and weights); drop {flag}")
+    path = Path(source.model)
+    model, facts = hf_models.load_directory(path) if hf_models.is_directory(path) else \
+        hf_models.load_hub(source.model)
+    return _hf_loaded(source.model, model, facts, {"hf_model_type": facts.model_type})
+
+
+def _hf_loaded(name: str, model: nn.Module, facts: "hf_models.HfFacts", metadata: dict) -> LoadedModel:
+    if facts.tokens_note:
+        metadata = {**metadata, "tokens_note": facts.tokens_note}
+    return LoadedModel(name=name, model=model, spec=facts.spec, class_names=facts.class_names,
                        fingerprint=model_fingerprint(model), device=torch.device("cpu"),
-                       metadata={"builder": source.model, "builder_kwargs": dict(source.model_kwargs or {})})
+                       metadata=metadata, tokens=facts.tokens)
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -708,10 +659,12 @@ def _strip_softmax(model: nn.Module) -> None:
                 setattr(parent, child_name, nn.Identity())
 
 
-def _attach_spec(model: nn.Module, spec: InputSpec) -> None:
-    """Remember the spec on the module so pooled_layers(model) can run a probe forward."""
+def _attach_spec(model: nn.Module, spec: InputSpec, tokens: TokenGrid | None = None) -> None:
+    """Remember the spec on the module so pooled_layers(model) can run a probe forward,
+    and the token grid so conceptgen.capture maps token layers to (D, T, H, W)."""
     try:
         model.conceptgen_spec = spec
+        model.conceptgen_tokens = tokens
     except (AttributeError, RuntimeError, TypeError):  # TorchScript modules refuse new attributes
         pass
 
@@ -751,21 +704,63 @@ def pooled_layers(model: nn.Module | LoadedModel, spec: InputSpec | None = None)
     module whose output keeps >1 position along more than one axis, every module whose
     output is a vector per sample is pooled. Without a spec, falls back to the first
     global pooling module (adaptive 3D pool to 1) and everything registered after it."""
-    from conceptgen.capture import capture_layers
-
     module = _module(model)
     spec = spec or (model.spec if isinstance(model, LoadedModel) else getattr(module, "conceptgen_spec", None))
     if spec is None:
         return _pooled_by_type(module)
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    x = torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device)
-    with capture_layers(module, layer_names(module), require_all=False) as capture, torch.no_grad():
-        seen = capture.forward(pack_pathways(x, spec)).layers  # in the order the layers finished
+    return _pooled(_probe(module, spec).layers)
+
+
+def _pooled(seen: dict[str, tuple[torch.Tensor, ...]]) -> set[str]:
     # A vector per sample: every tensor has at most one non-batch axis longer than 1.
     order = [(n, all(sum(s > 1 for s in t.shape[1:]) <= 1 for t in ts))
              for n, ts in seen.items() if ts and all(t.ndim >= 2 for t in ts)]
     last_spatial = max((i for i, (_, vec) in enumerate(order) if not vec), default=-1)
     return {n for n, vec in order[last_spatial + 1:] if vec}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer as a probe forward of one zero clip saw it. ``shape``: per clip, as
+    every view reads it (token layers as (D, T, H, W)); None when the layer did not run
+    or gave no tensor. ``tokens``: (N, D) as the model made them, for a token layer;
+    ``note``: why a token-shaped layer has no time grid (CAVs still work there)."""
+
+    name: str
+    shape: tuple[int, ...] | None
+    pooled: bool
+    tokens: tuple[int, ...] | None = None
+    note: str | None = None
+
+
+def describe_layers(loaded: LoadedModel) -> list[LayerInfo]:
+    """Every layer of ``loaded`` in registration order, with its output shape per clip."""
+    from conceptgen.tokens import why_not_grid
+
+    captured = _probe(loaded.model, loaded.spec)
+    pooled = _pooled(captured.layers)
+    tokens_note = (loaded.metadata or {}).get("tokens_note")
+    out = []
+    for name in layer_names(loaded):
+        seen, raw = captured.layers.get(name) or (), captured.raw.get(name) or ()
+        shape = tuple(seen[0].shape[1:]) if len(seen) == 1 else None
+        made = tuple(raw[0].shape[1:]) if len(raw) == 1 else None
+        token_layer = made is not None and len(made) == 2 and shape is not None and len(shape) == 4
+        note = None
+        if shape is not None and name not in pooled and len(shape) != 4 and (loaded.tokens or tokens_note):
+            note = why_not_grid(shape, loaded.tokens) if loaded.tokens else tokens_note
+        out.append(LayerInfo(name, shape, name in pooled, made if token_layer else None, note))
+    return out
+
+
+def _probe(module: nn.Module, spec: InputSpec):
+    """conceptgen.capture.Captured of every layer for one zero clip."""
+    from conceptgen.capture import capture_layers
+
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    x = model_input(torch.zeros(1, 3, spec.num_frames, spec.side, spec.side, device=device), spec)
+    with capture_layers(module, layer_names(module), require_all=False) as capture, torch.no_grad():
+        return capture.forward(x)  # layers in the order they finished
 
 
 def _pooled_by_type(module: nn.Module) -> set[str]:

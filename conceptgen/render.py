@@ -325,3 +325,30 @@ def highlight_full_video(frames: np.ndarray, tube_frames: Sequence[int], masks: 
         frame = fit_max_side(frames[f], max_side)
         out.append(_outline(frame, by_frame[f], colour, _thickness(frame)) if f in by_frame else frame.copy())
     return np.stack(out)
+
+
+def contact_sheet(tiles: Sequence[tuple[np.ndarray, np.ndarray, str]], *, columns: int = 6, tile_side: int = 200,
+                  colour: Sequence[int] = OUTLINE_RGB) -> np.ndarray:
+    """A grid of outlined regions for a person to look at.
+
+    ``tiles``: ``(frame (H, W, 3) uint8, mask (H, W) bool, caption)``; each frame is fitted
+    into ``tile_side`` pixels with its region outlined and the caption written under it.
+    -> ``(rows * (cell height + 16), columns * tile_side, 3)`` uint8 RGB, the cell height
+    being the tallest fitted frame.
+    """
+    caption_h = 16
+    fitted = []
+    for frame, mask, caption in tiles:
+        small = fit_max_side(frame, tile_side)
+        small_mask = cv2.resize(mask.astype(np.uint8), (small.shape[1], small.shape[0]),
+                                interpolation=cv2.INTER_NEAREST).astype(bool)
+        fitted.append((_outline(small, small_mask, colour, _thickness(small)), caption))
+    cell_h = max((t.shape[0] for t, _ in fitted), default=tile_side) + caption_h
+    rows = max(1, -(-len(fitted) // columns))
+    sheet = np.full((rows * cell_h, columns * tile_side, 3), 255, np.uint8)
+    for i, (tile, caption) in enumerate(fitted):
+        y, x = (i // columns) * cell_h, (i % columns) * tile_side
+        sheet[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+        cv2.putText(sheet, caption[:34], (x + 3, y + cell_h - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return sheet

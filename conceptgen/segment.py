@@ -11,11 +11,16 @@ frame t+1.
 """
 from __future__ import annotations
 
-import heapq
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+Tick = Callable[[int], Any]  # a stage's progress callback: tick(n) after n more units of work
+
+
+def _no_tick(n: int = 1) -> None:
+    return None
 
 import cv2
 import numpy as np
@@ -35,6 +40,7 @@ __all__ = [
     "camera_motion",
     "warp_error",
     "merge_similar_regions",
+    "connected_parts",
     "boundary_contrast",
     "lab_frames",
     "build_segmenters",
@@ -69,14 +75,16 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def optical_flow(frames: np.ndarray) -> np.ndarray:
+def optical_flow(frames: np.ndarray, *, tick: Tick | None = None) -> np.ndarray:
     """Dense forward flow between consecutive frames, robust to colour-only edges.
 
     ``(T, H, W, 3)`` uint8 -> ``(T-1, H, W, 2)`` float32, pixels per frame.
     OpenCV Farnebäck runs on the luminance and on the two CIELAB opponent-colour
     channels (an object can have the luminance of its background); per pixel, the
     candidate flow with the lowest local colour warping error wins. Deterministic.
+    ``tick(1)`` is called after each frame pair.
     """
+    tick = tick or _no_tick
     frames = _check_frames(frames)
     t, h, w = frames.shape[:3]
     flows = np.zeros((max(t - 1, 0), h, w, 2), dtype=np.float32)
@@ -89,6 +97,7 @@ def optical_flow(frames: np.ndarray) -> np.ndarray:
         errors = [cv2.blur(warp_error(colour[i], colour[i + 1], flow), (5, 5)) for flow in candidates]
         best = np.argmin(np.stack(errors), axis=0)
         flows[i] = np.take_along_axis(np.stack(candidates), best[None, ..., None], axis=0)[0]
+        tick(1)
     return flows
 
 
@@ -165,12 +174,18 @@ class Segmenter(ABC):
     name: str = ""
 
     @abstractmethod
-    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None) -> list[list[Detection]]:
-        """Detections per frame. ``flows`` (``(T-1, H, W, 2)``) may be passed to avoid recomputing flow."""
+    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None,
+                tick: Tick | None = None) -> list[list[Detection]]:
+        """Detections per frame. ``flows`` (``(T-1, H, W, 2)``) may be passed to avoid recomputing flow.
+        ``tick(n)`` reports progress: :meth:`work_units` units in all."""
 
     def keyframes(self, num_frames: int) -> list[int]:
         """Frames this segmenter looks at (all of them unless overridden)."""
         return list(range(num_frames))
+
+    def work_units(self, num_frames: int) -> int:
+        """How many ``tick`` units :meth:`segment` reports for a clip of ``num_frames`` frames."""
+        return len(self.keyframes(num_frames))
 
 
 def _area_bounds(h: int, w: int, min_area_frac: float, max_area_frac: float) -> tuple[float, float]:
@@ -208,8 +223,10 @@ class MotionSegmenter(Segmenter):
         self.ransac_px = ransac_px
         self.seed = seed
 
-    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None) -> list[list[Detection]]:
+    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None,
+                tick: Tick | None = None) -> list[list[Detection]]:
         frames = _check_frames(frames)
+        tick = tick or _no_tick
         t = len(frames)
         if flows is None:
             flows = optical_flow(frames)
@@ -217,6 +234,8 @@ class MotionSegmenter(Segmenter):
         out: list[list[Detection]] = [[] for _ in range(t)]
         for i in range(t - 1):
             out[i] = self._moving_regions(i, flows[i], lab[i], lab[i + 1])
+            tick(1)
+        tick(1)
         if t >= 2:
             out[t - 1] = [Detection(t - 1, warp_mask(d.mask, flows[t - 2]), d.score, self.name) for d in out[t - 2]]
             out[t - 1] = [d for d in out[t - 1] if d.mask.any()]
@@ -292,7 +311,7 @@ class SupervoxelSegmenter(Segmenter):
     name = "supervoxel"
 
     def __init__(self, *, segments_per_frame: int = 100, compactness: float = 10.0, merge_delta: float = 16.0,
-                 min_size_factor: float = 0.05, per_frame: bool = True, min_area_frac: float = 0.0015,
+                 min_size_factor: float = 0.05, per_frame: bool = True, min_area_frac: float = 0.003,
                  max_area_frac: float = 0.35, min_frames: int = 2, seed: int = 0):
         self.segments_per_frame = segments_per_frame
         self.compactness = compactness
@@ -304,20 +323,26 @@ class SupervoxelSegmenter(Segmenter):
         self.min_frames = min_frames
         self.seed = seed  # SLIC's grid initialisation is deterministic; kept for a uniform interface
 
-    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None) -> list[list[Detection]]:
+    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None,
+                tick: Tick | None = None) -> list[list[Detection]]:
         from skimage.segmentation import slic
 
         frames = _check_frames(frames)
+        tick = tick or _no_tick
         t = len(frames)
         # SLIC converts the uint8 RGB volume to CIELAB itself; its compactness is tuned for that scale.
         if self.per_frame:
-            labels = np.stack([slic(f, n_segments=self.segments_per_frame, compactness=self.compactness,
-                                    min_size_factor=self.min_size_factor, start_label=0, channel_axis=-1)
-                               for f in frames])
+            per_frame = []
+            for f in frames:
+                per_frame.append(slic(f, n_segments=self.segments_per_frame, compactness=self.compactness,
+                                      min_size_factor=self.min_size_factor, start_label=0, channel_axis=-1))
+                tick(1)
+            labels = np.stack(per_frame)
             labels += np.cumsum([0] + [int(x.max()) + 1 for x in labels[:-1]])[:, None, None]
         else:
             labels = slic(frames, n_segments=max(2, self.segments_per_frame * t), compactness=self.compactness,
                           min_size_factor=self.min_size_factor, start_label=0, channel_axis=-1)
+            tick(t)
         lab = lab_frames(frames)
         regions = merge_similar_regions(labels, lab, self.merge_delta)
         return self._region_detections(regions, lab)
@@ -337,17 +362,34 @@ class SupervoxelSegmenter(Segmenter):
             # One score per region, so its per-frame pieces rank together in deduplication.
             score = float(np.mean([boundary_contrast(lab[i], m) for i, m in masks.items()])) if masks else 0.0
             for i, mask in masks.items():
-                out[i].append(Detection(i, mask, score, self.name))
+                # A region merged through time can hold separate things of one colour on a frame (a white
+                # ball and white shoes): each connected part is its own detection, and tracking links them.
+                out[i].extend(Detection(i, part, score, self.name) for part in connected_parts(mask, lo))
         return out
 
 
+def connected_parts(mask: np.ndarray, min_area: float) -> list[np.ndarray]:
+    """The 8-connected components of a bool ``(H, W)`` mask with at least ``min_area`` pixels, largest first."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count == 2:
+        return [mask] if stats[1, cv2.CC_STAT_AREA] >= min_area else []
+    order = sorted(range(1, count), key=lambda c: (-int(stats[c, cv2.CC_STAT_AREA]), c))
+    return [labels == c for c in order if stats[c, cv2.CC_STAT_AREA] >= min_area]
+
+
 def merge_similar_regions(labels: np.ndarray, image: np.ndarray, max_delta: float) -> np.ndarray:
-    """Merge adjacent labelled regions, most similar pair first, while their mean colours differ by < ``max_delta``.
+    """Merge adjacent labelled regions while their mean colours differ by < ``max_delta``.
 
     ``labels`` int ``(T, H, W)`` (or ``(H, W)``), ``image`` float ``(*labels.shape, C)``
     -> relabelled array, same shape, labels 0..K-1. Adjacency is 6-connected in the
-    volume. Means are updated after every merge (size-weighted), so a chain of
-    slightly different regions cannot bridge two distinct colours.
+    volume. Statistical-region-merging order (Nock and Nielsen, 2004): adjacent pairs
+    are visited once, most similar first by their initial means, and a pair merges if
+    the *current* means of the two regions it now belongs to still differ by less than
+    ``max_delta`` (means are size-weighted and updated after every merge, so a chain of
+    slightly different regions cannot bridge two distinct colours). Cost is
+    O(E log E) for E adjacent pairs whatever the scene: re-scoring every neighbour of a
+    growing region after each merge was quadratic when one large uniform region (a
+    mat, a wall) touched thousands of small ones.
     """
     flat = labels.ravel()
     n = int(flat.max()) + 1
@@ -355,61 +397,51 @@ def merge_similar_regions(labels: np.ndarray, image: np.ndarray, max_delta: floa
     sums = np.stack([np.bincount(flat, weights=image[..., c].ravel(), minlength=n)
                      for c in range(image.shape[-1])], axis=1)
     edges = _adjacent_pairs(labels)
-    neighbours: list[set[int]] = [set() for _ in range(n)]
-    for a, b in edges.tolist():
-        neighbours[a].add(b)
-        neighbours[b].add(a)
-    parent = np.arange(n)
-    version = np.zeros(n, dtype=np.int64)
-    means = sums / np.maximum(sizes, 1)[:, None]
-    dist = np.linalg.norm(means[edges[:, 0]] - means[edges[:, 1]], axis=1)
-    # Only pairs closer than max_delta can ever merge, so only those enter the heap.
-    heap = [(d, a, b, 0, 0) for d, (a, b) in zip(dist.tolist(), edges.tolist()) if d < max_delta]
-    heapq.heapify(heap)
-    while heap:
-        _, a, b, va, vb = heapq.heappop(heap)
-        if parent[a] != a or parent[b] != b or version[a] != va or version[b] != vb:
-            continue  # stale entry: one side has merged or changed since it was pushed
-        if sizes[b] > sizes[a]:
-            a, b = b, a
-        parent[b] = a
-        sizes[a] += sizes[b]
-        sums[a] += sums[b]
-        means[a] = sums[a] / sizes[a]
-        version[a] += 1
-        neighbours[a] |= neighbours[b]
-        neighbours[a] -= {a, b}
-        if not neighbours[a]:
+    initial = sums / np.maximum(sizes, 1)[:, None]
+    dist = np.linalg.norm(initial[edges[:, 0]] - initial[edges[:, 1]], axis=1)
+    close = np.flatnonzero(dist < max_delta)  # only these can ever merge
+    order = close[np.lexsort((edges[close, 1], edges[close, 0], dist[close]))]  # deterministic ties
+    parent = list(range(n))
+    size = sizes.tolist()
+    total = sums.tolist()
+    limit = float(max_delta) ** 2
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges[order].tolist():
+        ra, rb = root(a), root(b)
+        if ra == rb:
             continue
-        others = list(neighbours[a])
-        for c, d in zip(others, np.linalg.norm(means[others] - means[a], axis=1).tolist()):
-            neighbours[c].discard(b)
-            neighbours[c].add(a)
-            if d < max_delta:
-                heapq.heappush(heap, (d, a, c, int(version[a]), int(version[c])))
-    roots = _find_roots(parent)
+        sa, sb = size[ra], size[rb]
+        ma, mb = total[ra], total[rb]
+        if sum((x / sa - y / sb) ** 2 for x, y in zip(ma, mb)) >= limit:
+            continue
+        if sb > sa or (sb == sa and rb < ra):
+            ra, rb = rb, ra
+        parent[rb] = ra
+        size[ra] += size[rb]
+        total[ra] = [x + y for x, y in zip(total[ra], total[rb])]
+    roots = np.array([root(x) for x in range(n)])
     _, relabelled = np.unique(roots, return_inverse=True)
     return relabelled[labels]
 
 
 def _adjacent_pairs(labels: np.ndarray) -> np.ndarray:
-    """Unique ``(a, b)`` label pairs, a != b, that touch along any axis: ``(E, 2)`` int."""
-    pairs = []
+    """Unique ``(a, b)`` label pairs, a < b, that touch along any axis: ``(E, 2)`` int64."""
+    n = int(labels.max()) + 1
+    keys = []
     for axis in range(labels.ndim):
         a = np.moveaxis(labels, axis, 0)
         lo, hi = a[:-1].ravel(), a[1:].ravel()
         diff = lo != hi
-        pairs.append(np.stack([np.minimum(lo[diff], hi[diff]), np.maximum(lo[diff], hi[diff])], axis=1))
-    return np.unique(np.concatenate(pairs), axis=0)
-
-
-def _find_roots(parent: np.ndarray) -> np.ndarray:
-    roots = parent.copy()
-    while True:
-        nxt = roots[roots]
-        if np.array_equal(nxt, roots):
-            return roots
-        roots = nxt
+        lo, hi = lo[diff].astype(np.int64), hi[diff].astype(np.int64)
+        keys.append(np.minimum(lo, hi) * n + np.maximum(lo, hi))  # one int64 per pair: a 1-D sort
+    unique = np.unique(np.concatenate(keys))
+    return np.stack([unique // n, unique % n], axis=1)
 
 
 def lab_frames(frames: np.ndarray) -> np.ndarray:
@@ -491,8 +523,10 @@ class SamSegmenter(Segmenter):
             frames.append(num_frames - 1)
         return frames
 
-    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None) -> list[list[Detection]]:
+    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None,
+                tick: Tick | None = None) -> list[list[Detection]]:
         frames = _check_frames(frames)
+        tick = tick or _no_tick
         t, h, w = frames.shape[:3]
         generator = self._mask_generator()
         lo, hi = _area_bounds(h, w, self.min_area_frac, self.max_area_frac)
@@ -502,6 +536,7 @@ class SamSegmenter(Segmenter):
                 if lo <= record["area"] <= hi:
                     score = float(np.clip(record["predicted_iou"], 0.0, 1.0))
                     out[i].append(Detection(i, np.asarray(record["segmentation"], dtype=bool), score, self.name))
+            tick(1)
         return out
 
     def _mask_generator(self):
@@ -571,11 +606,12 @@ def build_segmenters(names: str | Sequence[str], *, sam_checkpoint: str | Path |
 
 
 def run_segmenters(segmenters: Sequence[Segmenter], frames: np.ndarray, *,
-                   flows: np.ndarray | None = None) -> list[list[Detection]]:
-    """All segmenters' detections merged per frame: ``T`` lists of Detections (mixed sources)."""
+                   flows: np.ndarray | None = None, tick: Tick | None = None) -> list[list[Detection]]:
+    """All segmenters' detections merged per frame: ``T`` lists of Detections (mixed sources).
+    ``tick`` receives ``sum(s.work_units(T))`` units."""
     frames = _check_frames(frames)
     merged: list[list[Detection]] = [[] for _ in range(len(frames))]
     for segmenter in segmenters:
-        for i, dets in enumerate(segmenter.segment(frames, flows=flows)):
+        for i, dets in enumerate(segmenter.segment(frames, flows=flows, tick=tick)):
             merged[i].extend(dets)
     return merged

@@ -175,7 +175,7 @@ def _check_args(n_videos: int, num_frames: int, size: int) -> None:
 def _claim_out_dir(out: Path, params: dict) -> None:
     """Refuse to mix two different sets in one folder; resume the same one."""
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / ".synth_params.json"
+    marker = out / SYNTH_MARKER
     if marker.exists():
         previous = json.loads(marker.read_text())
         if previous != params:
@@ -377,3 +377,40 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def uniform_mat_frames(*, num_frames: int = 48, width: int = 1280, height: int = 720, n_blocks: int = 120,
+                       block_side: int | None = None, seed: int = 0) -> np.ndarray:
+    """A stress case for region merging: one large uniform mat touching many small blocks.
+
+    ``(T, H, W, 3)`` uint8 RGB: a mat in one colour (with sensor noise) fills the frame,
+    and ``n_blocks`` small blocks in varied colours sit on it, a few of them sliding, as
+    when wooden blocks are arranged on a cutting mat. Every block borders the mat in
+    every frame, so the mat is adjacent to thousands of pieces of the volume.
+    """
+    rng = np.random.default_rng(seed)
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    side = block_side or max(4, min(width, height) // 16)
+    xs = rng.integers(side, width - 2 * side, n_blocks).astype(float)
+    ys = rng.integers(side, height - 2 * side, n_blocks).astype(float)
+    colours = rng.integers(20, 236, (n_blocks, 3))
+    velocity = np.where(rng.random((n_blocks, 1)) < 0.2, rng.normal(0, side / 8, (n_blocks, 2)), 0.0)
+    mat = np.array([70, 110, 80])
+    for t in range(num_frames):
+        frame = (mat + rng.normal(0, 2.0, (height, width, 3))).clip(0, 255)
+        for b in range(n_blocks):
+            x = int(np.clip(xs[b] + velocity[b, 0] * t, 0, width - side))
+            y = int(np.clip(ys[b] + velocity[b, 1] * t, 0, height - side))
+            frame[y:y + side, x:x + side] = colours[b]
+        frames[t] = frame.astype(np.uint8)
+    return frames
+
+
+SYNTH_MARKER = ".synth_params.json"
+
+
+def is_synthetic_video(path: str | Path) -> bool:
+    """True for a video inside a set written by :func:`generate_synthetic_set` (its folder,
+    or a folder up to three levels above it, holds the set's marker file)."""
+    parents = list(Path(path).resolve().parents)[:4]
+    return any((parent / SYNTH_MARKER).is_file() for parent in parents)

@@ -21,9 +21,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .masks import iou_matrix, mask_box, mask_iou
-from .segment import Detection, optical_flow, warp_mask
+from .segment import Detection, Tick, optical_flow, warp_mask
 
-__all__ = ["Tube", "build_tubes", "track_detections", "dedup_tubes", "tube_iou_matrix"]
+__all__ = ["Tube", "build_tubes", "tracking_work_units", "track_detections", "dedup_tubes", "tube_iou_matrix"]
 
 
 @dataclass
@@ -96,7 +96,7 @@ class _TrackerState:
 
 def track_detections(detections: Sequence[Sequence[Detection]], flows: np.ndarray, *, kind: str,
                      observed: set[int] | None = None, max_gap: int = 2, match_iou: float = 0.2,
-                     max_jump: float = 0.2, shape_iou: float = 0.6) -> list[Tube]:
+                     max_jump: float = 0.2, shape_iou: float = 0.6, tick: Tick | None = None) -> list[Tube]:
     """Track one source's detections.
 
     ``detections``: one list per frame (all with ``source == kind``); ``flows``
@@ -104,7 +104,7 @@ def track_detections(detections: Sequence[Sequence[Detection]], flows: np.ndarra
     (default: every frame). ``match_iou``: least IoU between a warped prediction and
     a detection to match; unmatched pairs whose centroids are within ``max_jump`` of
     the frame diagonal still match if their centroid-aligned IoU reaches ``shape_iou``.
-    Returns all tubes, unfiltered.
+    Returns all tubes, unfiltered. ``tick(1)`` after each frame.
     """
     num_frames = len(detections)
     if observed is None:
@@ -116,6 +116,8 @@ def track_detections(detections: Sequence[Sequence[Detection]], flows: np.ndarra
             _propagate(state, t, flows[t - 1])
         if t in observed:
             _associate(state, t, list(detections[t]), rules)
+        if tick is not None:
+            tick(1)
     tubes = [tr.to_tube(kind) for tr in state.done + state.live]
     return [tube for tube in tubes if tube is not None]
 
@@ -230,10 +232,15 @@ def dedup_tubes(tubes: Sequence[Tube], *, dedup_iou: float = 0.5) -> list[Tube]:
     return [ranked[i] for i in kept]
 
 
+def tracking_work_units(detections: Sequence[Sequence[Detection]]) -> int:
+    """The ``tick`` units :func:`build_tubes` reports: one per frame per source."""
+    return len(detections) * max(1, len({d.source for dets in detections for d in dets}))
+
+
 def build_tubes(frames: np.ndarray, detections: Sequence[Sequence[Detection]], *, flows: np.ndarray | None = None,
                 observed: Mapping[str, set[int]] | None = None, min_length: int = 4, max_gap: int = 2,
                 dedup_iou: float = 0.5, match_iou: float = 0.2, max_jump: float = 0.2,
-                shape_iou: float = 0.6) -> list[Tube]:
+                shape_iou: float = 0.6, tick: Tick | None = None) -> list[Tube]:
     """Tubes from per-frame detections of one or more segmenters.
 
     ``frames`` ``(T, H, W, 3)`` uint8; ``detections``: ``T`` lists (mixed sources);
@@ -255,7 +262,7 @@ def build_tubes(frames: np.ndarray, detections: Sequence[Sequence[Detection]], *
     for source in sorted(by_source):
         seen = None if observed is None else observed.get(source)
         tracked = track_detections(by_source[source], flows, kind=source, observed=seen, max_gap=max_gap,
-                                   match_iou=match_iou, max_jump=max_jump, shape_iou=shape_iou)
+                                   match_iou=match_iou, max_jump=max_jump, shape_iou=shape_iou, tick=tick)
         tubes.extend(tube for tube in tracked if len(tube) >= min_length)
     tubes = dedup_tubes(tubes, dedup_iou=dedup_iou)
     return sorted(tubes, key=lambda tube: (tube.start, tube.kind, -tube.score, tube.boxes[0]))

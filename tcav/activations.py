@@ -78,16 +78,19 @@ def forward_backward(loaded, layers: Sequence[str], clips: np.ndarray,
                 torch.autocast(device_type, dtype=torch.float16, enabled=amp):
             captured = capture.forward(loaded.prepare(part))
         out = {("act", n): as_activation(captured.layers[n]).detach() for n in names}
-        out["logits"] = captured.output.detach().float()
+        logits = captured.logits
+        out["logits"] = logits.detach().float()
         for i, target in enumerate(targets):
             # Examples are independent in eval mode, so the gradient of the summed
             # logit w.r.t. each example's activation is that example's gradient.
-            tensors = [t for n in names for t in captured.layers[n]]
-            grads = torch.autograd.grad(captured.output[:, target].float().sum(), tensors,
+            # Taken to the tensors in the graph, then seen as the activations are.
+            tensors = [t for n in names for t in captured.raw[n]]
+            grads = torch.autograd.grad(logits[:, target].float().sum(), tensors,
                                         retain_graph=i < len(targets) - 1, allow_unused=True)
             grads = iter(torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors, grads))
             for n in names:
-                out[("grad", n, target)] = as_activation([next(grads) for _ in captured.layers[n]])
+                raw = [next(grads) for _ in captured.raw[n]]
+                out[("grad", n, target)] = as_activation(capture.view(raw, len(part)))
         return out
 
     with capture_layers(loaded.model, names) as capture:

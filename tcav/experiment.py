@@ -313,6 +313,7 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
                   lambda s: _score(store, concepts, inputs, pool, targets, config, report.n_random_sets, seed=s,
                                    memo=memo))
     report.skipped = {**inputs.rejected, **store.failed}
+    report.warnings += _no_temporal_notes(store, loaded, config.layers, inputs.class_examples, targets)
     report.calibration = calibrate(report)
     _flag_unstable_cavs(report)
     if report.calibration.warning:
@@ -384,6 +385,25 @@ def _flag_unstable_cavs(report: TcavReport) -> None:
         r.cav_stability = stability.get((label, r.layer))
         if r.cav_stability is not None and r.cav_stability < CAV_STABILITY_MIN:
             r.flags.append("unstable CAV")
+
+
+def _no_temporal_notes(store, loaded, layers, class_examples, targets) -> list[str]:
+    """For a transformer, why a layer's tokens give no temporal TCAV (conceptgen.tokens):
+    read from the shape of one cached class-example gradient."""
+    from conceptgen.tokens import why_not_grid
+
+    grid, note = getattr(loaded, "tokens", None), (loaded.metadata or {}).get("tokens_note")
+    name, target = next(iter(targets.items()))
+    examples = class_examples[name][:1]
+    if (grid is None and note is None) or not examples:
+        return []
+    out = []
+    for layer in layers:
+        shape = store.gradients(examples, layer, target).shape[1:]
+        why = None if len(shape) == 4 else why_not_grid(shape, grid) if grid is not None else note
+        if why:
+            out.append(f"layer {layer}: no temporal TCAV, {why}; its TCAV scores are unaffected")
+    return out
 
 
 def _compute_concepts_and_classes(store, concepts, inputs: TcavInputs, targets):

@@ -38,8 +38,10 @@ def grad_cam(loaded, clip: np.ndarray, layer: str, target: int) -> GradCam:
     out = forward_backward(loaded, [layer], clip[None], [target])
     act, grad = out.activations[layer][0].float(), out.gradients[(layer, target)][0].float()
     if act.ndim != 4 or act[0].numel() <= 1:  # pooled: no time or space left to localise
+        why = _why_no_grid(loaded, tuple(act.shape))
         raise ConfigError(f"Grad-CAM needs a layer with time and space (C, T, H, W); {layer} gives "
-                          f"{tuple(act.shape)}: choose an earlier layer (`conceptgen models --layers`)")
+                          f"{tuple(act.shape)}{f' ({why})' if why else ''}: choose an earlier layer or, in a "
+                          "transformer, an encoder block (`conceptgen models --layers`)")
     weights = grad.mean(dim=(1, 2, 3))                               # (C,)
     cam = torch.relu((weights[:, None, None, None] * act).sum(0))    # (t, h, w)
     t, s = clip.shape[0], clip.shape[1]
@@ -48,6 +50,14 @@ def grad_cam(loaded, clip: np.ndarray, layer: str, target: int) -> GradCam:
     top = float(cam.max())
     heat = (cam / top if top > 0 else cam).cpu().numpy().astype(np.float32)
     return GradCam(heat, heat.mean(axis=(1, 2)), float(out.logits[0, target]))
+
+
+def _why_no_grid(loaded, shape: tuple[int, ...]) -> str | None:
+    """For a transformer's layer, why its tokens have no time grid (conceptgen.tokens)."""
+    from conceptgen.tokens import why_not_grid
+
+    grid = getattr(loaded, "tokens", None)
+    return why_not_grid(shape, grid) if grid is not None else (getattr(loaded, "metadata", None) or {}).get("tokens_note")
 
 
 def overlay(clip: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:

@@ -15,11 +15,11 @@
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
+from conceptgen.experiments import safe_name
 from tcav.experiment import TcavReport
 
 
@@ -32,8 +32,7 @@ def _pyplot():
     return plt
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+_safe = safe_name  # plot file names; conceptgen.experiments files plots under targets with it
 
 
 def plot_report(report: TcavReport, folder: str | Path) -> list[Path]:
@@ -231,6 +230,6 @@ def plot_calibration(calibration, path: Path) -> Path:
 
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # suptitles wider than the axes stay whole
     plt.close(fig)
     return path

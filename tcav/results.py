@@ -3,6 +3,8 @@
 Per-random-set scores, the temporal curve and flags go in ``TcavResult.details``;
 warnings, layer diagnostics, null means and power in ``TcavExperiment.summary``.
 Files go to ``WORKSPACE/media/tcav/<experiment id>/`` (the annotator serves media/).
+Reading them back is :mod:`conceptgen.experiments` (re-exported here), which the annotator
+can import (it may not import tcav/).
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from conceptgen.experiments import (StoredExperiment, StoredResult, list_experiments,  # noqa: F401 (the readers)
+                                    load_experiment, plots_by_target)
+from conceptgen.errors import shorten
 from conceptgen.orm import Concept, TcavExperiment, TcavResult, utcnow
 from tcav.calibration import write_calibration
 from tcav.experiment import HypothesisResult, TcavReport, config_dict
@@ -134,7 +139,7 @@ def finish_experiment(workspace, experiment_id: int, report: TcavReport, plots: 
                 comparison=r.comparison, tcav_mean=row["tcav_mean"], tcav_std=row["tcav_std"],
                 magnitude_mean=row["magnitude_mean"], cav_accuracy_mean=row["cav_accuracy_mean"],
                 p_value=r.p_value, p_corrected=r.p_corrected, significant=bool(r.significant),
-                verdict=r.verdict[:200], details={**row["details"], "null_mean": row["null_mean"]}))
+                verdict=shorten(r.verdict, 200), details={**row["details"], "null_mean": row["null_mean"]}))
         exp.summary = summary(report)
         exp.plots = list(plots)
         exp.status = "finished"
@@ -147,3 +152,12 @@ def fail_experiment(workspace, experiment_id: int, error: str) -> None:
         exp.status = "failed"
         exp.summary = {"error": error}
         exp.finished_at = utcnow()
+
+
+def record_progress(workspace, experiment_id: int, done: int, total: int, stage: str) -> None:
+    """A running experiment's progress (``summary["progress"]``; :func:`finish_experiment`
+    replaces the summary), for the annotator's experiment page."""
+    with workspace.session() as s:
+        exp = s.get(TcavExperiment, experiment_id)
+        if exp is not None and exp.status == "running":
+            exp.summary = {**(exp.summary or {}), "progress": {"done": done, "total": total, "stage": stage}}

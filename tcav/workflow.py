@@ -15,11 +15,15 @@ from conceptgen.errors import ConceptgenError, ConfigError
 from tcav import examples as ex
 from tcav.experiment import TcavConfig, TcavInputs, TcavReport, config_dict, run_tcav
 from tcav.plots import plot_report
-from tcav.results import fail_experiment, finish_experiment, media_folder, start_experiment, write_exports
+from tcav.results import (fail_experiment, finish_experiment, media_folder, record_progress, start_experiment,
+                          write_exports)
 from tcav.saved_cavs import save_cavs
 
 if TYPE_CHECKING:
     from conceptgen.registry import ModelSource
+
+
+STAGES = ("scoring concepts", "writing results and CAVs", "plotting")
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOut
                          random_set_size=max(len(s) for s in inputs.random_sets))
         request = replace(request, config=config)
     experiment_id = start_experiment(workspace, request.stored_config(), loaded)
+    record_progress(workspace, experiment_id, 0, len(STAGES), STAGES[0])  # the annotator shows the stage
     try:
         report = run_tcav(loaded, inputs, config, cache_dir=Path(workspace.cache) / "tcav",
                           amp=request.amp, batch_size=request.batch_size, executor=executor)
@@ -142,9 +147,11 @@ def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOut
         raise
     report.experiment_id = experiment_id
     folder = media_folder(workspace, experiment_id)
+    record_progress(workspace, experiment_id, 1, len(STAGES), STAGES[1])
     files = write_exports(report, folder)
     files.append(save_cavs(report.cavs, inputs.concepts, model_name=loaded.name, model_fingerprint=loaded.fingerprint,
                            experiment_folder=folder, experiment_id=experiment_id))
+    record_progress(workspace, experiment_id, 2, len(STAGES), STAGES[2])
     plots = plot_report(report, folder)
     finish_experiment(workspace, experiment_id, report,
                       [str(p.relative_to(workspace.media)) for p in plots])

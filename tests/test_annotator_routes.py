@@ -57,14 +57,16 @@ def _version(app, cluster_id):
 
 # --- auth ---------------------------------------------------------------------------
 @pytest.mark.parametrize("url", ["/runs", "/runs/1/clusters", "/clusters/1", "/concepts", "/audit",
-                                 "/media/previews/run1/c0_t0.mp4", "/tubes/1/highlight"])
+                                 "/media/previews/run1/c0_t0.mp4", "/tubes/1/highlight", "/experiments",
+                                 "/experiments/1", "/videos/1/source", "/clusters/1/members?offset=0"])
 def test_anonymous_pages_redirect_to_login(app, url):
     r = app.test_client().get(url)
     assert r.status_code == 302 and r.location.startswith("/login?next=")
 
 
 @pytest.mark.parametrize("url", ["/api/runs", "/api/runs/1/clusters", "/api/clusters/1", "/api/clusters/1/similar",
-                                 "/api/concepts", "/api/audit"])
+                                 "/api/concepts", "/api/audit", "/api/experiments", "/api/experiments/1",
+                                 "/api/jobs", "/api/jobs/1", "/api/tubes/1"])
 def test_anonymous_api_gets_401_json(app, url):
     r = app.test_client().get(url)
     assert r.status_code == 401 and "log in" in r.get_json()["error"]
@@ -247,44 +249,99 @@ def test_other_users_cannot_undo_my_decision(app, alice):
 
 
 # --- concept library ----------------------------------------------------------------
-def test_library_shows_tcav_results_and_plots(app, alice):
+def _store_experiment(ws, concept_id, plots=(), status="finished", summary=None):
+    with ws.session() as s:
+        exp = TcavExperiment(config={"targets": ["push", "pull"], "test": "pseudo", "statistic": "logit-change",
+                                     "correction": "holm", "alpha": 0.05},
+                             model_name="demo", model_fingerprint="f" * 64, target="push,pull",
+                             layers=["blocks.1", "blocks.2"], seed=0, status=status, plots=list(plots),
+                             summary=summary if summary is not None else
+                             {"test": "pseudo", "statistic": "logit-change",
+                              "warnings": ["layer blocks.2 is degenerate for push"]})
+        s.add(exp)
+        s.flush()
+        for target, layer, variant, mean, sig, p_corr, flags in (
+                ("push", "blocks.1", "dynamic", 0.83, True, 0.004, []),
+                ("push", "blocks.1", "static", 0.41, False, 0.6, []),
+                ("pull", "blocks.2", "dynamic", 0.5, False, None, ["degenerate layer", "not tested"])):
+            s.add(TcavResult(experiment_id=exp.id, concept_id=concept_id, concept_name="sq", layer=layer,
+                             target_class=target, variant=variant, tcav_mean=mean, tcav_std=0.05, magnitude_mean=0.4,
+                             cav_accuracy_mean=0.9, p_value=p_corr and p_corr / 4, p_corrected=p_corr,
+                             significant=sig, verdict="significant positive" if sig else "not significant",
+                             details={"logit_changes": [0.2, 0.4], "flags": flags, "null_mean": 0.5}))
+        return exp.id
+
+
+def test_experiment_page_shows_verdicts_plots_once_per_target_and_json(app, alice):
     cid = app.seed.cluster_ids[0]
     concept_id = alice.post(f"/api/clusters/{cid}/accept", {"version": 1, "name": "sq", "description": "d"}
                             ).get_json()["concept_id"]
     ws = app.extensions["conceptgen_workspace"]
-    plot = ws.media / "tcav" / "exp1.png"
-    plot.parent.mkdir(parents=True)
+    folder = ws.media / "tcav" / "1"
+    folder.mkdir(parents=True)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plt.figure(figsize=(2, 2)).savefig(plot)
+    plots = ["scores_push.png", "temporal_push.png", "scores_pull.png", "calibration.png"]
+    for name in plots:
+        plt.figure(figsize=(2, 2)).savefig(folder / name)
     plt.close("all")
-    with ws.session() as s:
-        exp = TcavExperiment(config={}, model_name="demo", model_fingerprint="f" * 64, target="push",
-                             layers=["blocks.1"], seed=0, status="finished", plots=["tcav/exp1.png"])
-        s.add(exp)
-        s.flush()
-        s.add(TcavResult(experiment_id=exp.id, concept_id=concept_id, concept_name="sq", layer="blocks.1",
-                         target_class="push", tcav_mean=0.83, tcav_std=0.05, magnitude_mean=0.4,
-                         cav_accuracy_mean=0.9, p_value=0.001, p_corrected=0.004, significant=True,
-                         verdict="significant positive"))
-    page = alice.get("/concepts").text
-    assert "0.83 ± 0.05" in page and "significant positive" in page and 'src="/media/tcav/exp1.png"' in page
-    assert alice.get("/media/tcav/exp1.png").status_code == 200
-    assert alice.get("/api/concepts").get_json()["concepts"][0]["tcav"][0]["target_class"] == "push"
+    exp_id = _store_experiment(ws, concept_id, [f"tcav/1/{n}" for n in plots])
+
+    library = alice.get("/concepts").text  # the library links to the experiment, without the plots
+    assert "0.83 ± 0.05" in library and f'href="/experiments/{exp_id}"' in library and "<img" not in library
+    listing = alice.get("/experiments").text
+    assert f'href="/experiments/{exp_id}"' in listing and "push, pull" in listing and "pseudo" in listing
+    page = alice.get(f"/experiments/{exp_id}").text
+    for name in plots:
+        assert page.count(f'src="/media/tcav/1/{name}"') == 1  # each plot once
+    assert page.index("Plots for push") < page.index("scores_push.png") < page.index("Plots for pull")
+    assert "layer blocks.2 is degenerate for push" in page and "degenerate layer" in page
+    assert f'href="/clusters/{cid}"' in page  # the concept links to its members
+    assert 'data-static="0.41"' in page  # the dynamic row carries its static sibling's score
+    data = alice.get(f"/api/experiments/{exp_id}").get_json()
+    assert data["targets"] == ["push", "pull"] and data["statistic"] == "logit-change"
+    rows = data["results"]
+    assert [(r["target"], r["variant"], r["significant"]) for r in rows] == [
+        ("push", "dynamic", True), ("push", "static", False), ("pull", "dynamic", False)]
+    assert rows[0]["statistic_value"] == pytest.approx(0.3) and rows[0]["p_corrected"] == 0.004
+    assert rows[2]["flags"] == ["degenerate layer", "not tested"] and rows[2]["p_corrected"] is None
+    assert data["plots_by_target"]["push"] == ["tcav/1/scores_push.png", "tcav/1/temporal_push.png"]
+    assert data["shared_plots"] == ["tcav/1/calibration.png"]
+    assert alice.get("/api/experiments/999").status_code == 404
 
 
-def test_export_button_calls_the_export_library(app, alice):
-    pytest.importorskip("conceptgen.export", reason="conceptgen.export not written yet")
-    pytest.importorskip("conceptgen.render", reason="conceptgen.render (needed by export) not written yet")
+def test_running_experiment_shows_its_stage(app, alice):
+    from tcav.results import record_progress
+
+    ws = app.extensions["conceptgen_workspace"]
+    exp_id = _store_experiment(ws, None, status="running", summary={})
+    record_progress(ws, exp_id, 1, 3, "writing results and CAVs")
+    for url in ("/experiments", f"/experiments/{exp_id}"):
+        page = alice.get(url).text
+        assert '<progress class="progress" max="3" value="1"' in page and "writing results and CAVs" in page
+    assert alice.get(f"/api/experiments/{exp_id}").get_json()["progress"]["stage"] == "writing results and CAVs"
+
+
+def test_export_button_starts_an_export_job_with_progress(app, alice):
+    """The export answers at once with a job; the job reports progress and ends with the export."""
+    import time
+
     cid = app.seed.cluster_ids[0]
     alice.post(f"/api/clusters/{cid}/accept", {"version": 1, "name": "exported", "description": "d"})
     assert 'id="export-btn"' in alice.get("/concepts").text
     r = alice.post("/api/concepts/export", {"names": ["exported"], "mode": "crop"})
-    assert r.status_code == 200, r.get_json()
-    out = r.get_json()["out_dir"]
-    assert os.path.isfile(os.path.join(out, "manifest.json")) or os.listdir(out)
-    assert r.get_json()["summary"]["n_clips"] == 6
+    assert r.status_code == 202, r.get_json()
+    job_url = r.get_json()["status_url"]
+    deadline = time.monotonic() + 120
+    while (job := alice.get(job_url).get_json())["state"] in ("queued", "running") and time.monotonic() < deadline:
+        assert 0 <= job["done"] <= max(job["total"], 0) or job["total"] == 0
+        time.sleep(0.1)
+    assert job["state"] == "done", job
+    assert job["done"] == job["total"] == 6 and job["result"]["n_clips"] == 6
+    assert os.path.isfile(os.path.join(job["result"]["out_dir"], "manifest.json"))
+    listed = alice.get("/api/jobs?kind=export").get_json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
     bad = alice.post("/api/concepts/export", {"names": []})
     assert bad.status_code == 400
 
@@ -367,3 +424,90 @@ def test_highlighted_source_video_is_rendered_once_and_served(app, alice):
     again = alice.get(f"/tubes/{tube_id}/highlight")
     assert again.location == first.location and out.stat().st_mtime_ns == made
     assert alice.get("/tubes/999999/highlight").status_code == 404
+
+
+def test_gallery_warns_when_the_clustered_layer_does_not_separate_the_tubes(app, alice):
+    from conceptgen.orm import Clustering
+
+    url = f"/runs/{app.seed.run_id}/clusters"
+    assert 'id="layer-warning"' not in alice.get(url).text  # a clustering made before the check: no banner
+    with app.extensions["conceptgen_workspace"].session() as s:
+        clustering = s.scalars(select(Clustering).where(Clustering.run_id == app.seed.run_id)).first()
+        clustering.params = {**clustering.params, "layer_check": {
+            "layer": "blocks.<1>", "n": 24, "spread": 0.001, "effective_rank": 1.0, "nn_ratio": 1.0,
+            "separates": False, "reason": "mean distance between tubes 0.001 < 0.02"}}
+    page = alice.get(url).text
+    banner = re.search(r'<div class="banner warn" role="alert" id="layer-warning">([^<]*)</div>', page)
+    assert banner and "layer blocks.&lt;1&gt; does not separate this run&#39;s 24 tubes" in banner.group(1)
+    assert "another layer" in banner.group(1) or "--layers" in banner.group(1)
+    assert alice.get(f"/api/runs/{app.seed.run_id}/clusters").json["layer_warning"].startswith("layer blocks.<1>")
+# --- review at scale: bulk member decisions, tube overlays, cards that show their state ---
+def _members(app, cluster_id):
+    with app.extensions["conceptgen_workspace"].session() as s:
+        return {m.id: (m.cluster_id, m.excluded) for m in s.scalars(select(ClusterMember).order_by(ClusterMember.id))
+                if m.cluster_id == cluster_id}
+
+
+def test_bulk_remove_and_move_are_one_decision_each_and_undo_whole(app, alice):
+    a, b = app.seed.cluster_ids[:2]
+    ids = sorted(_members(app, a))[:3]
+    r = alice.post(f"/api/clusters/{a}/members/bulk", {"version": 1, "action": "remove", "members": ids})
+    assert r.status_code == 200, r.get_json()
+    assert [_members(app, a)[i][1] for i in ids] == [True, True, True]
+    moved = sorted(_members(app, a))[3:5]
+    r = alice.post(f"/api/clusters/{a}/members/bulk",
+                   {"version": _version(app, a), "action": "move", "members": moved, "target": b})
+    assert r.status_code == 200, r.get_json()
+    assert set(moved) <= set(_members(app, b)) and not set(moved) & set(_members(app, a))
+    audit = alice.get("/api/audit").get_json()["entries"]
+    assert [e["action"] for e in audit][:2] == ["move_members", "remove_members"]
+    assert alice.post("/api/undo").status_code == 200  # the move, all of it
+    assert set(moved) <= set(_members(app, a))
+    stray = alice.post(f"/api/clusters/{a}/members/bulk",
+                       {"version": _version(app, a), "action": "remove", "members": [sorted(_members(app, b))[0]]})
+    assert stray.status_code == 400 and "no longer in cluster" in stray.get_json()["error"]
+    stale = alice.post(f"/api/clusters/{a}/members/bulk", {"version": 1, "action": "remove", "members": ids})
+    assert stale.status_code == 409
+    for bad in ({"version": 1, "action": "remove", "members": "1,2"}, {"version": 1, "action": "zap", "members": ids}):
+        assert alice.post(f"/api/clusters/{a}/members/bulk", bad).status_code == 400
+
+
+def test_tube_overlay_gives_row_major_mask_runs_that_rebuild_the_masks(app, alice):
+    from conceptgen.orm import Tube
+    from conceptgen.tubes import TubeRecord
+
+    tube_id = next(iter(_members(app, app.seed.cluster_ids[0])))  # a member id; look its tube up
+    with app.extensions["conceptgen_workspace"].session() as s:
+        tube_id = s.get(ClusterMember, tube_id).tube_id
+        masks = TubeRecord.from_row(s.get(Tube, tube_id)).masks()
+    data = alice.get(f"/api/tubes/{tube_id}").get_json()
+    assert data["fps"] > 0 and len(data["masks"]) == len(data["frame_indices"]) == len(data["boxes"])
+    for runs, mask in zip(data["masks"], masks):
+        assert sum(runs) == data["mask_width"] * data["mask_height"]
+        flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+        assert np.array_equal(flat.reshape(data["mask_height"], data["mask_width"]), mask)
+    video = alice.get(f"/videos/{data['video_id']}/source", headers={"Range": "bytes=0-99"})
+    assert video.status_code == 206 and len(video.data) == 100
+    assert alice.get("/api/tubes/99999").status_code == 404
+
+
+def test_member_rows_load_from_an_offset(app, alice):
+    cid = app.seed.cluster_ids[0]
+    first = alice.get(f"/clusters/{cid}/members?offset=0&limit=2").text
+    rest = alice.get(f"/clusters/{cid}/members?offset=2").text
+    ids = lambda html: re.findall(r'data-member-id="(\d+)"', html)  # noqa: E731
+    assert len(ids(first)) == 2 and len(ids(first) + ids(rest)) == len(_members(app, cid))
+    assert not set(ids(first)) & set(ids(rest))
+
+
+def test_cards_show_their_state_instead_of_buttons_that_no_longer_apply(app, alice):
+    a, b = app.seed.cluster_ids[:2]
+    alice.post(f"/api/clusters/{a}/accept", {"version": 1, "name": "slide", "description": "d"})
+    alice.post(f"/api/clusters/{b}/reject", {"version": 1})
+    page = alice.get(f"/runs/{app.seed.run_id}/clusters?status=all").text
+    cards = {int(m.group(1)): m.group(0) for m in
+             re.finditer(r'<article class="card[^>]*data-cluster-id="(\d+)".*?</article>', page, re.S)}
+    assert "Accepted as “slide”" in cards[a] and "act-accept" not in cards[a] and "act-reject" in cards[a]
+    assert 'data-concept="slide"' in cards[a] and 'data-status="accepted"' in cards[a]
+    assert "Rejected" in cards[b] and "act-reject" not in cards[b] and "act-accept" in cards[b]
+    assert 'id="reject-dialog"' in page

@@ -45,6 +45,16 @@ def _wait_until_serving(proc: subprocess.Popen, url: str, seconds: float = 60) -
             time.sleep(0.3)
 
 
+def _try_login(port: int, name: str, password: str, http: requests.Session | None = None) -> requests.Response:
+    """Log in through the form (a fresh connection, so any worker may answer, unless ``http`` is given)."""
+    with requests.Session() as fresh:
+        http = http or fresh
+        page = http.get(f"http://127.0.0.1:{port}/login", timeout=10).text
+        token = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+        return http.post(f"http://127.0.0.1:{port}/login", allow_redirects=False, timeout=10,
+                         data={"username": name, "password": password, "csrf_token": token})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,7 +66,8 @@ def test_two_workers_serve_one_port_and_stop_together(review_ws, stop):
     ws, info = review_ws
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "conceptgen", "--workspace", str(ws.root), "serve",
-                             "--port", str(port), "--threads", "2", "--workers", "2"],
+                             "--port", str(port), "--threads", "2", "--workers", "2",
+                             "--login-slow-after", "2", "--login-lock-after", "2", "--login-lockout-minutes", "60"],
                             env={**os.environ, "CONCEPTGEN_QUIET": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -66,11 +77,13 @@ def test_two_workers_serve_one_port_and_stop_together(review_ws, stop):
         # fresh connections, so both workers take some: every one answers correctly
         codes = {requests.get(f"http://127.0.0.1:{port}/api/runs", timeout=10).status_code for _ in range(12)}
         assert codes == {401}
+        # failed logins are counted in the database: after two, every worker refuses the name
+        tries = [_try_login(port, "mallory", "not-the-password") for _ in range(8)]
+        assert [r.status_code for r in tries] == [401, 401] + [429] * 6
+        assert all(0 < int(r.headers["Retry-After"]) <= 3600 for r in tries[2:])
+        assert all(r.headers["X-Frame-Options"] == "DENY" for r in tries)
         with requests.Session() as http:
-            page = http.get(f"http://127.0.0.1:{port}/login").text
-            token = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
-            r = http.post(f"http://127.0.0.1:{port}/login", allow_redirects=False,
-                          data={"username": info.user, "password": info.password, "csrf_token": token})
+            r = _try_login(port, info.user, info.password, http)
             assert r.status_code == 302
             assert http.get(f"http://127.0.0.1:{port}/api/runs", timeout=10).json()["runs"][0]["id"] == info.run_id
     finally:

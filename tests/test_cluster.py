@@ -224,3 +224,82 @@ def test_cluster_cli_prints_a_table(run_ws, capsys):
     assert code == 0 and "k=3, 0 supported" in out and out.count(" no") == 3
     assert main(["--quiet", "--workspace", str(run_ws.root), "cluster", "--run", "1", "--k", "x"]) == 2
     assert "--k must be" in capsys.readouterr().err
+
+
+# --- scores relative to the run's spread, and the layer check ----------------------
+def test_cohesion_is_measured_against_random_pairs_of_the_run():
+    from conceptgen.cluster import mean_pair_distance
+
+    x, truth = blobs(n_per=20, k=3, seed=2)
+    u = l2_normalise(x)
+    tight = summarise_clusters(u, truth, np.zeros(len(u)), min_size=1, min_videos=1)
+    assert all(st.cohesion > 0.8 for st in tight)
+    everything = summarise_clusters(u, np.zeros(len(u), dtype=np.int64), np.zeros(len(u)), min_size=1, min_videos=1)[0]
+    assert everything.cohesion < 0.02  # a cluster of every tube is no tighter than random pairs
+    assert np.median(everything.distances) > 0.3  # distances in units of the run's spread
+    same = l2_normalise(np.ones((30, 8), np.float32))
+    collapsed = summarise_clusters(same, np.zeros(30, dtype=np.int64), np.zeros(30), min_size=1, min_videos=1)[0]
+    assert collapsed.cohesion == 0.0  # no spread to measure against: not "1.00"
+    # the exact mean pair distance equals the brute-force one
+    pairs = [1 - float(u[i] @ u[j]) for i in range(len(u)) for j in range(len(u)) if i != j]
+    assert mean_pair_distance(u) == pytest.approx(np.mean(pairs), abs=1e-6)
+
+
+def test_the_layer_check_tells_structure_from_collapse_and_noise():
+    from conceptgen.cluster import layer_separation
+
+    x, _ = blobs(n_per=20, k=4, seed=3)
+    good = layer_separation(l2_normalise(x), "good")
+    assert good.separates and good.warning() is None
+    collapsed = layer_separation(l2_normalise(np.ones((40, 16), np.float32) + 1e-4 * blobs(n_per=10, k=4, d=16)[0]),
+                                 "head.pool")
+    assert not collapsed.separates and "mean distance" in collapsed.reason
+    assert collapsed.warning().startswith("layer head.pool does not separate") and "--layers" in collapsed.warning()
+    noise = layer_separation(l2_normalise(np.random.default_rng(0).normal(size=(300, 256)).astype(np.float32)), "noise")
+    assert not noise.separates and "nearest neighbours" in noise.reason
+
+
+@pytest.fixture
+def collapsed_first_layer_ws(run_ws):
+    """run_ws with blocks.3 replaced by near-constant vectors: blocks.4 holds the blobs."""
+    with run_ws.session() as s:
+        for e in s.scalars(select(Embedding).where(Embedding.layer == "blocks.3")):
+            e.vector = vector_to_blob(np.ones(e.dim, np.float32))
+    return run_ws
+
+
+def test_cluster_picks_the_stored_layer_that_separates_and_warns_about_the_other(collapsed_first_layer_ws, capsys):
+    ws = collapsed_first_layer_ws
+    rep = cluster_run(ws, ws.test_run, k="auto", seed=0)
+    assert rep.layer == "blocks.4" and rep.separation.separates
+    assert [c.layer for c in rep.layer_checks] == ["blocks.4", "blocks.3"]
+    assert main(["--quiet", "--workspace", str(ws.root), "cluster", "--run", str(ws.test_run), "--layer", "blocks.3",
+                 "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: layer blocks.3 does not separate" in out
+    with ws.session() as s:
+        params = s.scalars(select(Clustering.params).order_by(Clustering.id.desc())).first()
+        assert params["layer_check"]["separates"] is False
+        assert {c.cohesion for c in s.scalars(select(Cluster).where(Cluster.clustering_id == rep.clustering_id + 1))} == {0.0}
+
+
+def test_background_tubes_are_left_out_of_clustering_unless_asked(run_ws):
+    with run_ws.session() as s:
+        first_blob = [t for t in s.scalars(select(Tube).order_by(Tube.id))][:60]
+        for tube, label in zip(first_blob, run_ws.test_truth):
+            tube.background = bool(label == 0)
+    rep = cluster_run(run_ws, run_ws.test_run, k="auto", seed=0)
+    assert rep.n_tubes == 40 and rep.n_background == 20 and rep.k == 2
+    assert cluster_run(run_ws, run_ws.test_run, k=3, seed=0, include_background=True).n_tubes == 60
+    # the index rebuilt from the stored embeddings holds the same tubes as the clustering
+    with run_ws.session() as s:
+        path = run_ws.cache / s.get(Clustering, rep.clustering_id).index_path
+    path.unlink()
+    kept = [t for t in clustering_labels(run_ws, rep.clustering_id)]
+    assert similar_tubes(run_ws, rep.clustering_id, kept[0], k=3)
+    with run_ws.session() as s:
+        for tube in s.scalars(select(Tube)):
+            tube.background = True
+    from conceptgen.errors import DataError
+    with pytest.raises(DataError, match="--include-background"):
+        cluster_run(run_ws, run_ws.test_run)

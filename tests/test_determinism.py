@@ -195,3 +195,27 @@ def test_stored_embeddings_are_the_same_bytes_for_every_batch_size(tmp_path):
         ws.close()
     assert len(stored[1]) >= 2 * len(LAYERS)
     assert stored[3] == stored[1] and stored[16] == stored[1]
+
+
+@pytest.mark.parametrize("kind", ["videomae", "timesformer", "vivit"])
+def test_transformer_token_layers_are_bit_identical_for_every_batch_size(kind, tmp_path):
+    """The same contract for Hugging Face video transformers (tests/hf_tiny.py), whose
+    token layers are read as (D, T, H, W): embeddings, activations and gradients."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(REPO / "tests"))
+    import hf_tiny
+
+    loaded = load_model(hf_tiny.save(kind, tmp_path / kind))
+    block = hf_tiny.BLOCKS[kind]
+    clips = _clips(loaded.spec, 7)
+    embedder = HookEmbedder(loaded, [block], pooling="time")
+    reference = embed_clips(embedder, list(clips), batch_size=1)[block]
+    assert reference.shape == (7, 32 * loaded.tokens.frames)
+    for batch_size in (3, 7):
+        assert embed_clips(embedder, list(clips), batch_size=batch_size)[block].tobytes() == reference.tobytes()
+    arrays = []
+    for batch_size in (1, 4):
+        parts = [forward_backward(loaded, [block], clips[i:i + batch_size], [1]) for i in range(0, 7, batch_size)]
+        arrays.append([torch.cat([p.activations[block] for p in parts]).numpy().tobytes(),
+                       torch.cat([p.gradients[(block, 1)] for p in parts]).numpy().tobytes()])
+    assert arrays[0] == arrays[1]

@@ -1,27 +1,25 @@
-"""`conceptgen export --format fiftyone|cvat-video` and CVAT tracks back through
-`conceptgen import-concepts`: a real workspace (ingested synthetic videos, ground-truth
-tubes as approved concepts), real files, checked against each format's documented layout."""
+"""`conceptgen export --format fiftyone|cvat-video` and `conceptgen verify` of them: a real
+workspace (ingested synthetic videos, ground-truth tubes as approved concepts), real files,
+checked against each format's documented layout. The tools themselves read the exports in
+tests/test_readers.py; CVAT tracks come back in tests/test_cvat_import.py."""
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
 from conceptgen.cli import main
-from conceptgen.concepts import load_concept_records
-from conceptgen.export_formats import (box_crop, cvat_rle, cvat_rle_decode, eta_mask_decode, export_for_tool,
+from conceptgen.export import verify_export
+from conceptgen.export_formats import (cvat_rle, cvat_rle_decode, eta_mask_decode, export_for_tool, relative_corner,
                                        tube_labels)
 from conceptgen.hashing import sha256_file
-from conceptgen.masks import decode_rle, resize_mask
-from conceptgen.orm import Concept, ConceptVersion, Tube
+from conceptgen.masks import mask_outline, outline_mask
 
 # CVAT for video 1.1 (docs.cvat.ai, "XML annotation format", Interpolation): required attributes
 BOX_ATTRS = {"frame", "outside", "occluded", "keyframe", "xtl", "ytl", "xbr", "ybr"}
-MASK_ATTRS = {"frame", "outside", "occluded", "rle", "left", "top", "width", "height"}
+POLYGON_ATTRS = {"frame", "outside", "occluded", "keyframe", "points"}
 
 
 def _run(capsys, *argv):
@@ -57,11 +55,15 @@ def test_fiftyone_export_is_a_video_labels_dataset_of_the_approved_tubes(concept
                 i = label.frames.index(int(number) - 1)   # FiftyOne frame numbers are 1-based
                 assert obj["label"] == label.concept and obj["type"] == "eta.core.objects.DetectedObject"
                 box = obj["bounding_box"]
-                h, w = label.mask_size
-                assert [box["top_left"]["x"] * w, box["top_left"]["y"] * h, box["bottom_right"]["x"] * w,
-                        box["bottom_right"]["y"] * h] == pytest.approx(label.boxes[i])
-                np.testing.assert_array_equal(eta_mask_decode(obj["mask"]),
-                                              box_crop(decode_rle(label.masks_rle[i]), label.boxes[i]))
+                w, h = label.video.width, label.video.height
+                x0, y0, x1, y1 = (int(box["top_left"]["x"] * w), int(box["top_left"]["y"] * h),
+                                  int(box["bottom_right"]["x"] * w), int(box["bottom_right"]["y"] * h))
+                assert (x0, y0, x1, y1) == label.pixel_box(i)
+                assert [x0, y0, x1, y1] == pytest.approx(label.video_box(i), abs=1.0)
+                # the mask in the box is the tube's, at the video's pixels, and nothing of it is cut off
+                full = np.zeros((h, w), bool)
+                full[y0:y1, x0:x1] = eta_mask_decode(obj["mask"])
+                np.testing.assert_array_equal(full, label.video_mask(i))
                 seen.add((obj["index"], int(number) - 1))
     assert seen == {(t, f) for t, lb in labels.items() for f in lb.frames}
     again = export_for_tool(concept_ws, "all-approved", tmp_path / "fo2", "fiftyone")
@@ -70,53 +72,16 @@ def test_fiftyone_export_is_a_video_labels_dataset_of_the_approved_tubes(concept
     assert again.n_clips == 4
 
 
-def _fiftyone(monkeypatch, tmp_path):
-    monkeypatch.setenv("FIFTYONE_DO_NOT_TRACK", "true")
-    monkeypatch.setenv("FIFTYONE_DATABASE_DIR", str(tmp_path / "fiftyone-db"))
-    return pytest.importorskip("fiftyone", reason="the optional extra is not installed: "
-                                                  "pip install 'conceptgen[fiftyone]'")
-
-
-def test_the_fiftyone_package_parses_the_export(concept_ws, tmp_path, monkeypatch):
-    _fiftyone(monkeypatch, tmp_path)
-    from fiftyone.utils.data.importers import FiftyOneVideoLabelsDatasetImporter
-
-    export_for_tool(concept_ws, "all-approved", tmp_path / "fo", "fiftyone")
-    labels = _labels_by_tube(concept_ws)
-    found = set()
-    with FiftyOneVideoLabelsDatasetImporter(str(tmp_path / "fo")) as importer:
-        for video_path, _metadata, _label, frames in importer:
-            assert os.path.isfile(video_path)
-            for number, fields in frames.items():
-                for det in fields["detections"].detections:
-                    label = labels[det.index]
-                    i = label.frames.index(number - 1)
-                    x, y, bw, bh = det.bounding_box   # FiftyOne's [x, y, width, height], relative
-                    h, w = label.mask_size
-                    assert [x * w, y * h, (x + bw) * w, (y + bh) * h] == pytest.approx(label.boxes[i])
-                    assert det.label == label.concept and det["concept_version"] == 1
-                    assert det.mask.shape == box_crop(label.mask(i), label.boxes[i]).shape
-                    found.add(det.index)
-    assert found == set(labels)
-
-
-def test_fiftyone_dataset_from_dir_loads_the_export(concept_ws, tmp_path, monkeypatch):
-    fo = _fiftyone(monkeypatch, tmp_path)
-    from fiftyone.core.config import FiftyOneConfigError
-    from fiftyone.core.service import ServiceExecutableNotFound
-
-    export_for_tool(concept_ws, "all-approved", tmp_path / "fo", "fiftyone")
-    try:
-        dataset = fo.Dataset.from_dir(dataset_dir=str(tmp_path / "fo"),
-                                      dataset_type=fo.types.FiftyOneVideoLabelsDataset)
-    except (FiftyOneConfigError, ServiceExecutableNotFound) as err:   # fiftyone-db ships no mongod offline
-        pytest.skip(f"fiftyone is installed but cannot start its database here: {str(err).splitlines()[0]}")
-    try:
-        assert len(dataset) == len(json.loads((tmp_path / "fo" / "manifest.json").read_text())["index"])
-        indices = {d.index for s in dataset for f in s.frames.values() for d in f["detections"].detections}
-        assert indices == set(_labels_by_tube(concept_ws))
-    finally:
-        dataset.delete()
+def test_relative_box_corners_survive_truncating_readers():
+    """ETA's BoundingBox.coords_in reads a corner as int(size * x), and FiftyOne stores
+    [x, y, w, h], so the far corner comes back as int(size * (x + (x1 - x))). Exact
+    fractions n / size lose a pixel there for some n (1 in 10 pairs at 340 px)."""
+    for size in (36, 50, 100, 340, 1920):
+        for x0 in range(0, size, 3):
+            for x1 in range(x0 + 1, size + 1, 7):
+                a, b = relative_corner(x0, size), relative_corner(x1, size)
+                assert (int(size * a), int(size * (a + (b - a)))) == (x0, x1)
+                assert abs(a * size - x0) < 1e-5
 
 
 # --- CVAT for video 1.1 ------------------------------------------------------------
@@ -137,10 +102,11 @@ def test_cvat_export_has_the_cvat_for_video_structure(concept_ws, tmp_path, caps
                           "--out", tmp_path / "cvat", "--format", "cvat-video")
     assert code == 0 and "exported 2 concept(s), 4 tube(s)" in out, err
     labels = _labels_by_tube(concept_ws)
-    files = sorted((tmp_path / "cvat").glob("*/annotations.xml"))
-    assert files
-    tubes_seen = set()
+    files = sorted((tmp_path / "cvat").glob("*/*.xml"))
+    assert len(files) == len({lb.video.sha256 for lb in labels.values()}) >= 2
+    tube_frames = set()
     for file in files:
+        assert file.stem == file.parent.name   # Datumaro takes the file's stem as the task's subset
         root = ET.parse(file).getroot()
         assert root.tag == "annotations" and root.findtext("version") == "1.1"
         task = root.find("meta/task")
@@ -148,20 +114,23 @@ def test_cvat_export_has_the_cvat_for_video_structure(concept_ws, tmp_path, caps
         size = int(task.findtext("size"))
         width, height = int(task.findtext("original_size/width")), int(task.findtext("original_size/height"))
         assert (file.parent / task.findtext("source")).is_file()
-        names = {lab.findtext("name") for lab in task.findall("labels/label")}
-        assert all({a.findtext("name") for a in lab.findall("attributes/attribute")} == {"tube_id", "concept_version"}
+        # every task declares the export's whole label set, with the same attributes
+        assert [lab.findtext("name") for lab in task.findall("labels/label")] == ["actors", "distractors"]
+        assert all([a.findtext("name") for a in lab.findall("attributes/attribute")] == ["tube_id", "concept_version"]
                    for lab in task.findall("labels/label"))
+        kinds_of_tube: dict[int, list[str]] = {}
         for track in root.findall("track"):
-            assert track.get("label") in names and track.get("id").isdigit()
+            assert track.get("id").isdigit()
             shapes = list(track)
-            kinds = {s.tag for s in shapes}
-            assert kinds in ({"box"}, {"mask"})
+            assert {s.tag for s in shapes} in ({"box"}, {"polygon"})
             for s in shapes:
-                assert (BOX_ATTRS if s.tag == "box" else MASK_ATTRS) <= set(s.attrib)
+                assert (BOX_ATTRS if s.tag == "box" else POLYGON_ATTRS) <= set(s.attrib)
                 assert s.get("outside") in ("0", "1") and s.get("keyframe") == "1"
             frames = [int(s.get("frame")) for s in shapes]
             assert frames == sorted(set(frames)) and 0 <= frames[0] and frames[-1] < size
             tube = labels[int(shapes[0].find("attribute[@name='tube_id']").text)]
+            assert track.get("label") == tube.concept
+            kinds_of_tube.setdefault(tube.tube_id, []).append(shapes[0].tag)
             visible = [s for s in shapes if s.get("outside") == "0"]
             assert [int(s.get("frame")) for s in visible] == tube.frames
             if tube.frames[-1] + 1 < size:
@@ -170,83 +139,59 @@ def test_cvat_export_has_the_cvat_for_video_structure(concept_ws, tmp_path, caps
                 if s.tag == "box":
                     box = [float(s.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")]
                     assert box == pytest.approx(tube.video_box(i), abs=0.006)
-                else:
-                    w, h, left, top = (int(s.get(k)) for k in ("width", "height", "left", "top"))
-                    crop = cvat_rle_decode([int(x) for x in s.get("rle").split(",")], w, h)
-                    full = np.zeros((height, width), bool)
-                    full[top:top + h, left:left + w] = crop
-                    np.testing.assert_array_equal(full, resize_mask(tube.mask(i), height, width))
-            tubes_seen.add(tube.tube_id)
-    assert tubes_seen == set(labels)
+                else:   # the polygon, filled, is the mask: pixel for pixel
+                    points = [tuple(map(float, p.split(","))) for p in s.get("points").split(";")]
+                    np.testing.assert_array_equal(outline_mask(points, height, width), tube.video_mask(i))
+                    tube_frames.add((tube.tube_id, tube.frames[i]))
+        assert all(sorted(k) == ["box", "polygon"] for k in kinds_of_tube.values())
+    assert tube_frames == {(t, f) for t, lb in labels.items() for f in lb.frames}
 
 
-def test_fixed_cvat_tracks_come_back_as_a_new_concept_version(concept_ws, tmp_path, capsys):
-    export_for_tool(concept_ws, "all-approved", tmp_path / "cvat", "cvat-video")
-    labels = _labels_by_tube(concept_ws)
-    file = sorted((tmp_path / "cvat").glob("*/annotations.xml"))[0]
-    tree = ET.parse(file)
-    track = next(t for t in tree.getroot().findall("track") if t.find("box") is not None)
-    fixed_tube = labels[int(track.find("box/attribute[@name='tube_id']").text)]
-    boxes = [b for b in track.findall("box") if b.get("outside") == "0"]
-    boxes[-1].set("outside", "1")                       # the annotator drops the last frame ...
-    boxes[0].set("xtl", f"{float(boxes[0].get('xtl')) - 1:.2f}")   # ... and widens the first box
-    tree.write(file, encoding="utf-8", xml_declaration=True)
-    n_tracks = {f: len([t for t in ET.parse(f).getroot().findall("track") if t.find("box") is not None])
-                for f in (tmp_path / "cvat").glob("*/annotations.xml")}
-
-    code, out, err = _run(capsys, "--workspace", concept_ws.root, "import-concepts", tmp_path / "cvat")
-    assert code == 0, err
-    assert f"imported 2 concept(s) with {sum(n_tracks.values())} clip(s)" in out
-    with concept_ws.session() as s:
-        for name in ("actors", "distractors"):
-            concept = s.scalar(select(Concept).where(Concept.name == name))
-            assert concept.current_version > 1 and concept.status == "approved"
-        cvat_tubes = s.scalars(select(Tube).where(Tube.kind == "cvat")).all()
-        fixed = next(t for t in cvat_tubes if t.frame_indices == fixed_tube.frames[:-1]
-                     and t.boxes[0][0] == pytest.approx(fixed_tube.video_box(0)[0] - 1, abs=0.01))
-        # masks come from the CVAT mask track of the same tube
-        np.testing.assert_array_equal(decode_rle(fixed.masks_rle[1]), fixed_tube.video_mask(1))
-        assert len(cvat_tubes) == sum(n_tracks.values())
-    records = {r.name: r for r in load_concept_records(concept_ws, "all-approved")}
-    assert any(ex.tube.frame_indices == fixed_tube.frames[:-1] for ex in records[fixed_tube.concept].examples)
-
-    code, out, err = _run(capsys, "--workspace", concept_ws.root, "import-concepts", tmp_path / "cvat")
-    assert code == 0 and "imported 0 concept(s)" in out and "imported already" in out
-    with concept_ws.session() as s:
-        assert s.scalar(select(ConceptVersion.version).join(Concept).where(Concept.name == "actors")
-                        .order_by(ConceptVersion.version.desc()).limit(1)) == records["actors"].version
+def test_mask_outline_is_one_polygon_with_parts_and_holes():
+    rng = np.random.default_rng(0)
+    ring = np.zeros((12, 14), bool)
+    ring[2:9, 2:9] = True
+    ring[4:6, 4:7] = False                       # a hole
+    ring[10:12, 11:14] = True                    # a second part, touching the frame's edge
+    masks = [ring, np.ones((5, 4), bool), np.eye(6, dtype=bool)] + [rng.random((9, 11)) > 0.6 for _ in range(20)]
+    for mask in masks:
+        points = mask_outline(mask)
+        assert all(float(x).is_integer() and float(y).is_integer() for x, y in points)
+        np.testing.assert_array_equal(outline_mask(points, *mask.shape), mask)
+    assert mask_outline(np.zeros((4, 4), bool)) == []
+    assert not outline_mask([], 4, 4).any()
 
 
-def test_cvat_import_names_what_is_missing_in_one_line(concept_ws, tmp_path, capsys):
-    export_for_tool(concept_ws, "all-approved", tmp_path / "cvat", "cvat-video")
-    file = sorted((tmp_path / "cvat").glob("*/annotations.xml"))[0]
-    (file.parent / file.parent.name).mkdir()
-    moved = file.parent / file.parent.name / "annotations.xml"
-    text = file.read_text().replace("<source>", "<source>unknown_")
-    moved.write_text(text)
-    code, out, _err = _run(capsys, "--workspace", concept_ws.root, "import-concepts", moved)
-    assert code == 0 and "is not in this workspace" in out and "imported 0 concept(s)" in out
-    bad = tmp_path / "bad.xml"
-    bad.write_text("<annotations><version>1.0</version></annotations>")
-    code, _out, err = _run(capsys, "--workspace", concept_ws.root, "import-concepts", bad)
-    assert code == 2 and "CVAT 1.1" in err and len(err.strip().splitlines()) == 1
+# --- verify -----------------------------------------------------------------------------
+def test_verify_recognises_each_export_format_and_checks_it(concept_ws, tmp_path, capsys):
+    for fmt in ("fiftyone", "cvat-video"):
+        out = tmp_path / fmt
+        export_for_tool(concept_ws, "all-approved", out, fmt)
+        code, stdout, err = _run(capsys, "verify", out)
+        assert code == 0 and f"in the {fmt} export" in stdout and "missing" not in stdout, (stdout, err)
+        report = verify_export(out)
+        assert report.ok and report.kind == fmt and not report.notes
+        video = next(p for p in out.rglob("*.mp4"))
+        video.write_bytes(video.read_bytes()[:-7])
+        (out / "stray.txt").write_text("x")
+        problems = {(p.path, p.problem) for p in verify_export(out).problems}
+        rel = video.relative_to(out).as_posix()
+        assert problems == {(rel, "checksum mismatch"), ("stray.txt", "unexpected file")}
+        video.unlink()
+        assert (rel, "missing video") in {(p.path, p.problem) for p in verify_export(out).problems}
+        code, stdout, err = _run(capsys, "verify", out)
+        assert code != 0 and "missing video: " + rel in stdout and len(err.strip().splitlines()) == 1
 
-
-def test_importing_one_videos_task_keeps_the_concepts_examples_on_other_videos(concept_ws, tmp_path):
-    from conceptgen.cvat_import import import_cvat_video
-
-    export_for_tool(concept_ws, "all-approved", tmp_path / "cvat", "cvat-video")
-    before = {r.name: r for r in load_concept_records(concept_ws, "all-approved")}
-    file = sorted((tmp_path / "cvat").glob("*/annotations.xml"))[0]
-    video_sha = sha256_file(file.parent / ET.parse(file).getroot().findtext("meta/task/source"))
-    report = import_cvat_video(concept_ws, file)
-    after = {r.name: r for r in load_concept_records(concept_ws, "all-approved")}
-    for name in report.concepts:
-        assert after[name].version == before[name].version + 1
-        others = [ex.tube.id for ex in before[name].examples if ex.video["sha256"] != video_sha]
-        kept = [ex.tube.id for ex in after[name].examples if ex.video["sha256"] != video_sha]
-        on_video = [ex for ex in after[name].examples if ex.video["sha256"] == video_sha]
-        assert kept == others and on_video and all(ex.tube.kind == "cvat" for ex in on_video)
+    # a CVAT folder CVAT wrote has no SHA256SUMS: verify says what it cannot check, checks the rest
+    cvat = tmp_path / "from-cvat"
+    export_for_tool(concept_ws, "all-approved", cvat, "cvat-video")
+    (cvat / "SHA256SUMS").unlink()
+    code, stdout, _err = _run(capsys, "verify", cvat)
+    assert code == 0 and stdout.count("cannot check: no SHA256SUMS") == 1
+    assert verify_export(cvat).notes and verify_export(cvat).ok
+    (tmp_path / "nothing").mkdir()
+    code, _out, err = _run(capsys, "verify", tmp_path / "nothing")
+    assert code == 2 and "is not an export" in err and len(err.strip().splitlines()) == 1
 
 
 def test_readme_tool_commands_are_valid_cli_invocations():
@@ -267,3 +212,23 @@ def test_readme_tool_commands_are_valid_cli_invocations():
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])
         assert callable(args.handler), command
+
+
+def test_readme_export_verify_import_commands_run(concept_ws, tmp_path, monkeypatch, capsys):
+    """The README's export, verify and import-concepts lines for FiftyOne and CVAT, run in
+    order on a workspace with approved concepts (the Python snippets run in test_readers)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Concepts in other tools", 1)[1].split("### Captum", 1)[0]
+    commands = [line.split("#")[0].strip() for block in re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
+                for line in block.splitlines() if line.startswith("conceptgen ")]
+    assert [c.split()[1] for c in commands] == ["export", "export", "verify", "import-concepts", "import-concepts"]
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        code, out, err = _run(capsys, "--workspace", concept_ws.root, *shlex.split(command)[1:])
+        assert code == 0, (command, err)
+    assert "ok:" in out or "imported 0 concept(s)" in out
+    assert (tmp_path / "exports" / "fo" / "manifest.json").is_file()

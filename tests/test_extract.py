@@ -187,3 +187,53 @@ def test_bad_options_give_one_line_errors(tmp_path, demo_workspace, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     ws.close()
+
+
+def test_a_video_past_its_time_budget_is_recorded_as_failed_and_the_batch_goes_on(tmp_path, demo_workspace, small_set):
+    ws = workspace_with_demo(tmp_path / "ws", demo_workspace)
+    ingest(ws, [str(v.video_path) for v in small_set.videos])
+    # A budget no video can meet: every one stops at its first stage's first progress step.
+    report = extract(ws, ExtractConfig.from_options(model="demo", seed=0), video_time_limit=1e-9)
+    assert report.n_failed == len(small_set.videos) and report.n_done == 0
+    assert all("time budget" in reason and "--video-time-limit" in reason for _, reason in report.failures)
+    with ws.session() as s:
+        assert s.scalar(select(func.count()).select_from(Tube)) == 0
+        assert {rv.status for rv in s.scalars(select(RunVideo))} == {"failed"}
+        assert s.get(Run, report.run_id).status == "finished"
+    # A generous budget then finishes them: failed videos are retried by the same run.
+    again = extract(ws, ExtractConfig.from_options(model="demo", seed=0), video_time_limit=600)
+    assert again.run_id == report.run_id and again.n_done == len(small_set.videos)
+    ws.close()
+
+
+def test_progress_shows_each_stage_inside_a_video(tmp_path, demo_workspace, small_set, capsys):
+    from conceptgen.progress import is_quiet, set_quiet
+
+    ws = workspace_with_demo(tmp_path / "ws", demo_workspace)
+    ingest(ws, [str(small_set.videos[0].video_path)])
+    was_quiet = is_quiet()
+    set_quiet(False)
+    try:
+        extract(ws, ExtractConfig.from_options(model="demo", seed=0))
+    finally:
+        set_quiet(was_quiet)
+    err = capsys.readouterr().err
+    name = Path(small_set.videos[0].video_path).name
+    for stage in ("segment", "track", "objectness", "embed", "store"):
+        assert f"{name}: {stage}" in err, stage
+    ws.close()
+
+
+def test_extract_without_a_model_on_real_looking_videos_names_the_real_options(tmp_path, demo_workspace, capsys):
+    ws = workspace_with_demo(tmp_path / "ws", demo_workspace)
+    rng = np.random.default_rng(0)
+    write_video(tmp_path / "clips" / "kitchen.mp4", rng.integers(0, 255, (12, 48, 64, 3), dtype=np.uint8))
+    assert main(["--quiet", "--workspace", str(ws.root), "ingest", str(tmp_path / "clips")]) == 0
+    capsys.readouterr()
+    code = main(["--quiet", "--workspace", str(ws.root), "extract"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "demo model knows only the synthetic shapes" in err and "--pretrained" in err and "--weights" in err
+    with ws.session() as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0  # nothing started
+    ws.close()

@@ -70,3 +70,15 @@ def test_resize_mask_keeps_region_in_place():
     big = resize_mask(m, 40, 40)
     assert big.shape == (40, 40) and big.dtype == bool
     assert mask_box(big) == [20.0, 8.0, 32.0, 16.0]
+
+
+def test_shift_mask_moves_pixels_and_cuts_what_leaves_the_frame():
+    from conceptgen.masks import shift_mask
+
+    m = np.zeros((6, 8), bool)
+    m[2:4, 3:5] = True
+    for dx, dy in [(2, 1), (-3, -2), (0, 0), (1, -2)]:
+        np.testing.assert_array_equal(shift_mask(m, dx, dy), np.roll(np.roll(m, dy, axis=0), dx, axis=1))
+    edge = shift_mask(m, 4, 0)                       # half of it leaves on the right
+    assert edge.sum() == 2 and edge[2:4, 7].all()
+    assert not shift_mask(m, -8, 0).any() and not shift_mask(m, 0, 6).any()

@@ -3,6 +3,7 @@ and construction by name."""
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from conceptgen.errors import ConfigError
 from conceptgen.masks import mask_iou
@@ -165,3 +166,24 @@ def test_build_segmenters_by_name():
     assert {d.source for ds in merged for d in ds} <= {"motion", "supervoxel"} and len(merged) == T
     with pytest.raises(ConfigError, match="uint8"):
         MotionSegmenter().segment(frames.astype(np.float32))
+
+
+def test_a_uniform_mat_touching_many_blocks_at_1280x720_merges_into_background_and_keeps_the_blocks(tmp_path):
+    """The scene that stalled region merging (issue 20): one large uniform region adjacent to
+    thousands of small pieces of the volume. Encoded and decoded like a user's video."""
+    from conceptgen.synth import uniform_mat_frames
+    from conceptgen.videoio import read_frames, write_video
+
+    path = tmp_path / "mat.mp4"
+    write_video(path, uniform_mat_frames(num_frames=12, n_blocks=60, seed=1), fps=30.0)
+    frames = read_frames(path, max_side=256)
+    assert frames.shape == (12, 144, 256, 3)
+    dets = SupervoxelSegmenter().segment(frames)
+    mat = np.all(np.abs(frames.astype(int) - np.array([70, 110, 80])) < 12, axis=-1)  # the mat's pixels
+    for t in (0, 6, 11):
+        # the mat is one region far above the size limit, so it gives no detection ...
+        assert all((d.mask & mat[t]).sum() < 0.5 * d.mask.sum() for d in dets[t])
+        # ... while most blocks (the small regions off the mat) are detected
+        blocks, n = ndimage.label(~mat[t])
+        found = sum(any(mask_iou(d.mask, blocks == b) > 0.5 for d in dets[t]) for b in range(1, n + 1))
+        assert found >= 0.6 * n, (t, found, n)

@@ -13,7 +13,7 @@ from conceptgen.review import decisions
 from annotator.db import db, workspace, writer_turn
 from conceptgen.db import get_or_raise
 from annotator.views.auth import login_required
-from conceptgen.errors import ConceptgenError, ConfigError, NotFoundError
+from conceptgen.errors import ConfigError, NotFoundError
 from conceptgen.orm import Cluster, ClusterMember
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -191,6 +191,30 @@ def move_member(member_id: int):
                    target_cluster_id=_int(body, "target", "the target cluster id"))
 
 
+@bp.post("/clusters/<int:cluster_id>/members/bulk")
+@login_required
+def bulk_members(cluster_id: int):
+    """Remove, restore or move several members of one cluster as one decision (one undo)."""
+    body = _body()
+    ids = body.get("members")
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConfigError("send 'members': a list of member ids (whole numbers)")
+    action = body.get("action")
+    if action in ("remove", "restore"):
+        return _decide(decisions.set_members_excluded, cluster_id, ids, _version(body), excluded=action == "remove")
+    if action == "move":
+        return _decide(decisions.move_members, cluster_id, ids, _version(body),
+                       target_cluster_id=_int(body, "target", "the target cluster id"))
+    raise ConfigError("send 'action': one of remove, restore, move")
+
+
+@bp.get("/tubes/<int:tube_id>")
+@login_required
+def tube(tube_id: int):
+    """What the browser needs to outline a tube over its source video: frames, boxes, masks."""
+    return jsonify(queries.tube_overlay(db(), tube_id))
+
+
 @bp.post("/undo")
 @login_required
 def undo():
@@ -200,21 +224,28 @@ def undo():
 @bp.post("/concepts/export")
 @login_required
 def export():
-    """Export concepts through the export command's own code (``conceptgen.export``)."""
-    try:
-        from conceptgen.export import export_concepts
-    except ImportError:
-        raise ConceptgenError("export is not available in this installation yet; "
-                              "use `conceptgen export` when it is") from None
+    """Start exporting concepts (``conceptgen.export``, the export command's own code) as a
+    background job; answers 202 at once with the job id (progress: ``GET /api/jobs/<id>``)."""
+    from conceptgen.export import export_concepts
+
     body = _body()
     names = body.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ConfigError("send 'names': a non-empty list of concept names to export")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     out_dir = workspace().exports / f"annotator-{stamp}"
     kwargs = {k: body[k] for k in ("mode", "static") if k in body}
-    result = export_concepts(workspace(), names, out_dir, **kwargs)
-    return jsonify(ok=True, out_dir=str(out_dir), summary=_jsonable(result))
+    ws = workspace()
+
+    def work(reporter) -> dict[str, Any]:
+        report = export_concepts(ws, names, out_dir, on_progress=reporter.progress, **kwargs)
+        return {"out_dir": str(report.out_dir), "n_clips": report.n_clips, "n_files": report.n_files,
+                "skipped": [asdict(s) for s in report.skipped]}
+
+    from annotator.views.jobs import runner
+
+    job_id = runner().submit("export", {"names": names, "out_dir": str(out_dir), **kwargs}, work, user_id=g.user.id)
+    return jsonify(ok=True, job_id=job_id, out_dir=str(out_dir), status_url=f"/api/jobs/{job_id}"), 202
 
 
 def _jsonable(value: Any) -> Any:

@@ -58,6 +58,17 @@ def render_highlight(video: Video, tube: TubeRecord, out: Path) -> None:
     write_video(out, clip, fps=video.fps or probe_video(video.path).fps)  # atomic: never half a file
 
 
+@bp.route("/videos/<int:video_id>/source")
+@login_required
+def source(video_id: int):
+    """A registered source video as it is (HTTP Range, so the browser seeks to a tube)."""
+    video = get_or_raise(db(), Video, video_id, "video")
+    path = Path(video.path)
+    if not path.is_file():
+        raise NotFoundError(f"the source video {video.path} is missing; restore it to play tubes in context")
+    return send_file(path, conditional=True, max_age=300)
+
+
 @bp.route("/tubes/<int:tube_id>/highlight")
 @login_required
 def highlight(tube_id: int):

@@ -2,8 +2,8 @@
 
 Each command group lives in its own module under ``conceptgen.cli`` and exposes
 ``register(subparsers)``; each command's handler is ``handler(args, ctx) -> int | None``.
-User errors (ConceptgenError) print one line and exit non-zero; ``--debug`` shows
-the traceback.
+User errors (ConceptgenError), and a database that went away, print one line and exit
+non-zero; ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import DBAPIError
+
+from conceptgen import db
 from conceptgen.errors import ConceptgenError
 from conceptgen.progress import set_quiet
 from conceptgen.workspace import Workspace
@@ -82,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except DBAPIError as err:  # a store that went away outside a session scope: still one line
+        if args.debug or not db.is_outage(err):
+            raise
+        lost = db.outage_error(ctx.workspace.db_url, err)
+        print(f"error: {lost}", file=sys.stderr)
+        return lost.exit_code
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

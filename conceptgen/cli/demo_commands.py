@@ -39,10 +39,8 @@ def register(sub) -> None:
 
 
 def _demo(args, ctx) -> int:
-    import argparse
-
+    from annotator.server import serve
     from conceptgen import demo
-    from conceptgen.cli.annotator_commands import _serve
     from conceptgen.errors import ConfigError
 
     if not 0 < args.port < 65536:
@@ -57,6 +55,6 @@ def _demo(args, ctx) -> int:
     login = prepared.login
     ctx.echo(f"log in as user {login.name!r} with password {login.password!r} (kept in {login.path})")
     # One worker: forking after training in this process is unsafe (torch threads).
-    _serve(argparse.Namespace(host="127.0.0.1", port=args.port, threads=8, workers=1), ctx)  # blocks until Ctrl-C
+    serve(ctx.workspace, host="127.0.0.1", port=args.port, threads=8, workers=1, announce=ctx.echo)  # until Ctrl-C
     ctx.echo("annotator stopped; run `conceptgen demo` again to resume where you left off")
     return 0

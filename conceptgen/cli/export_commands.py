@@ -2,7 +2,7 @@
 and conceptgen.import_concepts."""
 from __future__ import annotations
 
-from conceptgen.errors import IntegrityError
+from conceptgen.errors import ConfigError, IntegrityError
 
 
 def register(sub) -> None:
@@ -20,22 +20,29 @@ def register(sub) -> None:
     p.add_argument("--format", default="native", choices=("native", "fiftyone", "cvat-video"),
                    help="native (default: rendered clips + manifest), fiftyone (FiftyOneVideoLabelsDataset: "
                         "source videos with per-frame detections, the tube id as track index) or cvat-video "
-                        "(CVAT for video 1.1 XML with box and mask tracks, one task folder per video)")
+                        "(CVAT for video 1.1 XML with box and polygon tracks, one task folder per video)")
     p.add_argument("--no-masks", action="store_true", help="fiftyone / cvat-video: boxes only")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("verify", help="check every checksum of an export folder")
-    p.add_argument("dir", help="folder written by `conceptgen export`")
+    p = sub.add_parser("verify", help="check an export folder of any format: its checksums and the videos it "
+                                      "references")
+    p.add_argument("dir", help="folder written by `conceptgen export` (native, fiftyone or cvat-video)")
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("import-concepts",
                        help="import an export folder, CVAT for video 1.1 XML (tracks become a new version of "
                             "each concept), or a folder with one sub-folder of clips per concept")
-    p.add_argument("dir", help="export folder (has manifest.json), a CVAT annotations.xml or folder of them, "
+    p.add_argument("dir", help="export folder (has manifest.json), a CVAT for video 1.1 .xml or folder of them, "
                                "or a folder of concept sub-folders")
     p.add_argument("--user", default=None, help="record this existing user as the importer")
     p.add_argument("--min-clips", type=int, default=2,
                    help="fewest readable clips a plain-folder concept needs (default 2)")
+    p.add_argument("--plan", action="store_true",
+                   help="CVAT XML: print per label the tubes that would be added, removed and edited; write nothing")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="CVAT XML: the label NEW is the concept OLD renamed (repeatable)")
+    p.add_argument("--allow-new-labels", action="store_true",
+                   help="CVAT XML: create a new approved concept for a label that is no concept here")
     p.set_defaults(handler=_import)
 
 
@@ -64,17 +71,31 @@ def _verify(args, ctx) -> int:
     report = verify_export(args.dir)
     for problem in report.problems:
         ctx.echo(f"{problem.problem}: {problem.path}")
+    for note in report.notes:
+        ctx.echo(f"cannot check: {note}")
     if not report.ok:
-        raise IntegrityError(f"{len(report.problems)} problem(s) in {report.export_dir}; "
+        raise IntegrityError(f"{len(report.problems)} problem(s) in the {report.kind} export {report.export_dir}; "
                              "re-export the concepts or restore the listed files")
-    ctx.echo(f"ok: {report.n_files} files verified in {report.export_dir}")
+    ctx.echo(f"ok: {report.n_files} files verified in the {report.kind} export {report.export_dir}")
     return 0
 
 
 def _import(args, ctx) -> int:
     from conceptgen.import_concepts import import_concepts
 
-    report = import_concepts(ctx.workspace, args.dir, user=args.user, min_clips=args.min_clips)
+    rename = {}
+    for pair in args.rename:
+        old, sep, new = pair.partition("=")
+        if not (sep and old.strip() and new.strip()):
+            raise ConfigError(f"--rename {pair!r}: write it as OLD=NEW (the concept's name, then the label in CVAT)")
+        rename[old.strip()] = new.strip()
+    report = import_concepts(ctx.workspace, args.dir, user=args.user, min_clips=args.min_clips,
+                             plan_only=args.plan, rename=rename, allow_new_labels=args.allow_new_labels)
+    for line in getattr(report, "lines", lambda: [])():
+        ctx.echo(line)
+    if args.plan:
+        ctx.echo(f"plan only: nothing was written (run again without --plan to import {report.source_dir})")
+        return 0
     ctx.echo(f"imported {len(report.concepts)} concept(s) with {report.n_examples} clip(s) "
              f"from {report.kind} {report.source_dir}")
     for item in report.skipped:

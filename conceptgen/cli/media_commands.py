@@ -25,9 +25,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("models", help="list model names, or one model's layers")
     p.add_argument("--layers", metavar="NAME", default=None,
-                   help="print the layer names of model NAME; [pooled] marks layers after global pooling")
+                   help="print the layer names of model NAME; [pooled] marks layers after global pooling; "
+                        "a transformer's layers show their tokens (N, D) and (D, T, H, W)")
     add_model_options(p, model_flag=False)
-    p.add_argument("--pretrained", action="store_true", help="download NAME's pretrained weights")
     p.set_defaults(handler=_models)
 
 
@@ -58,6 +58,20 @@ def _models(args, ctx):
         ctx.echo("(or a conceptgen checkpoint path, a model card .json/.yaml, or package.module:function)")
         return
     loaded = registry.load_model(model_source(args, args.layers), workspace=ctx.workspace)
-    pooled = registry.pooled_layers(loaded)
-    for name in registry.layer_names(loaded):
-        ctx.echo(f"{name} [pooled]" if name in pooled else name)
+    transformer = loaded.tokens is not None or "tokens_note" in loaded.metadata
+    if loaded.tokens is not None:
+        ctx.echo(f"# patch tokens: {loaded.tokens.describe()}; token layers are read as (D, T, H, W)")
+    for layer in registry.describe_layers(loaded):
+        ctx.echo(_layer_line(layer, transformer))
+
+
+def _layer_line(layer, transformer: bool) -> str:
+    """``name [pooled]``; a transformer's layers also show their tokens and shape."""
+    line = f"{layer.name} [pooled]" if layer.pooled else layer.name
+    if not transformer or layer.shape is None or layer.pooled:
+        return line
+    if layer.tokens is not None:
+        line += f"  tokens {layer.tokens} -> {layer.shape}"
+    else:
+        line += f"  {layer.shape}"
+    return line + (f"  (CAVs only, no temporal views: {layer.note})" if layer.note else "")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
@@ -88,10 +88,6 @@ def _row_state(fields: tuple[str, ...], values: Iterable[Any]) -> dict[str, Any]
 
 def cluster_state(c: Cluster) -> dict[str, Any]:
     return _row_state(CLUSTER_FIELDS, (getattr(c, f) for f in CLUSTER_FIELDS))
-
-
-def member_state(m: ClusterMember) -> dict[str, Any]:
-    return _row_state(MEMBER_FIELDS, (getattr(m, f) for f in MEMBER_FIELDS))
 
 
 def _concept_versions(session: Session, concept_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -163,13 +159,30 @@ class _Touched:
     """Records a decision reads and writes; snapshots are taken over exactly these."""
 
     clusters: dict[int, Cluster] = field(default_factory=dict)
-    members: dict[int, ClusterMember] = field(default_factory=dict)
+    # ORM records, plain members (_Member, of whole-cluster decisions) or None (undo: by id)
+    members: dict[int, Any] = field(default_factory=dict)
     concepts: dict[int, Concept] = field(default_factory=dict)
 
     def snapshot(self, session: Session) -> dict[str, dict[str, Any]]:
         return {"clusters": {str(i): cluster_state(c) for i, c in self.clusters.items()},
-                "members": {str(i): member_state(m) for i, m in self.members.items()},
+                "members": _member_states(session, self.members),
                 "concepts": _concept_states(session, list(self.concepts.values()))}
+
+
+_MEMBER_COLUMNS = (ClusterMember.id, *[getattr(ClusterMember, f) for f in MEMBER_FIELDS])
+
+
+def _member_states(session: Session, members: dict[int, Any], chunk: int = 500) -> dict[str, dict[str, Any]]:
+    """The state of the touched members: from their own values (plain :class:`_Member`
+    rows, written in bulk, or the few ORM records of a member decision), and for members
+    known only by id (an undo's hundreds) read back as plain rows in one query per chunk."""
+    rows: dict[int, Any] = {i: tuple(getattr(m, f) for f in MEMBER_FIELDS)  # plain or ORM: its own values
+                            for i, m in members.items() if m is not None}
+    ids = [i for i in members if i not in rows]
+    for lo in range(0, len(ids), chunk):
+        rows.update((r[0], r[1:]) for r in session.execute(select(*_MEMBER_COLUMNS)
+                                                           .where(ClusterMember.id.in_(ids[lo:lo + chunk]))))
+    return {str(i): _row_state(MEMBER_FIELDS, rows[i]) for i in members if i in rows}
 
 
 def _stale(what: str) -> StaleVersionError:
@@ -225,12 +238,41 @@ def _decide(session: Session, user_id: int | None, action: str, target: Cluster,
                           concept_id=info.get("concept_id"), created_cluster_ids=created)
 
 
-def _touch_members(session: Session, touched: _Touched, cluster: Cluster) -> list[ClusterMember]:
-    members = list(session.scalars(select(ClusterMember).where(ClusterMember.cluster_id == cluster.id)
-                                   .order_by(ClusterMember.rank, ClusterMember.id)))
+@dataclass
+class _Member:
+    """A cluster member as plain values: the decisions over whole clusters (accept, merge,
+    split) read and write hundreds of them in bulk; ORM objects for them cost more than
+    the rest of the decision."""
+
+    id: int
+    cluster_id: int
+    tube_id: int
+    distance: float
+    rank: int
+    is_outlier: bool
+    excluded: bool
+    representative: bool
+
+
+def _touch_members(session: Session, touched: _Touched, cluster: Cluster) -> list[_Member]:
+    members = [_Member(r[0], **dict(zip(MEMBER_FIELDS, r[1:]))) for r in session.execute(
+        select(*_MEMBER_COLUMNS).where(ClusterMember.cluster_id == cluster.id)
+        .order_by(ClusterMember.rank, ClusterMember.id))]
     for m in members:
-        touched.members[m.id] = m
+        touched.members[m.id] = m  # its snapshot comes from these values: every change must be written
     return members
+
+
+_MEMBER_TABLE = ClusterMember.__table__
+_WRITE_MEMBER = (_MEMBER_TABLE.update().where(_MEMBER_TABLE.c.id == bindparam("member_id"))
+                 .values({f: bindparam(f"new_{f}") for f in MEMBER_FIELDS}))
+
+
+def _write_members(session: Session, members: list[_Member]) -> None:
+    """Store plain members back: one executemany UPDATE by primary key."""
+    if members:
+        session.execute(_WRITE_MEMBER, [{"member_id": m.id, **{f"new_{f}": getattr(m, f) for f in MEMBER_FIELDS}}
+                                         for m in members])
 
 
 def _refresh_stats(session: Session, cluster: Cluster) -> None:
@@ -377,6 +419,7 @@ def merge(session: Session, user_id: int | None, seen_versions: dict[int, int | 
         for m in members:
             m.cluster_id = target.id
         _rerank(session, target, members)
+        _write_members(session, members)
         _refresh_stats(session, target)
         for c in clusters[1:]:
             _refresh_stats(session, c)
@@ -414,6 +457,7 @@ def split(session: Session, user_id: int | None, cluster_id: int, seen_version: 
             for r in rows:
                 kept[r].cluster_id = child.id
             _rerank(session, child, [kept[r] for r in rows], vectors[rows])
+            _write_members(session, [kept[r] for r in rows])
             _refresh_stats(session, child)
         _refresh_stats(session, cluster)
         return {"k": int(k), "seed": int(seed)}
@@ -421,7 +465,7 @@ def split(session: Session, user_id: int | None, cluster_id: int, seen_version: 
     return _decide(session, user_id, "split", cluster, touched, apply)
 
 
-def _member_vectors(session: Session, cluster: Cluster, members: list[ClusterMember]) -> np.ndarray:
+def _member_vectors(session: Session, cluster: Cluster, members: list[_Member]) -> np.ndarray:
     """(N, D) stored embeddings of ``members`` at the clustering's layer, member order."""
     from conceptgen.embed import load_embeddings
 
@@ -438,11 +482,11 @@ def _member_vectors(session: Session, cluster: Cluster, members: list[ClusterMem
     return np.asarray(emb.vectors)[[row_of[m.tube_id] for m in members]]
 
 
-def _rerank(session: Session, cluster: Cluster, members: list[ClusterMember],
+def _rerank(session: Session, cluster: Cluster, members: list[_Member],
             vectors: np.ndarray | None = None) -> None:
     """Re-rank members around their centroid (distances, outliers, cohesion) with the
     engine's own statistics; without stored embeddings, keep distances and re-rank."""
-    from conceptgen.cluster import l2_normalise, summarise_clusters
+    from conceptgen.cluster import clustering_spread, l2_normalise, summarise_clusters
 
     kept = [m for m in members if not m.excluded]
     if vectors is None:
@@ -456,8 +500,9 @@ def _rerank(session: Session, cluster: Cluster, members: list[ClusterMember],
         return
     video_of = dict(session.execute(select(Tube.id, Tube.video_id).where(Tube.id.in_([m.tube_id for m in kept]))).all())
     video_ids = np.array([video_of[m.tube_id] for m in kept])
+    spread = clustering_spread(session.get(Clustering, cluster.clustering_id).params)
     stats = summarise_clusters(l2_normalise(vectors), np.zeros(len(kept), dtype=np.int64), video_ids,
-                               min_size=1, min_videos=1)[0]
+                               min_size=1, min_videos=1, spread=spread)[0]
     for rank, (row, dist, out) in enumerate(zip(stats.members, stats.distances, stats.outliers)):
         m = kept[int(row)]
         m.rank, m.distance, m.is_outlier = rank, float(dist), bool(out)
@@ -477,16 +522,53 @@ def set_member_excluded(session: Session, user_id: int | None, member_id: int, s
     """Remove a member from its cluster (``excluded``), or restore it."""
     member = _load_member(session, member_id)
     cluster = load_cluster(session, member.cluster_id, seen_version)
-    touched = _Touched(clusters={cluster.id: cluster}, members={member.id: member})
+    return _set_excluded(session, user_id, cluster, [member], excluded,
+                         "remove_member" if excluded else "restore_member",
+                         {"member_id": member.id, "tube_id": member.tube_id})
+
+
+def set_members_excluded(session: Session, user_id: int | None, cluster_id: int, member_ids: Iterable[int],
+                         seen_version: int | None, *, excluded: bool = True) -> DecisionResult:
+    """Remove (or restore) several members of one cluster in one decision (one undo)."""
+    cluster = load_cluster(session, cluster_id, seen_version)
+    members = _load_members_of(session, cluster, member_ids)
+    return _set_excluded(session, user_id, cluster, members, excluded,
+                         "remove_members" if excluded else "restore_members",
+                         {"member_ids": [m.id for m in members], "n_members": len(members)})
+
+
+def _set_excluded(session: Session, user_id: int | None, cluster: Cluster, members: list[ClusterMember],
+                  excluded: bool, action: str, info: dict[str, Any]) -> DecisionResult:
+    touched = _Touched(clusters={cluster.id: cluster}, members={m.id: m for m in members})
 
     def apply() -> dict[str, Any]:
-        member.excluded = bool(excluded)
-        if excluded:
-            member.representative = False
+        for member in members:
+            member.excluded = bool(excluded)
+            if excluded:
+                member.representative = False
         _refresh_stats(session, cluster)
-        return {"member_id": member.id, "tube_id": member.tube_id}
+        return info
 
-    return _decide(session, user_id, "remove_member" if excluded else "restore_member", cluster, touched, apply)
+    return _decide(session, user_id, action, cluster, touched, apply)
+
+
+MAX_BULK_MEMBERS = 5000  # one decision; larger selections are a split or a merge
+
+
+def _load_members_of(session: Session, cluster: Cluster, member_ids: Iterable[int]) -> list[ClusterMember]:
+    """The members ``member_ids`` (in rank order), each checked to belong to ``cluster``."""
+    ids = list(dict.fromkeys(int(i) for i in member_ids))
+    if not ids:
+        raise DecisionError("select at least one member first")
+    if len(ids) > MAX_BULK_MEMBERS:
+        raise DecisionError(f"{len(ids)} members selected; act on at most {MAX_BULK_MEMBERS} at once")
+    members = list(session.scalars(select(ClusterMember).where(ClusterMember.id.in_(ids))
+                                   .order_by(ClusterMember.rank, ClusterMember.id)))
+    strays = sorted(set(ids) - {m.id for m in members if m.cluster_id == cluster.id})
+    if strays:
+        shown = ", ".join(map(str, strays[:5])) + (" …" if len(strays) > 5 else "")
+        raise DecisionError(f"member(s) {shown} are no longer in cluster {cluster.id}; reload the page")
+    return members
 
 
 def set_representative(session: Session, user_id: int | None, member_id: int, seen_version: int | None,
@@ -511,24 +593,40 @@ def move_member(session: Session, user_id: int | None, member_id: int, seen_vers
     """Move a member to another cluster of the same clustering (appended last)."""
     member = _load_member(session, member_id)
     source = load_cluster(session, member.cluster_id, seen_version)
+    return _move(session, user_id, source, [member], target_cluster_id, "move_member",
+                 {"member_id": member.id, "tube_id": member.tube_id})
+
+
+def move_members(session: Session, user_id: int | None, cluster_id: int, member_ids: Iterable[int],
+                 seen_version: int | None, *, target_cluster_id: int) -> DecisionResult:
+    """Move several members of one cluster to another cluster in one decision (one undo)."""
+    source = load_cluster(session, cluster_id, seen_version)
+    members = _load_members_of(session, source, member_ids)
+    return _move(session, user_id, source, members, target_cluster_id, "move_members",
+                 {"member_ids": [m.id for m in members], "n_members": len(members)})
+
+
+def _move(session: Session, user_id: int | None, source: Cluster, members: list[ClusterMember],
+          target_cluster_id: int, action: str, info: dict[str, Any]) -> DecisionResult:
     target = load_cluster(session, target_cluster_id, None)
     if target.id == source.id:
-        raise DecisionError(f"member {member.id} is already in cluster {target.id}; pick another cluster")
+        raise DecisionError(f"the member(s) are already in cluster {target.id}; pick another cluster")
     if target.clustering_id != source.clustering_id:
         raise DecisionError(f"cluster {target.id} belongs to another clustering; move members only "
                             f"between clusters of one gallery")
     _require_reviewable(target)
-    touched = _Touched(clusters={source.id: source, target.id: target}, members={member.id: member})
+    touched = _Touched(clusters={source.id: source, target.id: target}, members={m.id: m for m in members})
 
     def apply() -> dict[str, Any]:
         last = session.scalar(select(func.max(ClusterMember.rank)).where(ClusterMember.cluster_id == target.id))
-        member.cluster_id, member.rank = target.id, (last if last is not None else -1) + 1
-        member.excluded = False
+        for offset, member in enumerate(members, start=1):
+            member.cluster_id, member.rank = target.id, (last if last is not None else -1) + offset
+            member.excluded = False
         _refresh_stats(session, source)
         _refresh_stats(session, target)
-        return {"member_id": member.id, "tube_id": member.tube_id, "from": source.id, "to": target.id}
+        return {**info, "from": source.id, "to": target.id}
 
-    return _decide(session, user_id, "move_member", source, touched, apply)
+    return _decide(session, user_id, action, source, touched, apply)
 
 
 # --- undo ----------------------------------------------------------------------
@@ -550,7 +648,7 @@ def undo_last(session: Session, user_id: int) -> DecisionResult:
         raise DecisionError(f"your last decision (#{entry.id}, {entry.action}) was recorded without its "
                             f"before/after state, so it cannot be undone; change the records by hand")
     touched = _Touched(clusters=_load_all(session, Cluster, after.get("clusters", {})),
-                       members=_load_all(session, ClusterMember, after.get("members", {})),
+                       members=_existing(session, ClusterMember, after.get("members", {})),
                        concepts=_load_all(session, Concept, after.get("concepts", {})))
     current = touched.snapshot(session)
     changed = [key for key in state_differences(current, {k: after.get(k, {}) for k in STATE_KINDS})]
@@ -575,11 +673,21 @@ def _load_all(session: Session, model: type, keys: Iterable[str]) -> dict[int, A
     return {i: found[i] for i in ids if i in found}
 
 
+def _existing(session: Session, model: type, keys: Iterable[str]) -> dict[int, None]:
+    """The (string) ids that still exist, as keys without loaded records: an undo writes
+    hundreds of members back in one bulk UPDATE instead of through ORM objects."""
+    ids = [int(k) for k in keys]
+    found = set(session.scalars(select(model.id).where(model.id.in_(ids)))) if ids else set()
+    return {i: None for i in ids if i in found}
+
+
 def _restore(session: Session, touched: _Touched, before: dict[str, dict]) -> None:
     """Write a *before* state back: fields of surviving records, then delete the records
     the decision created (their members have moved back by then)."""
-    for key, state in before.get("members", {}).items():
-        _assign(touched.members[int(key)], state, MEMBER_FIELDS)
+    rows = [{"member_id": int(key), **{f"new_{f}": state[f] for f in MEMBER_FIELDS}}
+            for key, state in before.get("members", {}).items() if state is not None and int(key) in touched.members]
+    if rows:
+        session.execute(_WRITE_MEMBER, rows)  # one executemany UPDATE by primary key
     doomed_clusters = []
     for key, state in before.get("clusters", {}).items():
         cluster = touched.clusters[int(key)]
