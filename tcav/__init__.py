@@ -6,7 +6,8 @@ Modules, in the order the method uses them:
   classifiers  CavClassifier ABC: mean-diff (default), sgd, logistic, svm; seeded, held-out accuracy
   cav          the CAV dataclass (saves/loads itself)
   scoring      directional derivatives, TCAV / magnitude / temporal TCAV (pure)
-  stats        permutation / t-test against the random-vs-random null, Bonferroni / Holm, power (pure)
+  stats        the pseudo-concept rank test, permutation / t-test, correction families, ties, z, power (pure)
+  pseudo_null  the pseudo-concept null: pool candidates, prefix-stable draws, M per family, their statistic
   diagnostics  degenerate layers, the CAV quality gate, null health (pure)
   experiment   run_tcav: the orchestrator
   calibration  the test's false-positive rate on the experiment's own null, CAV stability (calibration.json)
