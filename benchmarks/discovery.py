@@ -39,11 +39,10 @@ sys.path.insert(0, str(REPO))
 
 from conceptgen.cluster import cluster_run, clustering_labels  # noqa: E402
 from conceptgen.extract import ExtractConfig, extract  # noqa: E402
+from conceptgen.ground_truth import match_ground_truth, tube_object_iou  # noqa: E402, F401  (library; re-exported)
+from conceptgen.orm import Video  # noqa: E402
 from conceptgen.ingest import ingest  # noqa: E402
-from conceptgen.masks import resize_mask  # noqa: E402
-from conceptgen.orm import Tube, Video  # noqa: E402
 from conceptgen.progress import set_quiet  # noqa: E402
-from conceptgen.tubes import TubeRecord  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
 from targets import Target, add_flag, check, exit_status  # noqa: E402
 
@@ -55,25 +54,6 @@ TRAIN_SET_VIDEOS = 200  # the demo model's set (160 train / 40 held out), as the
 
 
 # --- metrics (pure) ---------------------------------------------------------------
-def tube_object_iou(tube_frames: list[int], tube_masks: list[np.ndarray], gt: np.ndarray) -> float:
-    """Mean per-frame IoU between a tube and one object's masks gt (T, H, W) bool, over
-    frames where either is non-empty."""
-    by_frame = dict(zip(tube_frames, tube_masks))
-    scores = []
-    for t in range(gt.shape[0]):
-        m = by_frame.get(t)
-        g = gt[t]
-        if m is None and not g.any():
-            continue
-        if m is None:
-            scores.append(0.0)
-            continue
-        union = np.logical_or(m, g).sum()
-        if union:
-            scores.append(float(np.logical_and(m, g).sum() / union))
-    return float(np.mean(scores)) if scores else 0.0
-
-
 def purity(clusters: np.ndarray, classes: np.ndarray) -> float:
     """Size-weighted share of each cluster's majority class."""
     total = 0
@@ -93,32 +73,6 @@ def peak_rss_mb() -> float:
 
 
 # --- stages -----------------------------------------------------------------------
-def match_ground_truth(ws: Workspace, run_id: int, dataset) -> tuple[list[dict], dict[int, str]]:
-    """Per ground-truth object: its best tube and IoU. Returns (rows, actor tube -> class)."""
-    by_sha = {v.sha256: v for v in dataset.videos}
-    rows, actor_tubes = [], {}
-    with ws.session() as s:
-        videos = {v.id: by_sha[v.sha256] for v in s.query(Video).all() if v.sha256 in by_sha}
-        tubes_by_video: dict[int, list[Tube]] = {}
-        for tube in s.query(Tube).filter(Tube.run_id == run_id).order_by(Tube.id):
-            tubes_by_video.setdefault(tube.video_id, []).append(tube)
-        for video_id, sv in videos.items():
-            gt_all = sv.load_masks()
-            tubes = tubes_by_video.get(video_id, [])
-            decoded = []
-            for tube in map(TubeRecord.from_row, tubes):
-                h, w = gt_all.shape[2:]
-                decoded.append((tube.id, tube.frame_indices, [resize_mask(m, h, w) for m in tube.masks()]))
-            for obj in sv.objects:
-                ious = [tube_object_iou(frames, masks, gt_all[obj.index]) for _, frames, masks in decoded]
-                best = int(np.argmax(ious)) if ious else -1
-                iou = ious[best] if ious else 0.0
-                rows.append({"video": sv.id, "role": obj.role, "motion": obj.motion, "iou": iou})
-                if obj.role == "actor" and iou >= 0.5:
-                    actor_tubes[decoded[best][0]] = obj.motion
-    return rows, actor_tubes
-
-
 def run_synthetic(args, work: Path, timings: dict) -> dict:
     from conceptgen.demo_model import train_demo_model
     from conceptgen.synth import generate_synthetic_set

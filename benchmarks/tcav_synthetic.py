@@ -72,7 +72,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conceptgen.masks import mask_box  # noqa: E402
-from discovery import match_ground_truth  # noqa: E402  (benchmarks/discovery.py)
+from conceptgen.ground_truth import match_ground_truth  # noqa: E402
 from conceptgen.progress import set_quiet  # noqa: E402
 from conceptgen.render import render_tube_clip  # noqa: E402
 from conceptgen.videoio import read_clip, read_frames  # noqa: E402
@@ -87,7 +87,7 @@ DISTRACTORS = ("static_distractor", "background_texture")
 # Captum's and the bare model's figures are checked only when they were measured.
 TARGETS = (Target("planted_significant", "==", True), Target("false_discoveries", "==", 0),
            Target("deterministic", "==", True), Target("speedup_vs_captum", ">=", 2),
-           Target("overhead_vs_bare_model", "<=", 0.30))
+           Target("overhead_vs_bare_model", "<=", 0.30), Target("cav_stability", ">=", 0.8))
 
 
 # --- building concepts from ground truth ------------------------------------------
@@ -361,6 +361,17 @@ def figures(report, class_names) -> dict:
         # effect sizes, in class-logit units: the false discoveries' against the planted concepts'
         "false_discovery_max_abs_logit_change": round(max(abs(r.logit_change_mean) for r in false), 3) if false else None,
         "planted_min_logit_change": round(min(r.logit_change_mean for r in planted), 3) if planted else None,
+        "planted_min_z": round(min(r.z for r in planted if r.z is not None), 2) if planted else None,
+        # over the K draws of the random sets: in how many each found planted verdict held (worst one)
+        "planted_seed_share": min((f"{r.seeds_significant}/{r.n_seeds}" for r in planted
+                                   if r.significant and r.seeds_significant is not None),
+                                  key=lambda t: int(t.split("/")[0]), default=None),
+        "false_discovery_seed_shares": [f"{r.seeds_significant}/{r.n_seeds}" for r in false],
+        "cav_stability": None if report.calibration is None else round(report.calibration.cav_stability, 3),
+        "cav_stability_min": None if report.calibration is None else round(min(
+            s["cosine"] for s in report.calibration.cav_stability_by_concept), 3),
+        "cav_stability_single": None if report.calibration is None else round(
+            report.calibration.cav_stability_single, 3),
     }
 
 
@@ -386,12 +397,13 @@ def _null_z(r, null, config) -> float:
 
 def print_table(report):
     print(f"{'concept':<20} {'var':<7} {'layer':<10} {'class':<13} {'TCAV':>5} {'null':>5} {'acc':>5} "
-          f"{'dlogit':>7} {'z':>6} {'p_corr':>8}  verdict")
+          f"{'dlogit':>7} {'z':>6} {'p_corr':>8} {'seeds':>5}  verdict")
     for r in report.tested():
         lr = report.null_for(r)
         print(f"{r.concept:<20} {r.variant:<7} {r.layer:<10} {r.target:<13} {r.tcav_mean:5.2f} "
               f"{lr.null_mean:5.2f} {r.cav_accuracies.mean():5.2f} {r.logit_change_mean:7.3f} "
-              f"{_null_z(r, lr, report.config):6.1f} {r.p_corrected:8.2g}  {r.verdict}")
+              f"{_null_z(r, lr, report.config):6.1f} {r.p_corrected:8.3g} "
+              f"{'-' if r.seeds_significant is None else f'{r.seeds_significant}/{r.n_seeds}':>5}  {r.verdict}")
     print()
     for lr in report.layer_reports:
         print(f"layer {lr.layer:<10} class {lr.target:<13} {lr.variant:<7} gradient cosine {lr.diagnosis.gradient_cosine:6.3f} "
@@ -408,7 +420,9 @@ def main(argv=None) -> dict:
                    help="folder for the synthetic sets and the demo model (reused between runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-sets", type=int, default=10)
-    p.add_argument("--classifier", default="sgd")
+    p.add_argument("--classifier", default="mean-diff", help="CAV classifier (the product default: mean-diff)")
+    p.add_argument("--seeds", type=int, default=5,
+                   help="draws of the random sets each verdict is checked over (planted_seed_share)")
     p.add_argument("--test", default="pseudo", help="pseudo (pseudo-concept null, the default) | permutation | ttest")
     p.add_argument("--statistic", default="auto", help="what --test pseudo ranks: auto (logit-change) | tcav")
     p.add_argument("--null-sets", type=int, default=0, help="pseudo test: M pseudo-concepts (0 = auto)")
@@ -419,6 +433,8 @@ def main(argv=None) -> dict:
     p.add_argument("--no-discovered", action="store_true", help="skip the engine and the discovered concepts")
     p.add_argument("--object-mode", default="crop", choices=("crop", "mask"),
                    help="render object tubes as tracked crops (the paper) or masked objects alone")
+    p.add_argument("--plots", type=Path, default=None,
+                   help="write the report's plots here (the README's effect_<class>.png comes from --quick)")
     add_flag(p)
     p.add_argument("--checkpoint", default=None,
                    help="a trained demo checkpoint to use instead of training one (first run trains ~10+ min)")
@@ -471,7 +487,7 @@ def main(argv=None) -> dict:
                   f"purity {m.purity:.2f}, {m.size} members")
     config = TcavConfig(layers=layers, targets=tuple(class_names), random_sets=args.random_sets, seed=args.seed,
                         classifier=args.classifier, test=args.test, statistic=args.statistic,
-                        null_sets=args.null_sets,
+                        null_sets=args.null_sets, seeds=args.seeds,
                         random_set_size=20, relative=False,
                         hypotheses=hypotheses)
     batch_size = 8
@@ -482,6 +498,10 @@ def main(argv=None) -> dict:
         deterministic = all(np.array_equal(a.scores, b.scores) and a.p_value == b.p_value
                             for a, b in zip(report.results, again.results))
         print_table(report)
+        if args.plots:
+            from tcav.plots import plot_report
+
+            print(f"plots: {', '.join(str(p) for p in plot_report(report, args.plots))}")
         predictions = clip_predictions(loaded, inputs)
         print("\nthe model's own predictions for each concept's clips:")
         for label, counts in predictions.items():

@@ -75,6 +75,7 @@ def load_concept_records(workspace, names: Sequence[str] | str) -> list[ConceptR
                 raise NotFoundError("no approved concepts to export; accept clusters in the annotator "
                                     "or run `conceptgen import-concepts` first")
         else:
+            wanted = _expand_globs(s, wanted)
             found = {c.name: c for c in s.scalars(select(Concept).where(Concept.name.in_(wanted)))}
             missing = [n for n in wanted if n not in found]
             if missing:
@@ -82,6 +83,26 @@ def load_concept_records(workspace, names: Sequence[str] | str) -> list[ConceptR
                 raise NotFoundError(f"unknown concept(s) {', '.join(missing)}; known concepts: {known}")
             concepts = [found[n] for n in wanted]
         return [_concept_record(s, c) for c in concepts]
+
+
+def _expand_globs(session, names: list[str]) -> list[str]:
+    """Names with ``*``, ``?`` or ``[`` match approved concept names (fnmatch, sorted); others stay."""
+    import fnmatch
+
+    if not any(c in n for n in names for c in "*?["):
+        return names
+    approved = session.scalars(select(Concept.name).where(Concept.status == "approved")
+                                         .order_by(Concept.name)).all()
+    out: list[str] = []
+    for n in names:
+        if not any(c in n for c in "*?["):
+            out.append(n)
+            continue
+        matched = [a for a in approved if fnmatch.fnmatchcase(a, n)]
+        if not matched:
+            raise NotFoundError(f"no approved concept matches {n!r}; approved: {', '.join(approved[:20]) or 'none'}")
+        out += matched
+    return list(dict.fromkeys(out))
 
 
 def parse_names(names: Sequence[str] | str) -> list[str] | None:

@@ -11,14 +11,24 @@ Recipe (``prepare_demo``, then ``run_headless`` or the annotator)::
 
 Headless (``run_headless``) goes on without a person:
 
-    7. auto-accept  the top clusters by the AUTO-ACCEPT RULE below, through the same
-                    decisions library as the annotator (AuditLog rows, user ``demo``),
-                    named ``auto-1``, ``auto-2``, ...
+    7. accept       by the GROUND-TRUTH RULE below (``accept="ground-truth"``, the default),
+                    or the top clusters by the AUTO-ACCEPT RULE (``accept="cohesion"``),
+                    through the same decisions library as the annotator (AuditLog rows,
+                    user ``demo``), named ``gt-<class>`` and ``gt-distractor``, or
+                    ``auto-1``, ``auto-2``, ...
     8. TCAV         the accepted concepts (dynamic + static) for every class with enough
                     labelled videos, at a non-degenerate conv stage and the pooled layer
                     (see ``tcav_layers``), 10 random sets, seeded; stored in the DB with
                     CSV/JSON and plots under media/tcav/<experiment id>/
     9. export       the accepted concepts with static variants to WORKSPACE/exports/demo
+
+GROUND-TRUTH RULE: the synthetic set says which tubes are which object
+(:func:`conceptgen.ground_truth.ground_truth_clusters`): per class, the candidate cluster
+holding most of that class's actor tubes, when they are the majority of its matched
+tubes (the concept the class's motion should be), and one distractor cluster (most
+distractor tubes, no actor) to read them against. Each is trimmed and accepted as
+below. TCAV then tests the stated hypotheses: each ``gt-<class>`` for its class, and
+``gt-distractor`` for every class. When no cluster qualifies, the AUTO-ACCEPT RULE runs.
 
 AUTO-ACCEPT RULE: among the clustering's clusters that are still ``candidate``, are
 supported (cluster.py's filters), span at least ``min_videos`` distinct videos and have
@@ -62,6 +72,8 @@ DEFAULT_TOP_K = 4
 MAX_AUTO_EXAMPLES = 12  # an auto-accepted concept keeps its most central members only
 MIN_RANDOM_POOL = 12  # two disjoint random sets of 6 for TCAV's random-vs-random null
 MIN_VIDEOS = 20  # the demo model holds out every 5th video per class: 5 per class at least
+ACCEPT_RULES = ("ground-truth", "cohesion")
+GT_PREFIX = "gt-"
 
 Log = Callable[[str], None]
 
@@ -80,6 +92,7 @@ class DemoConfig:
     segmenters: str = "motion"   # the synthetic objects that matter move; motion finds them fast
     random_sets: int = 10        # TCAV random sets (the paper's number)
     random_set_size: int = 10    # clips per random set (lowered when the pool is small)
+    accept: str = "ground-truth"  # headless rule: ground-truth | cohesion (module docstring)
 
     def validate(self) -> None:
         if self.n_videos < MIN_VIDEOS:
@@ -88,6 +101,8 @@ class DemoConfig:
             raise ConfigError(f"--top {self.top_k} must be at least 1")
         if self.min_videos < 1:
             raise ConfigError("min_videos must be at least 1")
+        if self.accept not in ACCEPT_RULES:
+            raise ConfigError(f"--accept {self.accept!r} is not a rule; use one of {', '.join(ACCEPT_RULES)}")
 
 
 @dataclass(frozen=True)
@@ -342,6 +357,58 @@ def trim_and_accept(session, user_id: int, cluster, max_examples: int, name: str
         f"of {size} tubes ({n_videos} videos) of cluster {label} in clustering {cluster.clustering_id}"))
 
 
+def ground_truth_accept(workspace: Workspace, clustering_id: int, user_id: int, synth_dir: Path, *,
+                        max_examples: int = MAX_AUTO_EXAMPLES) -> tuple[list[AcceptedCluster], list[tuple[int, str]]]:
+    """Apply the GROUND-TRUTH RULE (module docstring): accept the clusters the synthetic
+    ground truth says carry each class's motion, and one distractor cluster, as
+    ``gt-<class>`` / ``gt-distractor``. Returns (accepted, failed) as :func:`auto_accept`;
+    a cluster accepted by an earlier run is reported again, not accepted twice."""
+    from conceptgen.errors import ConceptgenError
+    from conceptgen.ground_truth import ground_truth_clusters
+    from conceptgen.orm import Cluster, ClusterMember, Concept
+    from conceptgen.synth import load_ground_truth
+    from tcav.examples import MIN_CONCEPT_EXAMPLES
+
+    picks = ground_truth_clusters(workspace, clustering_id, load_ground_truth(synth_dir), candidates_only=True)
+    pool, out, failed = random_pool_size(workspace), [], []
+    for pick in picks:
+        name = f"{GT_PREFIX}{pick.stands_for}"
+        with workspace.session() as s:
+            cluster = s.get(Cluster, pick.cluster_id)
+            inliers = s.scalar(select(func.count(ClusterMember.id)).where(
+                ClusterMember.cluster_id == cluster.id, ClusterMember.excluded.is_(False),
+                ClusterMember.is_outlier.is_(False)))
+            status, size, n_videos, cohesion = cluster.status, cluster.size, cluster.n_videos, cluster.cohesion
+            concept = s.get(Concept, cluster.concept_id) if cluster.concept_id else None
+        if status == "accepted":
+            out.append(AcceptedCluster(pick.cluster_id, concept.name if concept else name, size, n_videos,
+                                       cohesion, False))
+            continue
+        kept = min(inliers, max_examples)
+        if inliers < MIN_CONCEPT_EXAMPLES or pool - kept < MIN_RANDOM_POOL:
+            failed.append((pick.cluster_id, f"{name}: {inliers} inlier(s), {pool} tubes in no concept; "
+                                            f"needs {MIN_CONCEPT_EXAMPLES} and a random pool of {MIN_RANDOM_POOL}"))
+            continue
+        try:
+            with workspace.session() as s:
+                trim_and_accept(s, user_id, s.get(Cluster, pick.cluster_id), max_examples, name,
+                                by=f"`conceptgen demo --headless` (ground truth: {pick.matched} {pick.stands_for} "
+                                   f"tubes, purity {pick.purity:.2f})")
+            out.append(AcceptedCluster(pick.cluster_id, name, size, n_videos, cohesion, True))
+            pool -= kept
+        except ConceptgenError as err:
+            failed.append((pick.cluster_id, str(err)))
+    return out, failed
+
+
+def ground_truth_hypotheses(concepts: list[str], targets: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The ground truth's claims, stated before TCAV runs: gt-<class> for its class,
+    gt-distractor for every class (empty when the concepts are not the ground truth's)."""
+    out = [(c, c[len(GT_PREFIX):]) for c in concepts if c[len(GT_PREFIX):] in targets]
+    out += [(c, t) for c in concepts if c == f"{GT_PREFIX}distractor" for t in targets]
+    return tuple(out) if out and all(c.startswith(GT_PREFIX) for c in concepts) else ()
+
+
 def _next_auto_name(taken_lower: set[str]) -> str:
     n = 1
     while f"{AUTO_PREFIX}{n}" in taken_lower:
@@ -397,8 +464,10 @@ def demo_tcav_request(workspace: Workspace, prepared: PreparedDemo, concepts: li
         raise DataError("too few tubes outside the accepted concepts for TCAV random sets; use more --videos")
     # A small demo's pool cannot hold pseudo-concepts beside random sets: the permutation test then.
     test = "pseudo" if pseudo_test_fits(pool, MAX_AUTO_EXAMPLES, size) else "permutation"
-    tcav = TcavConfig(layers=tcav_layers(), targets=tcav_targets(workspace), random_sets=config.random_sets,
-                      seed=config.seed, random_set_size=size, test=test)
+    targets = tcav_targets(workspace)
+    tcav = TcavConfig(layers=tcav_layers(), targets=targets, random_sets=config.random_sets,
+                      seed=config.seed, random_set_size=size, test=test,
+                      hypotheses=ground_truth_hypotheses(concepts, targets))
     return TcavRequest(model="demo", concepts=",".join(concepts), config=tcav)
 
 
@@ -481,11 +550,18 @@ def run_headless(workspace: Workspace, config: DemoConfig, *, log: Log = print) 
     from conceptgen.orm import User
 
     prepared = prepare_demo(workspace, config, log=log)
-    log(f"[auto] accept the top {config.top_k} clusters of clustering {prepared.clustering_id}")
     with workspace.session() as s:
         user_id = s.scalar(select(User.id).where(User.name == DEMO_USER))
-    accepted, failed = auto_accept(workspace, prepared.clustering_id, user_id, top_k=config.top_k,
-                                   min_videos=config.min_videos)
+    accepted, failed = [], []
+    if config.accept == "ground-truth":
+        log(f"[auto] accept the clusters the ground truth says carry each class's motion, and a distractor "
+            f"(clustering {prepared.clustering_id})")
+        accepted, failed = ground_truth_accept(workspace, prepared.clustering_id, user_id, prepared.synth_dir)
+    if not accepted:
+        log(f"[auto] accept the top {config.top_k} clusters of clustering {prepared.clustering_id}")
+        accepted, more = auto_accept(workspace, prepared.clustering_id, user_id, top_k=config.top_k,
+                                     min_videos=config.min_videos)
+        failed += more
     for cluster_id, reason in failed:
         log(f"      could not accept cluster {cluster_id}: {reason}")
     if not accepted:
@@ -505,19 +581,21 @@ def summary_lines(summary: HeadlessSummary) -> list[str]:
     p = summary.prepared
     lines = [f"demo login: user {p.login.name}, password {p.login.password} (also in {p.login.path})",
              f"run {p.run_id}, clustering {p.clustering_id} at layer {p.layer}; "
-             f"demo model held-out accuracy {p.test_accuracy:.2f}", "accepted concepts (rule: cohesion x ln(size)):"]
-    lines += [f"  {a.concept_name:<8} cluster {a.cluster_id:<5} {a.size:>4} tubes {a.n_videos:>3} videos "
+             f"demo model held-out accuracy {p.test_accuracy:.2f}",
+             "accepted concepts (rule: " + ("the synthetic ground truth" if summary.accepted and all(
+                 a.concept_name.startswith(GT_PREFIX) for a in summary.accepted) else "cohesion x ln(size)") + "):"]
+    lines += [f"  {a.concept_name:<16} cluster {a.cluster_id:<5} {a.size:>4} tubes {a.n_videos:>3} videos "
               f"cohesion {a.cohesion:.3f}{'' if a.newly_accepted else '  (already accepted)'}"
               for a in summary.accepted]
     lines += [f"  could not accept cluster {cid}: {reason}" for cid, reason in summary.failed_accepts]
     lines.append(f"TCAV experiment {summary.experiment_id}{' (reused)' if summary.experiment_reused else ''}:")
-    lines.append(f"  {'concept':<8} {'layer':<10} {'class':<14} {'dynamic':>7} {'static':>7} {'p corr':>7}  "
+    lines.append(f"  {'concept':<16} {'layer':<10} {'class':<14} {'dynamic':>7} {'static':>7} {'p corr':>7}  "
                  f"verdict (dynamic)")
     static = {(r.concept, r.layer, r.target): r for r in summary.tcav_rows if r.variant == "static"}
     for r in (r for r in summary.tcav_rows if r.variant == "dynamic"):
         twin = static.get((r.concept, r.layer, r.target))
-        p_text = "-" if r.p_corrected is None else f"{r.p_corrected:.3f}"
-        lines.append(f"  {r.concept:<8} {r.layer:<10} {r.target:<14} {r.tcav_mean:>7.2f} "
+        p_text = "-" if r.p_corrected is None else f"{r.p_corrected:.3g}"
+        lines.append(f"  {r.concept:<16} {r.layer:<10} {r.target:<14} {r.tcav_mean:>7.2f} "
                      f"{'-' if twin is None else f'{twin.tcav_mean:.2f}':>7} {p_text:>7}  {r.verdict}")
     lines += [f"warning: {w}" for w in summary.warnings]
     folder = summary.plots[0].parent if summary.plots else None

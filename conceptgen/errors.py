@@ -13,6 +13,17 @@ class ConceptgenError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def shorten(text: object, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters, cut at a word boundary with an
+    ellipsis (a message quoting another library's error must never end mid-word)."""
+    words = " ".join(str(text).split())
+    if len(words) <= limit:
+        return words
+    cut = words[:limit - 1]
+    head = cut.rsplit(" ", 1)[0] if " " in cut else cut
+    return head.rstrip(",;:") + "…"
+
+
 class ConfigError(ConceptgenError):
     """Bad option, conflicting flags, missing file or unknown name."""
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from conceptgen import hf_models
-from conceptgen.errors import ConfigError, ModelError, UnknownClassError
+from conceptgen.errors import ConfigError, ModelError, UnknownClassError, shorten
 from conceptgen.hashing import sha256_bytes
 # The input side lives in conceptgen.model_io; these names stay importable from here.
 from conceptgen.model_io import (KINETICS_MEAN, KINETICS_STD, InputSpec, forward_failure,  # noqa: F401
@@ -203,7 +203,7 @@ def _call_builder(name: str, build: Callable[..., Any], kwargs: dict) -> nn.Modu
     try:
         model = build(**kwargs)
     except Exception as err:  # user code: any failure is a one-line ModelError
-        first = " ".join(str(err).split())[:200]
+        first = shorten(err)
         raise ModelError(f"building {name} with model kwargs {json.dumps(kwargs)} failed "
                          f"({type(err).__name__}: {first}); check --model-kwargs") from err
     if isinstance(model, torch.jit.ScriptModule):
@@ -308,7 +308,7 @@ def _read_mapping(path: Path, keys: tuple[str, ...], what: str) -> dict:
             d = yaml.safe_load(text)
     except Exception as err:  # unreadable or malformed: one line
         raise ModelError(f"cannot read {what} {path} ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:150]}); fix the file") from err
+                         f"{shorten(err, 150)}); fix the file") from err
     if not isinstance(d, dict):
         raise ModelError(f"{what} {path} must be a mapping with keys {', '.join(keys)}")
     unknown = sorted(set(d) - set(keys))
@@ -545,8 +545,13 @@ def _ensure_downloadable(name: str, url: str) -> None:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict from a raw dict or a wrapper with state_dict/model_state/model."""
+    from conceptgen.capture import TORCHSCRIPT_REFUSAL
+
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist; check --weights PATH")
+    if _is_torchscript(path):  # torch.load would fail with a RuntimeError that never says so
+        raise ModelError(f"--weights {path} is a TorchScript file, not a state_dict: {TORCHSCRIPT_REFUSAL}; "
+                         "save the weights with torch.save(model.state_dict(), PATH)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -565,9 +570,27 @@ def _load_state_dict(model: nn.Module, state: dict, what: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = " ".join(str(err).split())[:200]
-        raise ModelError(f"weights do not fit {what}: {first}; give weights saved from the same "
-                         "architecture") from err
+        raise ModelError(f"weights do not fit {what}: {state_dict_mismatch(model.state_dict(), state)}; "
+                         "give weights saved from the same architecture and --model-kwargs") from err
+
+
+def state_dict_mismatch(expected: dict, given: dict, *, examples: int = 2) -> str:
+    """What differs between a model's state_dict and a file's, counted and named (a few
+    of each kind, whole names), instead of torch's message cut at an arbitrary length."""
+    def names(keys) -> str:
+        keys = sorted(keys)
+        more = f" and {len(keys) - examples} more" if len(keys) > examples else ""
+        return ", ".join(keys[:examples]) + more
+
+    missing, unexpected = set(expected) - set(given), set(given) - set(expected)
+    shapes = [f"{k} {tuple(given[k].shape)} in the file vs {tuple(expected[k].shape)} in the model"
+              for k in sorted(set(expected) & set(given))
+              if hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = ([f"{len(missing)} missing key(s) ({names(missing)})"] if missing else []) + \
+        ([f"{len(unexpected)} unexpected key(s) ({names(unexpected)})"] if unexpected else []) + \
+        ([f"{len(shapes)} shape mismatch(es) ({'; '.join(shapes[:examples])}"
+          f"{f' and {len(shapes) - examples} more' if len(shapes) > examples else ''})"] if shapes else [])
+    return ", ".join(parts) or "the values could not be copied"
 
 
 def _load_checkpoint(path: Path, name: str) -> LoadedModel:

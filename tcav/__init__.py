@@ -3,10 +3,11 @@
 Modules, in the order the method uses them:
   examples     where clips come from (DB concepts, export/plain folders, class videos, random pool)
   activations  the one activation/gradient cache (content-hashed; one forward + backward per batch)
-  classifiers  CavClassifier ABC: sgd (default), logistic, svm, mean-diff; seeded, held-out accuracy
+  classifiers  CavClassifier ABC: mean-diff (default), sgd, logistic, svm; seeded, held-out accuracy
   cav          the CAV dataclass (saves/loads itself)
   scoring      directional derivatives, TCAV / magnitude / temporal TCAV (pure)
-  stats        permutation / t-test against the random-vs-random null, Bonferroni / Holm, power (pure)
+  stats        the pseudo-concept rank test, permutation / t-test, correction families, ties, z, power (pure)
+  pseudo_null  the pseudo-concept null: pool candidates, prefix-stable draws, M per family, their statistic
   diagnostics  degenerate layers, the CAV quality gate, null health (pure)
   experiment   run_tcav: the orchestrator
   calibration  the test's false-positive rate on the experiment's own null, CAV stability (calibration.json)

@@ -8,7 +8,9 @@ Concepts come from
   * the database: approved concepts, current version, rendered from their tubes
     with ``render_mode`` (mask | crop | blur); imported clip files are used as is;
   * an export folder (``manifest.json`` written by ``conceptgen export``);
-  * a plain folder with one sub-folder of .mp4 clips per concept.
+  * a plain folder with one sub-folder of .mp4 clips per concept;
+  * concept folders named one by one or by a glob (``DIR/striped,DIR/dotted`` or
+    ``'DIR/str*'``), each folder one concept, as TF-TCAV and Captum keep them.
 The *static* counterpart of a dynamic concept is the same tubes rendered with one
 frame repeated over time (``render_tube_clip(static=True)``); for a plain clip,
 its middle frame repeated.
@@ -19,7 +21,11 @@ files of a folder, uniformly sampled to the model's frame count and resized.
 The random pool (stated rule): every tube in the database that is an example of
 *no* concept at all (any status, any version), rendered like the concepts; for
 folders, the clips of every sub-folder whose name starts with ``random``, or of
-``--random-pool DIR``. Because the rule excludes all concepts rather than only
+``--random-pool DIR``. TF-TCAV's and Captum's random folders (``random500_0`` ...
+``random500_N``) can also be the N random sets themselves, used exactly as they are
+(:func:`random_sets_from_folders`, ``--random-sets 'DIR/random500_*'``). Every file in
+a concept or random folder that is not a video (by suffix) is reported by name and
+counted (``rejected``); videos that fail to decode are reported when loaded. Because the rule excludes all concepts rather than only
 the scored ones, the pool, and so the null, does not move when the list of
 scored concepts changes.
 """
@@ -91,13 +97,48 @@ def file_example(path: Path, spec, *, static: bool = False, render_mode: str = "
                    lambda: clip_from_file(path, spec.num_frames, spec.side, static=static))
 
 
-def clip_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in CLIP_SUFFIXES and p.is_file())
+def clip_files(folder: Path, rejected: dict[str, str] | None = None) -> list[Path]:
+    """The video files under ``folder``; every other file (hidden files and an export's
+    manifest aside) is recorded in ``rejected`` (path -> reason), never skipped silently."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+    clips = [p for p in files if p.suffix.lower() in CLIP_SUFFIXES]
+    if rejected is not None:
+        for p in files:
+            if p.suffix.lower() not in CLIP_SUFFIXES and p.name != "manifest.json":
+                rejected[str(p)] = f"not a video file ({p.suffix or 'no suffix'}; videos are {', '.join(CLIP_SUFFIXES)})"
+    return clips
+
+
+GLOB_CHARS = "*?["
+
+
+def folders_matching(spec: str, flag: str) -> list[Path]:
+    """Folders named by ``spec``: comma-separated paths, each a folder or a glob of folders
+    (sorted, each once). A part that names no folder is a one-line error."""
+    import glob
+
+    out: list[Path] = []
+    for part in (p.strip() for p in str(spec).split(",") if p.strip()):
+        if any(c in part for c in GLOB_CHARS):
+            found = sorted(Path(p) for p in glob.glob(part) if Path(p).is_dir())
+        else:
+            found = [Path(part)] if Path(part).is_dir() else []
+        if not found:
+            raise ConfigError(f"{flag} {part} matches no folder: give folders or a quoted glob such as "
+                              f"'DIR/random500_*'")
+        out += [p for p in found if p not in out]
+    return out
+
+
+def is_folder_spec(spec: str) -> bool:
+    """Whether ``--concepts`` names folders (a path, several, or a glob) rather than database concepts."""
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    return bool(parts) and all(Path(p).is_dir() or any(c in p for c in GLOB_CHARS) and "/" in p for p in parts)
 
 
 # --- concepts -----------------------------------------------------------------
-def concepts_from_folder(root: str | Path, spec, *, names: Sequence[str] | None = None
-                         ) -> list[ConceptExamples]:
+def concepts_from_folder(root: str | Path, spec, *, names: Sequence[str] | None = None,
+                         rejected: dict[str, str] | None = None) -> list[ConceptExamples]:
     """One dynamic concept per sub-folder of ``root`` (random* folders excluded);
     an export folder (with manifest.json) is read through its manifest."""
     root = Path(root)
@@ -108,8 +149,31 @@ def concepts_from_folder(root: str | Path, spec, *, names: Sequence[str] | None 
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(RANDOM_PREFIX))
     if names:
         folders = [p for p in folders if p.name in set(names)]
-    return [ConceptExamples(p.name, "dynamic", [file_example(f, spec) for f in clip_files(p)])
+    return concept_folders(folders, spec, rejected=rejected)
+
+
+def concept_folders(folders: Sequence[Path], spec, *, rejected: dict[str, str] | None = None
+                    ) -> list[ConceptExamples]:
+    """Each folder one dynamic concept named after it (its clips, recursively)."""
+    names = [Path(p).name for p in folders]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two concept folders are named {twice[0]}: concepts are named by their folder; "
+                          "rename one")
+    return [ConceptExamples(Path(p).name, "dynamic", [file_example(f, spec) for f in clip_files(p, rejected)])
             for p in folders]
+
+
+def concepts_from_spec(spec_text: str, spec, *, rejected: dict[str, str] | None = None) -> list[ConceptExamples]:
+    """``--concepts`` given as folders: one root folder (a sub-folder per concept, or an
+    export), or concept folders named one by one or by glob."""
+    named = folders_matching(spec_text, "--concepts")
+    folders = [f for f in named if not f.name.startswith(RANDOM_PREFIX)] or named   # 'DIR/*' leaves random* out
+    root = folders[0]
+    direct = any(p.is_file() and p.suffix.lower() in CLIP_SUFFIXES for p in root.iterdir())
+    if len(folders) == 1 and ((root / "manifest.json").is_file() or not direct):
+        return concepts_from_folder(root, spec, rejected=rejected)   # a root of concept folders, or an export
+    return concept_folders(folders, spec, rejected=rejected)
 
 
 def concepts_from_export(root: Path, spec, *, names: Sequence[str] | None = None) -> list[ConceptExamples]:
@@ -226,14 +290,29 @@ def random_pool_from_db(workspace, spec, *, render_mode: str) -> list[Example]:
     return [_record_example(r, spec, render_mode, workspace.media, static=False) for r in records]
 
 
-def random_pool_from_folder(folder: str | Path, spec) -> list[Example]:
+def random_pool_from_folder(folder: str | Path, spec, *, rejected: dict[str, str] | None = None) -> list[Example]:
     """Clips under ``folder``'s random* sub-folders, or under ``folder`` itself when it has none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"random pool {folder} is not a folder: pass a folder of .mp4 clips")
     subs = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name.startswith(RANDOM_PREFIX)]
-    files = [f for p in subs for f in clip_files(p)] if subs else clip_files(folder)
+    files = [f for p in subs for f in clip_files(p, rejected)] if subs else clip_files(folder, rejected)
     return [file_example(f, spec) for f in files]
+
+
+def random_sets_from_folders(spec_text: str, spec, *, rejected: dict[str, str] | None = None
+                             ) -> list[list[Example]]:
+    """TF-TCAV's and Captum's random folders as the N random sets, one set per folder
+    (comma-separated folders or a glob such as ``'DIR/random500_*'``), in sorted order."""
+    folders = folders_matching(spec_text, "--random-sets")
+    if len(folders) < 2:
+        raise ConfigError(f"--random-sets {spec_text} names {len(folders)} folder; random sets need at least 2 "
+                          "(e.g. 'DIR/random500_*')")
+    sets = [[file_example(f, spec) for f in clip_files(p, rejected)] for p in folders]
+    small = [(p, len(s)) for p, s in zip(folders, sets) if len(s) < 2]
+    if small:
+        raise DataError(f"random set folder {small[0][0]} holds {small[0][1]} video(s); each needs at least 2")
+    return sets
 
 
 def check_enough(concepts: Sequence[ConceptExamples], class_examples: Sequence[Example],

@@ -39,8 +39,10 @@ import numpy as np
 from conceptgen.errors import ConfigError, DataError
 from conceptgen.malloc_tuning import keep_freed_memory
 from tcav import diagnostics, scoring, stats
+from tcav.pseudo_null import (PSEUDO_POOL_CAP, draw_pseudo_concepts, is_cheap, null_set_count,  # noqa: F401
+                              pseudo_null_means, pseudo_pool_indices, pseudo_tcav_per_set, pseudo_test_fits)
 from tcav.activations import ActivationStore
-from tcav.calibration import Calibration, calibrate
+from tcav.calibration import CAV_STABILITY_MIN, Calibration, calibrate
 from tcav.cav import CAV
 from tcav.classifiers import MIN_EXAMPLES_PER_SIDE, MeanDifferenceClassifier, make_classifier
 from tcav.examples import ConceptExamples, Example, check_enough, static_counterpart, static_example
@@ -48,7 +50,8 @@ from tcav.examples import ConceptExamples, Example, check_enough, static_counter
 DEFAULT_RANDOM_SETS = 10   # as the Video-TCAV paper
 MAX_RANDOM_SETS = 500
 AUTO_START = 10
-PSEUDO_POOL_CAP = 500   # pool clips pseudo-concepts are drawn from (a seeded subset of larger pools)
+AUTO_SEEDS = 3         # --seeds auto: this many when the extra draws need no model work
+MAX_SEEDS = 20
 CALIBRATION_NULL_SETS = 20   # two-sample tests: pseudo-concepts per cell and size scored for calibration.json
 
 
@@ -60,10 +63,11 @@ class TcavConfig:
     targets: tuple[str, ...]
     random_sets: int | str = DEFAULT_RANDOM_SETS   # an int, or "auto"
     seed: int = 0
-    classifier: str = "sgd"
+    classifier: str = "mean-diff"   # stable across seeds (calibration.json's cav_stability); sgd as TF-TCAV
     test: str = "pseudo"
     statistic: str = "auto"         # what the test ranks: auto = logit-change for pseudo, else tcav
     correction: str = "bonferroni"
+    family: str = "target-layer"    # hypotheses corrected together: per target and layer | target | experiment
     alpha: float = stats.DEFAULT_ALPHA
     random_set_size: int = 20
     render_mode: str = "crop"
@@ -71,7 +75,8 @@ class TcavConfig:
     relative: bool = True
     max_random_sets: int = 80       # cap for "auto"
     n_resamples: int = stats.DEFAULT_RESAMPLES
-    null_sets: int = 0              # test "pseudo": M pseudo-concepts; 0 = auto (Bonferroni reachable)
+    null_sets: int = 0              # test "pseudo": M pseudo-concepts; 0 = auto (smallest p_corr <= alpha/100)
+    seeds: int = 0                  # K seeds of the random-set draws for stability; 0 = auto (3 when cheap)
     # two-sample tests: pseudo-concepts per (layer, class, variant, size) scored for calibration.json; 0 = none
     calibration_sets: int = CALIBRATION_NULL_SETS
     # (concept name, target class) pairs to test, stated before the run; empty: every pair.
@@ -99,6 +104,10 @@ class TcavConfig:
             raise ConfigError("no target class given: pass --target CLASS")
         if self.test not in stats.TESTS:
             raise ConfigError(f"unknown test {self.test!r}: use one of {', '.join(stats.TESTS)}")
+        if self.family not in stats.FAMILIES:
+            raise ConfigError(f"unknown correction family {self.family!r}: use one of {', '.join(stats.FAMILIES)}")
+        if not 0 <= int(self.seeds) <= MAX_SEEDS:
+            raise ConfigError(f"--seeds must be 0 (auto) or 1 to {MAX_SEEDS}, got {self.seeds}")
         if self.correction not in stats.CORRECTIONS:
             raise ConfigError(f"unknown correction {self.correction!r}: use one of {', '.join(stats.CORRECTIONS)}")
         if self.statistic not in ("auto", *stats.STATISTICS):
@@ -123,6 +132,9 @@ class TcavInputs:
     concepts: list[ConceptExamples]
     class_examples: dict[str, list[Example]]   # target class name -> example videos
     random_pool: list[Example]
+    rejected: dict[str, str] = field(default_factory=dict)   # files in the folders that are not videos -> why
+    # TF-TCAV's random folders used exactly as the N random sets (their clips are the pool); None: drawn
+    random_sets: list[list[Example]] | None = None
 
 
 @dataclass
@@ -150,6 +162,16 @@ class HypothesisResult:
     # per random set (or other concept): first-order class-logit change towards the concept
     logit_changes: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_examples: int = 0   # concept clips that loaded
+    z: float | None = None   # test "pseudo": the statistic's distance from the pseudo-null median, in its SDs
+    family: str = ""         # the correction family it was tested in ("" outside every family)
+    seeds_significant: int | None = None   # of ``n_seeds`` draws of the random sets, how many called it significant
+    n_seeds: int = 1
+    cav_stability: float | None = None     # mean cosine between its CAVs (random sets and seeds)
+
+    @property
+    def seed_share(self) -> float | None:
+        """Share of the seeds in which the verdict holds (None: one seed)."""
+        return None if self.seeds_significant is None else self.seeds_significant / self.n_seeds
 
     @property
     def tcav_mean(self) -> float:
@@ -190,6 +212,25 @@ class LayerReport:
         return float(np.mean(self.null_scores))
 
 
+@dataclass(frozen=True)
+class CorrectionFamily:
+    """Hypotheses corrected together: ``key`` (target, layer), (target,) or () for the experiment."""
+
+    key: tuple[str, ...]
+    size: int           # m, the correction's hypothesis count
+    null_sets: int      # test "pseudo": M of its null (0 otherwise)
+    power: stats.PowerCheck
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.key) or "experiment"
+
+
+def family_key(r: "HypothesisResult", family: str) -> tuple[str, ...]:
+    """The correction family of a hypothesis under ``TcavConfig.family``."""
+    return {"target-layer": (r.target, r.layer), "target": (r.target,), "experiment": ()}[family]
+
+
 @dataclass
 class TcavReport:
     config: TcavConfig
@@ -204,6 +245,11 @@ class TcavReport:
     files: list[Path] = field(default_factory=list)
     cavs: list[CAV] = field(default_factory=list)   # every concept-vs-random-set CAV (tcav.saved_cavs)
     calibration: Calibration | None = None   # the test's false-positive rate on this null
+    families: list["CorrectionFamily"] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)   # why a tested row is in no family -> rows
+    seeds: list[int] = field(default_factory=list)   # the random-set seeds scored (the first is config.seed)
+    # (concept label, layer) -> each seed's CAV averaged over its random sets (D,)
+    seed_cav_means: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
 
     def tested(self) -> list[HypothesisResult]:
         return [r for r in self.results if r.comparison == "random"]
@@ -236,6 +282,10 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
     from conceptgen.registry import as_loaded
 
     loaded = as_loaded(loaded, spec=spec, class_names=class_names)
+    if inputs.random_sets is not None:   # TF-TCAV's folders are the sets: N and their size are theirs
+        config = replace(config, random_sets=len(inputs.random_sets),
+                         random_set_size=max(len(s) for s in inputs.random_sets))
+        inputs = replace(inputs, random_pool=list({e.key: e for s in inputs.random_sets for e in s}.values()))
     config.validate()
     keep_freed_memory()  # batches of forward + backward: no page faults per batch
     targets = {name: loaded.class_index(name) for name in config.targets}
@@ -254,19 +304,87 @@ def run_tcav(loaded, inputs: TcavInputs, config: TcavConfig, *, cache_dir: str |
         check_enough(concepts, inputs.class_examples[name], inputs.random_pool,
                      random_set_size=config.random_set_size, target=name)
     pool = sorted(inputs.random_pool, key=lambda e: e.key)  # order-independent sampling
+    memo: dict = {}   # grad . clip projections of the pseudo null, for every draw of this run
     if config.random_sets != "auto":
-        report = _score(store, concepts, inputs, pool, targets, config, int(config.random_sets))
+        report = _score(store, concepts, inputs, pool, targets, config, int(config.random_sets), memo=memo)
     else:
-        report = _score_auto(store, concepts, inputs, pool, targets, config)
-    report.skipped = dict(store.failed)
+        report = _score_auto(store, concepts, inputs, pool, targets, config, memo)
+    _across_seeds(report, seed_count(config, len(pool), inputs.random_sets is not None),
+                  lambda s: _score(store, concepts, inputs, pool, targets, config, report.n_random_sets, seed=s,
+                                   memo=memo))
+    report.skipped = {**inputs.rejected, **store.failed}
     report.warnings += _no_temporal_notes(store, loaded, config.layers, inputs.class_examples, targets)
     report.calibration = calibrate(report)
+    _flag_unstable_cavs(report)
     if report.calibration.warning:
         report.warnings.append(report.calibration.warning)
+    if inputs.rejected:
+        report.warnings.append(_skipped_warning("file(s) that are not videos", list(inputs.rejected)))
     if store.failed:
-        report.warnings.append(f"skipped {len(store.failed)} clip(s) that failed to load, e.g. "
-                               f"{next(iter(store.failed.values()))}")
+        report.warnings.append(_skipped_warning("clip(s) that failed to load", list(store.failed.values())))
     return report
+
+
+def _skipped_warning(what: str, names: list[str], shown: int = 5) -> str:
+    """Counted and named (the first ``shown``; all of them are in ``TcavReport.skipped``)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"skipped {len(names)} {what}: {'; '.join(names[:shown])}{more}"
+
+
+def seed_count(config: TcavConfig, pool_size: int, fixed_sets: bool = False) -> int:
+    """K seeds of the random-set draws: ``config.seeds``, or auto: ``AUTO_SEEDS`` when the
+    extra draws need no model work and little fitting (test "pseudo", whose candidates are
+    the whole pool when it is within ``PSEUDO_POOL_CAP``, and mean-difference CAVs), else 1."""
+    if config.seeds:
+        return int(config.seeds)
+    if fixed_sets:   # TF-TCAV's folders are the sets: no other draw of them to check
+        return 1
+    cheap = (config.test == "pseudo" and pool_size <= PSEUDO_POOL_CAP
+             and config.classifier == MeanDifferenceClassifier.name)
+    return AUTO_SEEDS if cheap else 1
+
+
+def _across_seeds(report: TcavReport, k: int, score_with) -> None:
+    """Scores K - 1 more draws of the random sets (seeds from the stream "stability"),
+    records per tested row how many of the K called it significant, and says in the
+    verdict whether it is stable. The shown p-values and scores stay those of config.seed."""
+    if k <= 1:
+        return
+    seeds = [stats.derive_seed(report.config.seed, "stability", i) for i in range(1, k)]
+    counts = {key: int(v) for key, v in _verdicts(report).items()}
+    for seed in seeds:
+        other = score_with(seed)
+        for key, significant in _verdicts(other).items():
+            counts[key] = counts.get(key, 0) + int(significant)
+        for key, mean in _set_averaged_cavs(other.cavs).items():
+            report.seed_cav_means.setdefault(key, []).append(mean)
+    report.seeds += seeds
+    for r in report.tested():
+        if not r.family or "unreliable CAV" in r.flags:
+            continue   # degenerate, not stated or not learnable: the verdict says why already
+        r.seeds_significant, r.n_seeds = counts[(r.concept, r.variant, r.layer, r.target)], k
+        if r.significant and r.seeds_significant == k:
+            r.verdict += f"; stable: {k}/{k} seeds"
+        elif r.significant:
+            r.flags.append("unstable across seeds")
+            r.verdict = f"unstable: significant in {r.seeds_significant}/{k} seeds; " + r.verdict
+        elif r.seeds_significant:
+            r.flags.append("unstable across seeds")
+            r.verdict += f" (unstable: significant in {r.seeds_significant}/{k} seeds)"
+        else:
+            r.verdict += f" in any of {k} seeds"
+
+
+def _flag_unstable_cavs(report: TcavReport) -> None:
+    """Each tested row gets its CAVs' stability (calibration.json); below
+    ``CAV_STABILITY_MIN`` the row is flagged "unstable CAV" (its verdict stands)."""
+    stability = {(s["concept"], s["layer"]): s["cosine"]
+                 for s in (report.calibration.cav_stability_by_concept if report.calibration else [])}
+    for r in report.tested():
+        label = r.concept if r.variant == "dynamic" else f"{r.concept} [{r.variant}]"
+        r.cav_stability = stability.get((label, r.layer))
+        if r.cav_stability is not None and r.cav_stability < CAV_STABILITY_MIN:
+            r.flags.append("unstable CAV")
 
 
 def _no_temporal_notes(store, loaded, layers, class_examples, targets) -> list[str]:
@@ -332,42 +450,6 @@ def random_set_plan(pool: Sequence[Example], n: int, size: int, seed: int):
     return random_sets, null_pairs, used
 
 
-def pseudo_pool_indices(n_pool: int, seed: int, cap: int = PSEUDO_POOL_CAP) -> list[int]:
-    """The pool clips pseudo-concepts are drawn from: all of them, or a seeded
-    ``cap`` of a large pool (stream "pseudo-pool"), so a database-wide pool of
-    thousands of tubes does not all go through the model."""
-    if n_pool <= cap:
-        return list(range(n_pool))
-    return sorted(np.random.default_rng(stats.derive_seed(seed, "pseudo-pool")).permutation(n_pool)[:cap].tolist())
-
-
-def draw_pseudo_concepts(candidates: Sequence[int], m: int, size: int, seed: int) -> list[list[int]]:
-    """M pseudo-concepts of ``size`` pool indices out of ``candidates``; set j depends
-    only on (seed, size, j), so the null does not move when the concept list changes."""
-    candidates = np.asarray(candidates)
-    return [sorted(candidates[np.random.default_rng(stats.derive_seed(seed, "pseudo-concepts", size, j))
-                              .choice(len(candidates), size, replace=False)].tolist()) for j in range(m)]
-
-
-def pseudo_test_fits(pool_size: int, concept_size: int, random_set_size: int) -> bool:
-    """Whether the pool holds a pseudo-concept of the concept's size beside a whole
-    random set: smaller pools leave random sets that pseudo-concepts swallow."""
-    return pool_size >= concept_size + random_set_size
-
-
-def _pseudo_is_cheap(config: TcavConfig) -> bool:
-    """The logit change and mean-difference TCAV scores need no classifier fit per pseudo-concept."""
-    return config.test_statistic == "logit-change" or config.classifier == MeanDifferenceClassifier.name
-
-
-def null_set_count(config: TcavConfig, n_hypotheses: int) -> int:
-    """M for the pseudo null: ``config.null_sets``, or auto from the family's size."""
-    if config.null_sets:
-        return int(config.null_sets)
-    cap = stats.MAX_AUTO_NULL_SETS if _pseudo_is_cheap(config) else stats.MAX_AUTO_NULL_SETS_FITTED
-    return stats.auto_null_sets(n_hypotheses, config.alpha, cap=cap)
-
-
 def _in_family(r: HypothesisResult, null: LayerReport, config: TcavConfig) -> bool:
     """Tested and corrected together: stated pairs (all if none stated) at non-degenerate layers."""
     return ((not config.hypotheses or (r.concept, r.target) in set(config.hypotheses))
@@ -375,11 +457,12 @@ def _in_family(r: HypothesisResult, null: LayerReport, config: TcavConfig) -> bo
 
 
 def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: dict[str, int],
-           config: TcavConfig, n_sets: int, *, seed: int | None = None) -> TcavReport:
-    """Steps 1 and 4-6 with N random sets (``seed``: config.seed, or the auto check's)."""
+           config: TcavConfig, n_sets: int, *, seed: int | None = None, memo: dict | None = None) -> TcavReport:
+    """Steps 1 and 4-6 with N random sets (``seed``: config.seed, or the auto check's or a
+    stability seed; ``memo``: the pseudo null's grad . clip projections, shared by the calls of one run)."""
     seed = config.seed if seed is None else seed
     classifier = make_classifier(config.classifier)
-    draw = _draw_random(store, concepts, pool, config, n_sets, seed)
+    draw = _draw_random(store, concepts, pool, config, n_sets, seed, inputs.random_sets)
     results: list[HypothesisResult] = []
     layer_reports: list[LayerReport] = []
     all_cavs: list[CAV] = []
@@ -397,17 +480,63 @@ def _score(store: ActivationStore, concepts, inputs: TcavInputs, pool, targets: 
             results += scored
     # after the diagnosis: pseudo-concepts only in (layer, class) cells with hypotheses to test
     nulls, family = _testable_family(results, layer_reports, config)
-    n_null_sets = 0
+    families = _group_families(family, config)
+    null_sets = {key: null_set_count(config, len(members)) if config.test == "pseudo" else 0
+                 for key, members in families.items()}
     if config.test == "pseudo":
-        n_null_sets = _pseudo_concept_null(store, classifier, draw, family, nulls, inputs, targets, config, seed)
+        _pseudo_concept_null(store, classifier, draw, families, null_sets, nulls, inputs, targets, config, seed,
+                             {} if memo is None else memo)
     elif config.calibration_sets:
         _two_sample_calibration_null(store, classifier, draw.pools, draw.random_sets, draw.null_pairs, family, nulls,
                                      inputs, targets, config, seed)
-    power = _test_and_correct(results, layer_reports, config, n_sets, seed,
-                              grid=max(len(inputs.class_examples[t]) for t in targets), n_null_sets=n_null_sets)
-    return TcavReport(config, n_sets, results, layer_reports, power,
-                      _report_warnings(power, layer_reports, config, classifier.name, n_null_sets, n_sets),
-                      cavs=all_cavs)
+    corrected = _test_and_correct(results, nulls, families, null_sets, config, n_sets, seed,
+                                  grid=max(len(inputs.class_examples[t]) for t in targets))
+    power = _overall_power(corrected, config, n_sets)
+    report = TcavReport(config, n_sets, results, layer_reports, power,
+                        _report_warnings(corrected, power, layer_reports, config, classifier.name, n_sets),
+                        cavs=all_cavs, families=corrected, left_out=_left_out(results, nulls, config), seeds=[seed])
+    report.seed_cav_means = {key: [v] for key, v in _set_averaged_cavs(all_cavs).items()}
+    return report
+
+
+def _group_families(family: list[HypothesisResult], config: TcavConfig) -> dict[tuple[str, ...], list]:
+    """The testable hypotheses by correction family (``config.family``), in a stable order."""
+    out: dict[tuple[str, ...], list[HypothesisResult]] = {}
+    for r in family:
+        out.setdefault(family_key(r, config.family), []).append(r)
+    return dict(sorted(out.items()))
+
+
+def _left_out(results, nulls, config: TcavConfig) -> dict[str, int]:
+    """Tested rows in no family, counted by why: a degenerate layer, or not a stated hypothesis."""
+    out: dict[str, int] = {}
+    for r in results:
+        if r.comparison != "random" or _in_family(r, nulls[(r.layer, r.target, r.variant)], config):
+            continue
+        why = (f"degenerate layer {r.layer}" if nulls[(r.layer, r.target, r.variant)].diagnosis.degenerate
+               else "not a stated hypothesis")
+        out[why] = out.get(why, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _overall_power(families: list["CorrectionFamily"], config: TcavConfig, n_sets: int) -> stats.PowerCheck:
+    """The largest family's power check (the hardest to pass); an empty run's, with none."""
+    if families:
+        return max(families, key=lambda f: f.size).power
+    return stats.power_check(n_sets, 0, test=config.test, alpha=config.alpha, n_resamples=config.n_resamples,
+                             n_null_sets=null_set_count(config, 1) if config.test == "pseudo" else 0)
+
+
+def _set_averaged_cavs(cavs: list[CAV]) -> dict[tuple[str, str], np.ndarray]:
+    """(concept label, layer) -> the unit mean of its CAVs over the random sets (D,)."""
+    groups: dict[tuple[str, str], list[np.ndarray]] = {}
+    for cav in cavs:
+        groups.setdefault((cav.concept, cav.layer), []).append(cav.vector.astype(np.float64))
+    out = {}
+    for key, vectors in groups.items():
+        mean = np.mean(vectors, axis=0)
+        out[key] = mean / (np.linalg.norm(mean) or 1.0)
+    return out
 
 
 def _testable_family(results, layer_reports, config: TcavConfig) -> tuple[dict, list[HypothesisResult]]:
@@ -433,13 +562,18 @@ class _RandomDraw:
         return store.activations([self.pools[variant][j] for j in indices], layer)
 
 
-def _draw_random(store, concepts, pool, config: TcavConfig, n_sets: int, seed: int) -> _RandomDraw:
+def _draw_random(store, concepts, pool, config: TcavConfig, n_sets: int, seed: int,
+                 fixed: list[list[Example]] | None = None) -> _RandomDraw:
     """Step 1 (and step 3 for the drawn clips): random sets, null pairs and, for test
-    "pseudo", the candidates, out of pool clips that load; a pool too small for the
-    pseudo-concept test is a one-line error."""
+    "pseudo", the candidates, out of pool clips that load (``fixed``: the given sets
+    themselves); a pool too small for the pseudo-concept test is a one-line error."""
     pseudo = config.test == "pseudo"
     variants = sorted({c.variant for c in concepts})
-    draw = _RandomDraw(*_draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed, pseudo=pseudo))
+    if fixed is not None:
+        draw = _RandomDraw(*_fixed_sets(store, pool, fixed, variants, seed, pseudo=pseudo))
+    else:
+        draw = _RandomDraw(*_draw_usable_sets(store, pool, variants, n_sets, config.random_set_size, seed,
+                                              pseudo=pseudo))
     largest = max(len(c.examples) for c in concepts)
     if pseudo and not pseudo_test_fits(len(pool), largest, config.random_set_size):
         raise DataError(f"the random pool has {len(pool)} clips, too few for the pseudo-concept test with "
@@ -480,34 +614,50 @@ def _concept_vs_random(store, classifier, concepts, draw: _RandomDraw, layer: st
     return cavs, means
 
 
-def _pseudo_concept_null(store, classifier, draw: _RandomDraw, family, nulls, inputs: TcavInputs,
-                         targets: dict[str, int], config: TcavConfig, seed: int) -> int:
-    """Step 5 for test "pseudo": M pseudo-concepts of each tested concept size, scored
+def _pseudo_concept_null(store, classifier, draw: _RandomDraw, families, null_sets, nulls, inputs: TcavInputs,
+                         targets: dict[str, int], config: TcavConfig, seed: int, memo: dict) -> None:
+    """Step 5 for test "pseudo": pseudo-concepts of each tested concept size, scored
     like a concept against the same random sets, in every (layer, class, variant) cell
-    that holds a hypothesis of the family. Fills each null's ``pseudo_means``; returns M."""
-    n_null_sets = null_set_count(config, len(family))
-    pseudo_sets = {size: draw_pseudo_concepts(draw.candidates, n_null_sets, size, seed)
-                   for size in sorted({r.n_examples for r in family})}
+    that holds a hypothesis of a family; a cell keeps the first M of its family (rows
+    are prefix-stable, so a cell's null does not depend on the other families).
+    Fills each null's ``pseudo_means``."""
+    wanted: dict[tuple[str, str, str], dict[int, int]] = {}   # cell -> concept size -> M
+    for key, members in families.items():
+        for r in members:
+            wanted.setdefault((r.layer, r.target, r.variant), {})[r.n_examples] = null_sets[key]
+    largest: dict[int, int] = {}
+    for sizes in wanted.values():
+        for size, m in sizes.items():
+            largest[size] = max(largest.get(size, 0), m)
+    pseudo_sets = {size: draw_pseudo_concepts(draw.candidates, m, size, seed) for size, m in sorted(largest.items())}
     for layer in config.layers:
-        cells = {(r.target, r.variant) for r in family if r.layer == layer}
+        cells = {(t, v) for (cell_layer, t, v) in wanted if cell_layer == layer}
         grads = {t: store.gradients(inputs.class_examples[t], layer, targets[t])
                  for t in sorted({t for t, _ in cells})}
         for variant in sorted({v for _, v in cells}):
             for size, sets in pseudo_sets.items():
-                means = _pseudo_null_means(store, classifier, draw.pools[variant], sets, draw.random_sets, layer,
-                                           grads, seed, config.test_statistic)
+                needed = {t: wanted[(layer, t, variant)].get(size, 0) for t, v in cells if v == variant}
+                if not any(needed.values()):
+                    continue
+                means = pseudo_null_means(store, classifier, draw.pools[variant], sets[:max(needed.values())],
+                                          draw.random_sets, layer, {t: grads[t] for t in needed}, seed,
+                                          config.test_statistic, memo)
                 for t, m in means.items():
-                    nulls[(layer, t, variant)].pseudo_means[size] = m
-    return n_null_sets
+                    if needed[t]:
+                        prefix = m[:needed[t]]
+                        nulls[(layer, t, variant)].pseudo_means[size] = prefix[~np.isnan(prefix)]
 
 
-def _report_warnings(power: stats.PowerCheck, layer_reports, config: TcavConfig, classifier: str,
-                     n_null_sets: int, n_sets: int) -> list[str]:
-    """Power, the pseudo null's cost, layer diagnoses and null health, each once, in that order."""
-    cost = None if config.test != "pseudo" or _pseudo_is_cheap(config) else (
+def _report_warnings(families, power: stats.PowerCheck, layer_reports, config: TcavConfig, classifier: str,
+                     n_sets: int) -> list[str]:
+    """Power (per family), the pseudo null's cost, layer diagnoses and null health, each once, in that order."""
+    n_null_sets = max((f.null_sets for f in families), default=0)
+    cost = None if config.test != "pseudo" or is_cheap(config) else (
         f"the pseudo-concept null fitted {n_null_sets} x {n_sets} {classifier} CAVs per layer, variant "
         "and concept size: use --statistic logit-change or --classifier mean-diff for the nearly free path")
-    warnings = [w for w in [power.warning, cost] + [lr.diagnosis.message for lr in layer_reports]
+    powers = [f"power: family {f.name}: {f.power.warning.removeprefix('power: ')}"
+              for f in families if f.power.warning] or [power.warning]
+    warnings = [w for w in powers + [cost] + [lr.diagnosis.message for lr in layer_reports]
                 + [lr.warning for lr in layer_reports] if w]
     return list(dict.fromkeys(warnings))
 
@@ -572,105 +722,32 @@ def _draw_usable_sets(store, pool, variants, n_sets: int, size: int, seed: int, 
         pool = [e for i, e in enumerate(pool) if i not in bad]
 
 
+def _fixed_sets(store, pool, fixed: list[list[Example]], variants, seed: int, *, pseudo: bool = False):
+    """Steps 1 and 3 with the random sets given (TF-TCAV's random folders), used as they
+    are: set i is folder i's clips that load; the null pairs are (set i, set i+1 less
+    their shared clips), so the null is random-versus-random over the same folders.
+    Returns what :func:`_draw_usable_sets` returns."""
+    index = {e.key: i for i, e in enumerate(pool)}
+    candidates = pseudo_pool_indices(len(pool), seed) if pseudo else []
+    pools = variant_pools(pool, variants)
+    used = sorted({index[e.key] for s in fixed for e in s} | set(candidates))
+    for variant, clips in pools.items():
+        store.ensure([clips[i] for i in used], desc=f"random clips ({variant})")
+    bad = {i for clips in pools.values() for i in used if clips[i].key in store.failed}
+    random_sets = [sorted({index[e.key] for e in s} - bad) for s in fixed]
+    short = [i for i, s in enumerate(random_sets) if len(s) < MIN_EXAMPLES_PER_SIDE]
+    if short:
+        raise DataError(f"random set {short[0]} has {len(random_sets[short[0]])} readable clip(s) left; each "
+                        f"given random set needs at least {MIN_EXAMPLES_PER_SIDE}: add clips to its folder")
+    pairs = [(a, sorted(set(b) - set(a))) for a, b in zip(random_sets, random_sets[1:] + random_sets[:1])]
+    if any(len(b) < MIN_EXAMPLES_PER_SIDE for _, b in pairs):
+        raise DataError("two given random sets share nearly all their clips: give folders of different clips")
+    return pools, random_sets, pairs, [i for i in candidates if i not in bad]
+
+
 def _fit(classifier, concept: str, against: str, layer: str, x: np.ndarray, other: np.ndarray, seed: int) -> CAV:
     fit = classifier.fit(x, other, seed=seed)
     return CAV(concept, against, layer, fit.vector, fit.accuracy, classifier.name, seed, fit.bias)
-
-
-def _pseudo_null_means(store, classifier, pool, pseudo_sets, random_sets, layer, grads: dict[str, np.ndarray],
-                       seed: int, statistic: str) -> dict[str, np.ndarray]:
-    """Each pseudo-concept scored like a concept against each random set (less any
-    clip it shares with the pseudo-concept), averaged over the N sets: its logit
-    change, or its TCAV score with one CAV per random set. ``grads`` target ->
-    (n, ...) class-logit gradients at ``layer``. Returns target -> (M',): a random
-    set the pseudo-concept covers entirely (small pools) is left out of its mean,
-    and a pseudo-concept that covers them all is left out of the null.
-    The logit change and mean-difference CAVs are scored from grad . clip
-    projections (no D-sized work per set); other classifiers fit M x N CAVs."""
-    if statistic == "logit-change":
-        flat = _flat(grads)
-        projections, pseudo, randoms = _pseudo_projections(store, pool, pseudo_sets, random_sets, layer, flat)
-        out = {t: scoring.pseudo_logit_changes(proj.mean(axis=0), pseudo, randoms) for t, proj in projections.items()}
-    else:
-        per_set = pseudo_tcav_per_set(store, classifier, pool, pseudo_sets, random_sets, layer, grads, seed)
-        out = {t: np.array([np.mean(row[~np.isnan(row)]) if not np.isnan(row).all() else np.nan for row in m])
-               for t, m in per_set.items()}
-    return {t: m[~np.isnan(m)] for t, m in out.items()}
-
-
-def _flat(grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # float64 on both sides: numpy's mixed float32 x float64 matmul skips BLAS (~300x slower)
-    return {t: g.reshape(len(g), -1).astype(np.float64) for t, g in grads.items()}
-
-
-def pseudo_tcav_per_set(store, classifier, pool, pseudo_sets, random_sets, layer, grads: dict[str, np.ndarray],
-                        seed: int) -> dict[str, np.ndarray]:
-    """Target -> (M, N) TCAV score of each pseudo-concept (row) against each random set
-    (column) less the clips it shares with it, NaN where it covers the set: scored
-    exactly as a concept (one CAV per random set; mean-difference CAVs from
-    grad . clip projections, other classifiers fitted)."""
-    flat = _flat(grads)
-    base = [stats.derive_seed(seed, "pseudo-cav", len(pseudo_sets[0]), layer, j) for j in range(len(pseudo_sets))]
-    split_seed = lambda j, i: base[j] + i  # noqa: E731  (default_rng hashes seeds: streams independent)
-    if classifier.name != MeanDifferenceClassifier.name:
-        return _pseudo_fitted_tcav(store, classifier, pool, pseudo_sets, random_sets, layer, flat, split_seed)
-    projections, pseudo, randoms = _pseudo_projections(store, pool, pseudo_sets, random_sets, layer, flat)
-    return {t: _pseudo_mean_difference_tcav(proj, pseudo, randoms, split_seed) for t, proj in projections.items()}
-
-
-def _pseudo_fitted_tcav(store, classifier, pool, pseudo_sets, random_sets, layer, flat, split_seed):
-    """Target -> (M, N) TCAV score of each pseudo-concept, one classifier fit per random set."""
-    acts_of = lambda idx: store.activations([pool[i] for i in idx], layer)  # noqa: E731
-    out = {t: np.full((len(pseudo_sets), len(random_sets)), np.nan) for t in flat}
-    for j, ps in enumerate(pseudo_sets):
-        x, mine = acts_of(ps), set(ps)
-        fitted = [(i, classifier.fit(x, acts_of(other), seed=split_seed(j, i)).vector)
-                  for i, other in enumerate([i for i in rs if i not in mine] for rs in random_sets)
-                  if len(other) >= MIN_EXAMPLES_PER_SIDE]
-        if not fitted:
-            continue
-        columns, cavs = [i for i, _ in fitted], np.stack([v for _, v in fitted])
-        for t, g in flat.items():
-            out[t][j, columns] = scoring.tcav_score(scoring.directional_derivatives(g, cavs))
-    return out
-
-
-def _pseudo_projections(store, pool, pseudo_sets, random_sets, layer, flat):
-    """grad . clip for every class example (row) and every clip any set uses (column),
-    per target, with the sets' 0/1 membership over those columns: (projections, pseudo, randoms)."""
-    columns = sorted({i for ps in pseudo_sets for i in ps} | {i for rs in random_sets for i in rs})
-    projections = {t: np.zeros((len(g), len(columns))) for t, g in flat.items()}
-    for start in range(0, len(columns), 32):  # the clips stream through RAM in chunks
-        acts = store.activations([pool[i] for i in columns[start:start + 32]], layer)
-        acts = acts.reshape(len(acts), -1).astype(np.float64)
-        for t, g in flat.items():
-            projections[t][:, start:start + len(acts)] = g @ acts.T
-    column_of = {i: c for c, i in enumerate(columns)}
-    members = lambda sets: _membership([[column_of[i] for i in x] for x in sets], len(columns))  # noqa: E731
-    return projections, members(pseudo_sets), members(random_sets)
-
-
-def _membership(sets: Sequence[Sequence[int]], n: int) -> np.ndarray:
-    """(len(sets), n) 0/1 matrix: row j marks the members of set j."""
-    out = np.zeros((len(sets), n))
-    for j, members in enumerate(sets):
-        out[j, list(members)] = 1.0
-    return out
-
-
-def _pseudo_mean_difference_tcav(projections: np.ndarray, pseudo: np.ndarray, randoms: np.ndarray,
-                                 split_seed) -> np.ndarray:
-    """Mean-difference CAV TCAV scores of each pseudo-concept (rows of ``pseudo``)
-    against each random set (columns) less their overlap: (M, N), NaN where the
-    pseudo-concept covers the set. ``projections`` (n, P) grad . clip."""
-    out = np.full((len(pseudo), len(randoms)), np.nan)
-    for j, mine in enumerate(pseudo):
-        for i, theirs in enumerate(randoms):
-            c, o = np.flatnonzero(mine), np.flatnonzero((theirs > 0) & (mine == 0))
-            if len(o):
-                out[j, i] = MeanDifferenceClassifier.tcav_from_projections(
-                    projections[:, c], projections[:, o], seed=split_seed(j, i))
-    return out
 
 
 def _relative_cavs(store, classifier, concepts, layer, seed) -> dict[str, list[CAV]]:
@@ -725,28 +802,36 @@ def _temporal(grads: np.ndarray, cavs: list[CAV]) -> scoring.TemporalProfile:
                                    np.mean([p.fraction_positive for p in profiles], axis=0))
 
 
-def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, seed: int, *,
-                      grid: int, n_null_sets: int = 0) -> stats.PowerCheck:
-    """Step 6: p-values against the variant's null, corrected over the family of
-    testable hypotheses (stated pairs at non-degenerate layers), verdicts.
-    Hypotheses outside the family keep their raw p and get p_corrected 1.0."""
-    nulls = {(lr.layer, lr.target, lr.variant): lr for lr in layer_reports}
+def _test_and_correct(results, nulls, families, null_sets, config: TcavConfig, n_sets: int, seed: int, *,
+                      grid: int) -> list[CorrectionFamily]:
+    """Step 6: p-values (and, for test "pseudo", z) against the variant's null, corrected
+    within each family, verdicts (significant: corrected p strictly below alpha, see
+    :func:`tcav.stats.is_significant`). Hypotheses outside every family keep their raw
+    p and get p_corrected 1.0."""
     tested = [r for r in results if r.comparison == "random"]
     for r in tested:
         null = nulls[(r.layer, r.target, r.variant)]
-        if config.test == "pseudo":  # outside the family no null is built: p 1.0, verdict "not tested"
+        if config.test == "pseudo":  # outside the families no null is built: p 1.0, verdict "not tested"
             m = null.pseudo_means.get(r.n_examples)
-            r.p_value = 1.0 if m is None else stats.pseudo_concept_p(r.statistic(config.test_statistic), m).p_value
+            observed = r.statistic(config.test_statistic)
+            r.p_value = 1.0 if m is None else stats.pseudo_concept_p(observed, m).p_value
+            r.z = None if m is None else stats.pseudo_z(observed, m)
             continue
         r.p_value = stats.compare_to_null(r.scores, null.null_scores, test=config.test,
                                           seed=stats.derive_seed(seed, "test", r.concept, r.variant, r.layer, r.target),
                                           n_resamples=config.n_resamples).p_value
-    family = [r for r in tested if _in_family(r, nulls[(r.layer, r.target, r.variant)], config)]
-    corrected = dict(zip(map(id, family), stats.correct_p_values(np.array([r.p_value for r in family]),
-                                                                   config.correction))) if family else {}
+    corrected, out = {}, []
+    for key, members in families.items():
+        for r, p in zip(members, stats.correct_p_values(np.array([r.p_value for r in members]), config.correction)):
+            corrected[id(r)] = float(p)
+        power = stats.power_check(n_sets, len(members), test=config.test, alpha=config.alpha, grid=grid,
+                                  n_resamples=config.n_resamples, n_null_sets=null_sets[key])
+        out.append(CorrectionFamily(key, len(members), null_sets[key], power))
+        for r in members:
+            r.family = out[-1].name
     for r in tested:
         null = nulls[(r.layer, r.target, r.variant)]
-        p = r.p_corrected = float(corrected.get(id(r), 1.0))
+        p = r.p_corrected = corrected.get(id(r), 1.0)
         quality = diagnostics.cav_quality(r.cav_accuracies, null.null_accuracies)
         if null.diagnosis.degenerate:
             r.flags.append("degenerate layer")
@@ -758,7 +843,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
             r.flags.append("unreliable CAV")
             r.verdict = (f"not a learnable concept at this layer (CAV accuracy {quality.concept_accuracy:.2f} "
                          f"vs random {quality.null_accuracy:.2f})")
-        elif p <= config.alpha:
+        elif stats.is_significant(p, config.alpha):
             r.significant = True
             r.verdict = _significant_verdict(r, null, config)
         else:
@@ -766,8 +851,7 @@ def _test_and_correct(results, layer_reports, config: TcavConfig, n_sets: int, s
     for r in results:
         if r.comparison == "relative":
             r.verdict = "relative to " + ", ".join(r.against)
-    return stats.power_check(n_sets, len(family), test=config.test, alpha=config.alpha,
-                             grid=grid, n_resamples=config.n_resamples, n_null_sets=n_null_sets)
+    return out
 
 
 def _significant_verdict(r: HypothesisResult, null: LayerReport, config: TcavConfig) -> str:
@@ -779,7 +863,8 @@ def _significant_verdict(r: HypothesisResult, null: LayerReport, config: TcavCon
         observed, centre = r.tcav_mean, null.null_mean
     direction = "raises" if observed > centre else "lowers"
     if config.test_statistic == "logit-change":
-        return (f"significant: {direction} {r.target} (logit change {observed:+.3g} vs null {centre:+.3g}, "
+        z = "" if r.z is None else f", z {r.z:+.1f}"
+        return (f"significant: {direction} {r.target} (logit change {observed:+.3g} vs null {centre:+.3g}{z}, "
                 f"TCAV {r.tcav_mean:.2f})")
     return f"significant: {direction} {r.target} (TCAV {r.tcav_mean:.2f} vs null {centre:.2f})"
 
@@ -788,14 +873,14 @@ def _verdicts(report: TcavReport) -> dict[tuple, bool]:
     return {(r.concept, r.variant, r.layer, r.target): r.significant for r in report.tested()}
 
 
-def _score_auto(store, concepts, inputs, pool, targets, config: TcavConfig) -> TcavReport:
+def _score_auto(store, concepts, inputs, pool, targets, config: TcavConfig, memo: dict | None = None) -> TcavReport:
     """--random-sets auto: double N from AUTO_START until the verdicts agree across
     two seeds (config.seed and a derived one), up to config.max_random_sets."""
     n, history = AUTO_START, []
     check_seed = stats.derive_seed(config.seed, "auto-check")
     while True:
-        main = _score(store, concepts, inputs, pool, targets, config, n)
-        other = _score(store, concepts, inputs, pool, targets, config, n, seed=check_seed)
+        main = _score(store, concepts, inputs, pool, targets, config, n, memo=memo)
+        other = _score(store, concepts, inputs, pool, targets, config, n, seed=check_seed, memo=memo)
         stable = _verdicts(main) == _verdicts(other)
         history.append({"n": n, "stable": stable})
         if stable or n >= config.max_random_sets:
@@ -805,6 +890,27 @@ def _score_auto(store, concepts, inputs, pool, targets, config: TcavConfig) -> T
             main.auto_history = history
             return main
         n = min(2 * n, config.max_random_sets)
+
+
+def family_summary(report: TcavReport) -> str:
+    """One line: how many hypotheses each correction used (its m) and which rows were left out, and why."""
+    config = report.config
+    where = {"target-layer": "each target and layer", "target": "each target", "experiment": "the experiment"}
+    sizes = sorted({f.size for f in report.families})
+    if not report.families:
+        fams = "no testable hypotheses"
+    elif len(report.families) == 1:
+        fams = f"{report.families[0].size} hypotheses in family {report.families[0].name}"
+    else:
+        fams = (f"{sum(f.size for f in report.families)} hypotheses in {len(report.families)} families, "
+                f"m = {'/'.join(map(str, sizes))} ({', '.join(f.name for f in report.families)})")
+    nulls = sorted({f.null_sets for f in report.families if f.null_sets})
+    null = f", M = {'/'.join(map(str, nulls))} pseudo-concepts" if nulls else ""
+    out = ", ".join(f"{n} at a {why}" if why.startswith("degenerate") else f"{n} {why}"
+                    for why, n in report.left_out.items())
+    seeds = f"; verdicts checked over {len(report.seeds)} seeds" if len(report.seeds) > 1 else ""
+    return (f"{config.correction} within {where[config.family]}: {fams}{null}"
+            f"{'; left out: ' + out if out else ''}{seeds}")
 
 
 def config_dict(config: TcavConfig) -> dict:

@@ -4,6 +4,10 @@
   random sets as error bars, the null mean as a dashed line, ``*`` on significant
   bars, hatching on unreliable CAVs, and a grey panel titled "degenerate" for
   degenerate layers.
+* ``effect_<class>.png`` (``--test pseudo``): per non-degenerate layer, what the test
+  ranks beside the TCAV score: each dynamic concept's statistic (the logit change) as a
+  dot, its pseudo-null as a grey 1-99 % range with the median, and the two-sided
+  threshold its corrected p must pass as red ticks; ``*`` on significant concepts.
 * ``static_dynamic_<class>.png``: dynamic and static bars side by side.
 * ``temporal_<class>.png``: the temporal TCAV curve over the layer's time slices.
 * ``calibration.png``: the null p-values (flat when the test is calibrated) and the
@@ -37,6 +41,8 @@ def plot_report(report: TcavReport, folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for target in report.config.targets:
+        if report.config.test == "pseudo" and _effect_layers(report, target):
+            out.append(plot_effects(report, target, folder / f"effect_{_safe(target)}.png"))
         out.append(plot_scores(report, target, folder / f"scores_{_safe(target)}.png"))
         if any(r.variant == "static" for r in report.tested()):
             out.append(plot_static_dynamic(report, target, folder / f"static_dynamic_{_safe(target)}.png"))
@@ -84,6 +90,64 @@ def plot_scores(report: TcavReport, target: str, path: Path) -> Path:
     axes[0].set_ylabel("TCAV score")
     fig.text(0.01, 0.01, f"* significant after {report.config.correction} correction ({_test_label(report.config)}); "
              "// unreliable CAV", fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _effect_layers(report: TcavReport, target: str) -> list[str]:
+    return [layer for layer in report.config.layers
+            if not _layer_state(report, layer, target).diagnosis.degenerate
+            and any(r.family and r.layer == layer and r.target == target for r in report.tested())]
+
+
+def null_threshold(null: np.ndarray, family_size: int, alpha: float) -> tuple[float, float]:
+    """(centre, distance): the pseudo-null's median, and how far from it a statistic must lie
+    for its two-sided rank p, times ``family_size`` (Bonferroni), to fall below alpha."""
+    null = np.asarray(null, float)
+    centre = float(np.median(null))
+    k = int(np.floor(alpha * (len(null) + 1) / max(1, family_size) - 1e-9))  # p = (1 + #beyond)/(M+1) < alpha/m
+    distances = np.sort(np.abs(null - centre))[::-1]
+    return centre, float(distances[k - 1]) if k >= 1 else float("inf")
+
+
+def plot_effects(report: TcavReport, target: str, path: Path) -> Path:
+    """The statistic the test ranks, against its pseudo-null and threshold, beside the TCAV score."""
+    plt = _pyplot()
+    layers = _effect_layers(report, target)
+    config = report.config
+    fig, axes = plt.subplots(1, 2 * len(layers), figsize=(max(6.0, 4.2 * 2 * len(layers)), 4.0), squeeze=False)
+    fig.suptitle(f"{target}: {config.test_statistic} against {report.families[0].null_sets if report.families else 0}"
+                 f" pseudo-concepts, and the TCAV score")
+    for i, layer in enumerate(layers):
+        left, right = axes[0][2 * i], axes[0][2 * i + 1]
+        rows = [r for r in report.tested() if r.layer == layer and r.target == target and r.variant == "dynamic"]
+        for x, r in enumerate(rows):
+            null = report.null_for(r).pseudo_means.get(r.n_examples, np.zeros(0))
+            if len(null):
+                size = next((f.size for f in report.families if f.name == r.family), 1)
+                centre, reach = null_threshold(null, size, config.alpha)
+                low, high = np.percentile(null, [1, 99])
+                left.plot([x, x], [low, high], color="#999999", lw=6, solid_capstyle="butt")
+                left.plot([x - 0.25, x + 0.25], [centre] * 2, color="black", lw=1)
+                if np.isfinite(reach):
+                    left.plot([x - 0.3, x + 0.3], [centre + reach] * 2, color="red", lw=1.2, ls="--")
+                    left.plot([x - 0.3, x + 0.3], [centre - reach] * 2, color="red", lw=1.2, ls="--")
+            value = r.statistic(config.test_statistic)
+            left.plot(x, value, "o", ms=8, color="#4c72b0" if r.significant else "white", markeredgecolor="black")
+            if r.significant:
+                left.annotate("*", (x, value), textcoords="offset points", xytext=(7, 0), fontsize=14)
+            right.bar(x, r.tcav_mean, yerr=r.tcav_std, capsize=3, color="#4c72b0" if r.significant else "#a6bddb",
+                      edgecolor="black")
+        names = [r.concept for r in rows]
+        for ax in (left, right):
+            ax.set_xticks(np.arange(len(rows)), names, rotation=40, ha="right", fontsize=8)
+        left.set_title(f"{layer}: {config.test_statistic} (dot), pseudo-null 1-99 % (grey),\n"
+                       f"threshold for p_corr < {config.alpha} (red)", fontsize=8)
+        left.set_ylabel("class-logit change" if config.test_statistic == "logit-change" else "TCAV score")
+        right.set_ylim(0, 1.1)
+        right.axhline(report.null_for(rows[0]).null_mean if rows else 0.5, ls="--", color="red", lw=1)
+        right.set_title(f"{layer}: TCAV score (random-vs-random mean dashed)", fontsize=8)
+    fig.text(0.01, 0.01, f"* significant: {config.correction}-corrected p < {config.alpha} within each "
+             f"{config.family} family", fontsize=7)
     return _save(plt, fig, path)
 
 

@@ -17,13 +17,14 @@ import numpy as np
 
 from conceptgen.experiments import (StoredExperiment, StoredResult, list_experiments,  # noqa: F401 (the readers)
                                     load_experiment, plots_by_target)
+from conceptgen.errors import shorten
 from conceptgen.orm import Concept, TcavExperiment, TcavResult, utcnow
 from tcav.calibration import write_calibration
 from tcav.experiment import HypothesisResult, TcavReport, config_dict
 
 CSV_COLUMNS = ("concept", "variant", "layer", "target", "comparison", "tcav_mean", "tcav_std",
                "magnitude_mean", "logit_change_mean", "cav_accuracy_mean", "null_mean", "p_value", "p_corrected",
-               "significant", "verdict", "flags")
+               "z", "family", "seeds_significant", "n_seeds", "cav_stability", "significant", "verdict", "flags")
 
 
 def media_folder(workspace, experiment_id: int) -> Path:
@@ -38,6 +39,8 @@ def result_row(r: HypothesisResult, null_mean: float | None) -> dict[str, Any]:
         "magnitude_mean": float(r.magnitudes.mean()), "logit_change_mean": r.logit_change_mean,
         "cav_accuracy_mean": float(r.cav_accuracies.mean()),
         "null_mean": null_mean, "p_value": r.p_value, "p_corrected": r.p_corrected,
+        "z": r.z, "family": r.family, "seeds_significant": r.seeds_significant, "n_seeds": r.n_seeds,
+        "cav_stability": r.cav_stability,
         "significant": bool(r.significant), "verdict": r.verdict, "flags": ";".join(r.flags),
     }
     row["details"] = {
@@ -45,6 +48,9 @@ def result_row(r: HypothesisResult, null_mean: float | None) -> dict[str, Any]:
         "logit_changes": [float(x) for x in r.logit_changes],
         "cav_accuracies": [float(x) for x in r.cav_accuracies], "against": list(r.against),
         "flags": list(r.flags),
+        # issue 22: effect size, correction family, verdict across seeds, CAV stability
+        "z": r.z, "family": r.family, "seeds_significant": r.seeds_significant, "n_seeds": r.n_seeds,
+        "cav_stability": r.cav_stability,
         "temporal": None if r.temporal is None else {
             "contribution": [float(x) for x in r.temporal.contribution],
             "fraction_positive": [float(x) for x in r.temporal.fraction_positive]},
@@ -72,6 +78,13 @@ def summary(report: TcavReport) -> dict[str, Any]:
         "degenerate_layers": report.degenerate_layers(),
         "power": {"min_p": report.power.min_p, "min_p_corrected": report.power.min_p_corrected,
                   "n_hypotheses": report.power.n_hypotheses, "possible": report.power.possible},
+        # the correction families (TcavConfig.family) with m, M and the smallest attainable corrected p
+        "family": report.config.family,
+        "families": [{"name": f.name, "key": list(f.key), "size": f.size, "null_sets": f.null_sets,
+                      "min_p_corrected": f.power.min_p_corrected} for f in report.families],
+        "left_out": dict(report.left_out),
+        "seeds": list(report.seeds),
+        "skipped": dict(report.skipped),   # non-video files by path, clips that failed to load by key
         "auto_history": report.auto_history,
         "calibration": report.calibration.summary() if report.calibration else None,
     }
@@ -126,7 +139,7 @@ def finish_experiment(workspace, experiment_id: int, report: TcavReport, plots: 
                 comparison=r.comparison, tcav_mean=row["tcav_mean"], tcav_std=row["tcav_std"],
                 magnitude_mean=row["magnitude_mean"], cav_accuracy_mean=row["cav_accuracy_mean"],
                 p_value=r.p_value, p_corrected=r.p_corrected, significant=bool(r.significant),
-                verdict=r.verdict[:200], details={**row["details"], "null_mean": row["null_mean"]}))
+                verdict=shorten(r.verdict, 200), details={**row["details"], "null_mean": row["null_mean"]}))
         exp.summary = summary(report)
         exp.plots = list(plots)
         exp.status = "finished"

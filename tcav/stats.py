@@ -38,9 +38,24 @@ Which test, and why:
   t statistic is infinite or undefined there, which is exactly the
   all-or-nothing regime of degenerate layers.
 
-Every testable hypothesis of an experiment (concepts x classes x layers, less
-degenerate layers and pairs outside ``TcavConfig.hypotheses``) is corrected
-together, Bonferroni by default or Holm (step-down, same family-wise error).
+Correction families (``TcavConfig.family``). By default each target class at each
+layer is its own family: its testable hypotheses (concepts x variants, less pairs
+outside ``TcavConfig.hypotheses``; a degenerate layer has none) are corrected
+together, Bonferroni by default or Holm (step-down, same family-wise error). So a
+concept's verdict for a class does not change when other classes or layers join
+the run; ``family="target"`` corrects over all layers of a class and
+``family="experiment"`` over everything, as before.
+
+Resolution. With the pseudo test the smallest p is 1 / (M + 1), so M decides how far
+below the threshold a clear effect can go. :func:`auto_null_sets` picks M from the
+family size m so that the smallest corrected p is at most alpha / ``RESOLUTION``
+(alpha / 100): m = 12 gives M = 23,999. Each effect is also reported as z, its
+distance from the pseudo-null's median in pseudo-null standard deviations.
+
+Ties with the threshold (:func:`is_significant`): a result is significant when its
+corrected p is strictly below alpha. A corrected p equal to alpha (within float
+rounding, relative 1e-9) is not significant, so a value printed as "0.05" is never
+significant against alpha 0.05 by rounding either way.
 
 Known limit (the two-sample tests, and tensorflow/tcav's and Captum's protocol): the N
 concept scores share one concept set, while the N null scores come from N
@@ -71,8 +86,12 @@ DEFAULT_RESAMPLES = 9999
 EXACT_LIMIT = 20_000  # relabellings enumerated by scipy up to this count (N<=8 per side)
 MAX_GRID_DENOMINATOR = 1000  # scores k/n with n up to this are counted exactly by DP
 DP_COST = 100_000_000        # cap on DP work: items x subset size x sum range
-MAX_AUTO_NULL_SETS = 4999    # "auto" M for the pseudo-concept null (mean-difference CAVs)
+RESOLUTION = 100             # "auto" M: the smallest corrected p is at most alpha / RESOLUTION
+MAX_AUTO_NULL_SETS = 199_999  # "auto" M for the logit change (sums over projections: cheap)
+MAX_AUTO_NULL_SETS_SET_BY_SET = 4999  # "auto" M for TCAV scores of mean-difference CAVs (M x N scores)
 MAX_AUTO_NULL_SETS_FITTED = 199  # "auto" M when every pseudo CAV is a classifier fit
+FAMILIES = ("target-layer", "target", "experiment")
+TIE_TOLERANCE = 1e-9         # relative: a corrected p this close to alpha is a tie (not significant)
 
 
 def derive_seed(seed: int, *stream: object) -> int:
@@ -184,10 +203,37 @@ def pseudo_concept_p(observed: float, null_means: np.ndarray) -> TestOutcome:
     return TestOutcome(float((1 + extreme) / (len(null) + 1)), float(observed - null.mean()), "pseudo")
 
 
-def auto_null_sets(n_hypotheses: int, alpha: float = DEFAULT_ALPHA, *, cap: int = MAX_AUTO_NULL_SETS) -> int:
-    """M pseudo-concepts so that the smallest p, 1 / (M + 1), is half of alpha after
-    Bonferroni over ``n_hypotheses`` (room for a clear verdict), at least 99, at most ``cap``."""
-    return int(min(cap, max(99, np.ceil(2 * max(1, n_hypotheses) / alpha) - 1)))
+def auto_null_sets(n_hypotheses: int, alpha: float = DEFAULT_ALPHA, *, cap: int = MAX_AUTO_NULL_SETS,
+                   resolution: float = RESOLUTION) -> int:
+    """M pseudo-concepts so that the smallest p, 1 / (M + 1), is alpha / ``resolution``
+    after Bonferroni over ``n_hypotheses``, at least 99, at most ``cap``."""
+    return int(min(cap, max(99, np.ceil(resolution * max(1, n_hypotheses) / alpha - 1e-9) - 1)))
+
+
+def leave_one_out_pseudo_p(null_means: np.ndarray) -> np.ndarray:
+    """Each of M pseudo-concepts' p among the other M - 1, as :func:`pseudo_concept_p`
+    gives it (the centre, the median of all M values, is the same for every one):
+    O(M log M), for the calibration of large nulls."""
+    m = np.asarray(null_means, float)
+    if len(m) < 2:
+        return np.zeros(0)
+    distance = np.abs(m - np.median(m))
+    ordered = np.sort(distance)
+    at_least = len(m) - np.searchsorted(ordered, distance - 1e-12, side="left")  # itself included
+    return at_least / len(m)   # (1 + others at least as far) / ((M - 1) + 1)
+
+
+def pseudo_z(observed: float, null_means: np.ndarray) -> float | None:
+    """The effect in pseudo-null standard deviations from the null's median (None: no spread)."""
+    null = np.asarray(null_means, float)
+    if len(null) < 2 or np.std(null) == 0:
+        return None
+    return float((observed - np.median(null)) / np.std(null))
+
+
+def is_significant(p_corrected: float | None, alpha: float) -> bool:
+    """Strictly below alpha; a tie with alpha (within float rounding) is not significant."""
+    return p_corrected is not None and p_corrected < alpha * (1 - TIE_TOLERANCE)
 
 
 def correct_p_values(p_values: np.ndarray, method: str = "bonferroni") -> np.ndarray:

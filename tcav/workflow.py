@@ -7,7 +7,7 @@ stores the experiment, its CSV/JSON and its plots under media/tcav/<id>/.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,10 +35,11 @@ class TcavRequest:
     the experiment row keeps."""
 
     model: "str | ModelSource"         # a name, path, card or package.module:function; or the flags' source
-    concepts: str                      # names, "all-approved" or a folder
+    concepts: str                      # names or globs of names, "all-approved", a folder, folders or a glob
     config: TcavConfig
     class_examples: str | None = None  # folder; default: labelled videos in the DB
     random_pool: str | None = None     # folder; default: random* sub-folders, else DB tubes
+    random_set_folders: str | None = None   # folders or a glob used exactly as the N random sets (TF-TCAV's)
     weights: str | None = None
     device: str = "cpu"
     amp: bool = False
@@ -50,7 +51,7 @@ class TcavRequest:
         rebuilds the same network)."""
         return {**config_dict(self.config), **self.source().to_dict(), "concepts": self.concepts,
                 "device": self.device, "amp": self.amp, "class_examples": self.class_examples,
-                "random_pool": self.random_pool}
+                "random_pool": self.random_pool, "random_set_folders": self.random_set_folders}
 
     def source(self) -> "ModelSource":
         from conceptgen.registry import ModelSource
@@ -84,22 +85,39 @@ def gather_inputs(workspace, request: TcavRequest, spec) -> TcavInputs:
     mode = request.config.render_mode
     if mode not in RENDER_MODES:
         raise ConfigError(f"unknown --mode {mode!r}: use one of {', '.join(RENDER_MODES)}")
-    folder = Path(request.concepts)
-    if folder.is_dir():
-        concepts = ex.concepts_from_folder(folder, spec)
+    rejected: dict[str, str] = {}   # files in concept or random folders that are not videos
+    folders = ex.is_folder_spec(request.concepts)
+    if folders:
+        concepts = ex.concepts_from_spec(request.concepts, spec, rejected=rejected)
         if not concepts:
-            raise ConfigError(f"{folder} has no concept sub-folders: put each concept's clips in its own folder")
+            raise ConfigError(f"{request.concepts} has no concept sub-folders: put each concept's clips in its "
+                              "own folder")
     else:
         concepts = ex.concepts_from_db(workspace, request.concepts, spec, render_mode=mode)
-    if request.random_pool:
-        pool = ex.random_pool_from_folder(request.random_pool, spec)
-    elif folder.is_dir() and any(p.is_dir() and p.name.startswith(ex.RANDOM_PREFIX) for p in folder.iterdir()):
-        pool = ex.random_pool_from_folder(folder, spec)
+    random_sets = (ex.random_sets_from_folders(request.random_set_folders, spec, rejected=rejected)
+                   if request.random_set_folders else None)
+    home = _random_home(request.concepts) if folders else None
+    if random_sets is not None:
+        pool = [e for s in random_sets for e in s]   # the sets' clips are the pool
+    elif request.random_pool:
+        pool = ex.random_pool_from_folder(request.random_pool, spec, rejected=rejected)
+    elif home is not None:
+        pool = ex.random_pool_from_folder(home, spec, rejected=rejected)
     else:
         pool = ex.random_pool_from_db(workspace, spec, render_mode=mode)
     classes = {t: (ex.class_examples_from_folder(request.class_examples, t, spec) if request.class_examples
                    else ex.class_examples_from_db(workspace, t, spec)) for t in request.config.targets}
-    return TcavInputs(concepts, classes, pool)
+    return TcavInputs(concepts, classes, pool, rejected=rejected, random_sets=random_sets)
+
+
+def _random_home(concepts: str) -> Path | None:
+    """The folder whose random* sub-folders are the default pool: the concepts' root folder,
+    or the parent of concept folders named one by one or by glob."""
+    folders = ex.folders_matching(concepts, "--concepts")
+    for folder in ([folders[0]] if len(folders) == 1 else []) + [folders[0].parent]:
+        if any(p.is_dir() and p.name.startswith(ex.RANDOM_PREFIX) for p in folder.iterdir()):
+            return folder
+    return None
 
 
 def _stage_reporter(workspace, experiment_id: int, every_s: float = 1.0):
@@ -132,6 +150,10 @@ def run_experiment(workspace, request: TcavRequest, *, executor=None) -> TcavOut
         loaded.class_index(target)
     config.validate()
     inputs = gather_inputs(workspace, request, loaded.spec)
+    if inputs.random_sets is not None:   # the folders are the sets: N and their size are theirs
+        config = replace(config, random_sets=len(inputs.random_sets),
+                         random_set_size=max(len(s) for s in inputs.random_sets))
+        request = replace(request, config=config)
     experiment_id = start_experiment(workspace, request.stored_config(), loaded)
     record_progress(workspace, experiment_id, 0, len(STAGES), STAGES[0])  # the annotator shows the stage
     try:

@@ -16,7 +16,8 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from targets import Target, check, exit_status  # noqa: E402
 
-WITH_TARGETS = ("annotator_load", "cav_speed", "clustering", "discovery", "embedding", "real_discovery",
+WITH_TARGETS = ("annotator_load", "cav_speed", "cav_stability", "clustering", "discovery", "embedding",
+                "real_discovery",
                 "tcav_synthetic")
 
 

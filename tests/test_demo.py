@@ -59,8 +59,10 @@ def test_headless_demo_accepts_clusters_through_the_decisions_library(headless):
         accepts = s.scalars(select(AuditLog).where(AuditLog.action == "accept")).all()
         accepted = s.scalars(select(Cluster).where(Cluster.status == "accepted")).all()
         names = [c.name for c in concepts]
-        assert names and all(n.startswith("auto-") for n in names)
-        assert sorted(names) == [f"auto-{i}" for i in range(1, len(names) + 1)]
+        # the ground-truth rule: a gt-<class> concept per class the synthetic truth finds a cluster for,
+        # and gt-distractor; the cohesion rule's auto-N names only when none qualifies
+        assert names and (all(n.startswith("gt-") for n in names) or
+                          sorted(names) == [f"auto-{i}" for i in range(1, len(names) + 1)])
         assert len(accepts) == len(names) == len(accepted)
         assert {a.user_id for a in accepts} == {demo_user.id}
         assert {a.target_id for a in accepts} == {c.id for c in accepted}
@@ -68,6 +70,33 @@ def test_headless_demo_accepts_clusters_through_the_decisions_library(headless):
             assert concept.status == "approved" and len(concept.versions[-1].examples) >= 6
     for name in names:
         assert name in first.stdout
+
+
+def test_ground_truth_rule_picks_the_cluster_holding_each_class_actors(headless):
+    from conceptgen.ground_truth import ground_truth_clusters, match_objects
+    from conceptgen.synth import load_ground_truth
+
+    ws, first, _second, _c1, _c2 = headless
+    dataset = load_ground_truth(ws.root / "synth")
+    with ws.session() as s:
+        clustering_id = s.scalars(select(Clustering.id)).one()
+        run_id = s.scalars(select(Run.id)).one()
+        accepted = {s.get(Concept, c.concept_id).name: c
+                    for c in s.scalars(select(Cluster).where(Cluster.status == "accepted"))}
+        members = {name: {m.tube_id for m in c.members} for name, c in accepted.items()}   # as clustered
+    picks = ground_truth_clusters(ws, clustering_id, dataset)
+    assert picks and {f"gt-{p.stands_for}" for p in picks} >= set(accepted) and "accepted concepts (rule: the " \
+        "synthetic ground truth)" in first.stdout
+    _rows, truth = match_objects(ws, run_id, dataset)
+    for p in picks:
+        name = f"gt-{p.stands_for}"
+        if name not in accepted:
+            continue
+        kinds = [truth[t] for t in members[name] if t in truth]
+        if p.stands_for == "distractor":   # no actor at all among its matched tubes
+            assert kinds and all(k.role == "distractor" for k in kinds)
+        else:   # most of its matched tubes are that class's actors
+            assert sum(k.role == "actor" and k.motion == p.stands_for for k in kinds) > 0.5 * len(kinds)
 
 
 def test_headless_demo_stores_tcav_results_with_static_and_dynamic_variants(headless):

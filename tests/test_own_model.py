@@ -178,6 +178,8 @@ def test_torchscript_and_bad_user_input_are_one_line_errors(user_model, tmp_path
         (["models", "--layers", "no_such_package.nets:build"], "PYTHONPATH"),
         (["models", "--layers", BUILDER, "--weights", root / "resnet.pt", "--model-kwargs",
           json.dumps({**KWARGS, "model_num_class": 5})], "weights do not fit"),
+        (["models", "--layers", BUILDER, "--weights", scripted, "--model-kwargs", json.dumps(KWARGS)],
+         "is a TorchScript file, not a state_dict"),
     ]
     for argv, expected in cases:
         code = main(["--quiet", "--workspace", str(tmp_path / "ws"), *map(str, argv)])
@@ -187,6 +189,13 @@ def test_torchscript_and_bad_user_input_are_one_line_errors(user_model, tmp_path
     with pytest.raises(ModelError):
         load_model(ModelSource(BUILDER, model_kwargs=KWARGS, spec=InputSpec.from_dict(SPEC)),
                    weights=root / "missing.pt")
+    # a mismatch names every kind of difference with whole key names, never cut mid-word
+    with pytest.raises(ModelError) as exc:
+        load_model(ModelSource(BUILDER, model_kwargs={**KWARGS, "model_num_class": 5},
+                               spec=InputSpec.from_dict(SPEC)), weights=root / "resnet.pt")
+    message = str(exc.value)
+    assert "shape mismatch" in message and "in the file vs" in message and "(5," in message, message
+    assert message.endswith("--model-kwargs"), message
 
 
 def _readme_blocks() -> tuple[str, str]:

@@ -172,3 +172,18 @@ def test_pretrained_offline_fails_fast_pointing_to_weights(tmp_path, monkeypatch
         load_model("r3d_18", pretrained=True)
     assert time.monotonic() - started < 15
     assert "--weights PATH" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_shorten_never_cuts_a_word_and_mismatch_names_whole_keys():
+    from conceptgen.errors import shorten
+    from conceptgen.registry import state_dict_mismatch
+
+    text = "alpha " * 60
+    short = shorten(text, 50)
+    assert len(short) <= 50 and short.endswith("…") and all(w == "alpha" for w in short[:-1].split())
+    assert shorten("one\ntwo  three", 50) == "one two three"
+    expected = {"a.weight": torch.zeros(3, 2), "b.weight": torch.zeros(4), "c.bias": torch.zeros(1)}
+    given = {"a.weight": torch.zeros(5, 2), "b.weight": torch.zeros(4), "extra.running_mean": torch.zeros(2)}
+    message = state_dict_mismatch(expected, given)
+    assert "1 missing key(s) (c.bias)" in message and "1 unexpected key(s) (extra.running_mean)" in message
+    assert "a.weight (5, 2) in the file vs (3, 2) in the model" in message

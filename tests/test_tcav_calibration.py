@@ -14,7 +14,7 @@ from annotator import create_app
 from conceptgen.cli import main
 from conceptgen.orm import TcavExperiment, TcavResult
 from conceptgen.workspace import Workspace
-from tcav.calibration import Calibration, family_error_rate
+from tcav.calibration import MAX_NULL_PER_CELL, Calibration, family_error_rate
 
 
 def _tcav(capsys, ws, root, test, *extra):
@@ -41,7 +41,8 @@ def test_uniform_null_p_values_keep_the_familywise_rate_at_alpha():
 def test_the_ttest_fires_on_pseudo_concepts_and_tcav_warns_in_one_line(toy_tcav_clips, tmp_path, capsys):
     out, cal = _tcav(capsys, tmp_path / "ws", toy_tcav_clips, "ttest", "--calibration-sets", "40")
     # 2 layers x 1 class x 2 variants, 40 pseudo-concepts of the concepts' size (8) each
-    assert cal["n_null_hypotheses"] == 4 * 40 and cal["family_size"] == 8 and cal["n_families"] == 20
+    # families: each target at each layer (2 variants x 4 concepts), so 160 / 4 null families
+    assert cal["n_null_hypotheses"] == 4 * 40 and cal["family_size"] == 4 and cal["n_families"] == 40
     assert cal["exceeds_alpha"] and cal["false_positive_rate"] > 0.05 and cal["binomial_p"] < 0.01
     warnings = [line for line in out.splitlines() if line.startswith("warning: calibration:")]
     assert len(warnings) == 1 and "false-positive rate" in warnings[0]
@@ -60,8 +61,10 @@ def test_the_ttest_fires_on_pseudo_concepts_and_tcav_warns_in_one_line(toy_tcav_
 def test_the_pseudo_concept_test_is_calibrated_on_the_same_inputs(toy_tcav_clips, tmp_path, capsys):
     out, cal = _tcav(capsys, tmp_path / "ws", toy_tcav_clips, "pseudo")
     results = json.loads((tmp_path / "ws" / "media" / "tcav" / "1" / "results.json").read_text())
-    m = sum(cell["n"] for lr in results["summary"]["layers"] for cell in lr["pseudo_null"].values())
-    assert cal["n_null_hypotheses"] == m and cal["n_families"] == m // 8
+    # each null cell's first MAX_NULL_PER_CELL pseudo-concepts, each ranked among all the others
+    m = sum(min(cell["n"], MAX_NULL_PER_CELL) for lr in results["summary"]["layers"]
+            for cell in lr["pseudo_null"].values())
+    assert cal["family_size"] == 4 and cal["n_null_hypotheses"] == m and cal["n_families"] == m // 4
     assert not cal["exceeds_alpha"] and cal["binomial_p"] > 0.01
     assert len(cal["null_p_values"]) == m and all(0 < p <= 1 for p in cal["null_p_values"])
     assert "warning: calibration" not in out and "calibration: false-positive rate" in out

@@ -89,7 +89,7 @@ def test_tcav_command_scores_stores_exports_and_plots(toy_checkpoint, clip_folde
     (["--amp"], "--amp needs --device cuda"),
     (["--layers", "conv9"], "close matches"),
     (["--target", "upward"], "no class 'upward'"),
-    (["--random-sets", "many"], "--random-sets must be a number or auto"),
+    (["--random-sets", "many"], "--random-sets must be a number, auto, or random-set folders"),
 ])
 def test_tcav_bad_input_is_one_line_without_traceback(toy_checkpoint, clip_folders, tmp_path, capsys,
                                                        extra, message):

@@ -312,8 +312,9 @@ def test_captum_training_its_own_cavs_agrees_on_a_strong_concept(tcav_toy, tmp_p
 
     concept, pool, class_ex = _strong_effect_inputs(seed=1)
     n_sets, layer = 8, "relu1"
+    # SGD hinge CAVs, as Captum's default classifier trains them (ours default to mean-difference)
     config = TcavConfig(layers=(layer,), targets=("right",), random_sets=n_sets, random_set_size=12,
-                        with_static=False, relative=False, seed=0)
+                        with_static=False, relative=False, seed=0, classifier="sgd")
     ours = run_tcav(tcav_toy, TcavInputs([ConceptExamples("right-moving", "dynamic", concept)],
                                          {"right": class_ex}, pool), config, cache_dir=tmp_path / "ours")
     ordered = sorted(pool, key=lambda e: e.key)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 HEADLESS_HELP = (
-    "run the loop without a person and exit: accept the top clusters automatically (candidate, "
-    "supported clusters with >= {min_videos} distinct videos and >= {min_examples} members, ranked by "
-    "cohesion x ln(size), until --top clusters are accepted, leaving >= {min_pool} tubes for TCAV's "
-    "random sets; named auto-1, auto-2, ...), run TCAV with static/dynamic comparison, store it and write "
-    "the plots, and export the concepts to WORKSPACE/exports/demo")
+    "run the loop without a person and exit: accept clusters automatically (--accept), run TCAV with "
+    "static/dynamic comparison, store it and write the plots, and export the concepts to WORKSPACE/exports/demo")
+ACCEPT_HELP = (
+    "the headless rule: ground-truth (default: per class, the cluster the synthetic ground truth says carries "
+    "its motion, named gt-<class>, and a distractor cluster, gt-distractor) or cohesion (candidate, supported "
+    "clusters with >= {min_videos} distinct videos and >= {min_examples} members, ranked by cohesion x "
+    "ln(size), until --top clusters are accepted; named auto-1, auto-2, ...); both leave >= {min_pool} tubes "
+    "for TCAV's random sets")
 
 
 def register(sub) -> None:
@@ -22,10 +25,12 @@ def register(sub) -> None:
                    help=f"synthetic videos (default {DEFAULT_VIDEOS}, at least {MIN_VIDEOS})")
     p.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
     p.add_argument("--port", type=int, default=8000, help="annotator TCP port on 127.0.0.1 (default 8000)")
-    p.add_argument("--headless", action="store_true", help=HEADLESS_HELP.format(
-        min_videos=DemoConfig.min_videos, min_examples=MIN_CONCEPT_EXAMPLES, min_pool=MIN_RANDOM_POOL))
+    p.add_argument("--headless", action="store_true", help=HEADLESS_HELP)
+    p.add_argument("--accept", default=DemoConfig.accept, choices=("ground-truth", "cohesion"),
+                   help=ACCEPT_HELP.format(min_videos=DemoConfig.min_videos, min_examples=MIN_CONCEPT_EXAMPLES,
+                                           min_pool=MIN_RANDOM_POOL))
     p.add_argument("--top", type=int, default=DEFAULT_TOP_K, metavar="K",
-                   help=f"clusters to accept with --headless (default {DEFAULT_TOP_K})")
+                   help=f"clusters to accept with --headless --accept cohesion (default {DEFAULT_TOP_K})")
     p.add_argument("--epochs", type=int, default=None, help="demo model training epochs (default: the model's)")
     p.add_argument("--segmenter", default=DemoConfig.segmenters,
                    help=f"region proposals for extraction (default {DemoConfig.segmenters}; "
@@ -41,7 +46,7 @@ def _demo(args, ctx) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port; use 1-65535")
     config = demo.DemoConfig(n_videos=args.videos, seed=args.seed, top_k=args.top, epochs=args.epochs,
-                             segmenters=args.segmenter)
+                             segmenters=args.segmenter, accept=args.accept)
     if args.headless:
         for line in demo.summary_lines(demo.run_headless(ctx.workspace, config, log=ctx.echo)):
             ctx.echo(line)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from conceptgen.cli.engine_commands import add_executor_options, executor_from_args
 from conceptgen.cli.model_options import add_model_options, model_source
+from pathlib import Path
+
 from conceptgen.errors import ConfigError
 
 
@@ -15,9 +17,12 @@ def register(sub) -> None:
     p.add_argument("--layers", help="comma-separated layer names (`conceptgen models --layers`) (required)")
     p.add_argument("--target", help="class name(s) or index(es), comma-separated (required)")
     p.add_argument("--concepts",
-                   help="comma-separated approved concept names, all-approved, or a folder "
-                        "(one sub-folder of clips per concept, or a `conceptgen export` folder) (required)")
-    p.add_argument("--random-sets", default="10", help="N random sets (2-500, default 10) or auto")
+                   help="comma-separated approved concept names or globs of them ('auto-*'), all-approved, a folder "
+                        "(one sub-folder of clips per concept, or a `conceptgen export` folder), or concept "
+                        "folders by name or quoted glob (DIR/a,DIR/b or 'DIR/str*') (required)")
+    p.add_argument("--random-sets", default="10",
+                   help="N random sets (2-500, default 10) or auto; or random-set folders used exactly as the N "
+                        "sets, as TF-TCAV and Captum keep them (a quoted glob 'DIR/random500_*' or DIR1,DIR2,...)")
     p.add_argument("--random-set-size", type=int, default=20, help="clips per random set (default 20)")
     p.add_argument("--random-pool", default=None,
                    help="folder of random clips (default: random* sub-folders of --concepts DIR, else "
@@ -27,8 +32,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
-    p.add_argument("--classifier", default="sgd", choices=("sgd", "logistic", "svm", "mean-diff"),
-                   help="CAV classifier (default sgd: hinge loss, as TF TCAV and Captum)")
+    p.add_argument("--classifier", default="mean-diff", choices=("sgd", "logistic", "svm", "mean-diff"),
+                   help="CAV classifier (default mean-diff: stable across seeds, see calibration.json; "
+                        "sgd: hinge loss, as TF TCAV and Captum)")
     p.add_argument("--test", default="pseudo", choices=("pseudo", "permutation", "ttest"),
                    help="pseudo (default): rank against M random-pool pseudo-concepts scored on the same random "
                         "sets; or a two-sample test against random-vs-random TCAV scores: permutation, or "
@@ -37,13 +43,19 @@ def register(sub) -> None:
                    help="what --test pseudo ranks: the class-logit change towards the concept (auto's choice) "
                         "or the mean TCAV score; the two-sample tests always use the TCAV score")
     p.add_argument("--null-sets", type=int, default=0,
-                   help="with --test pseudo: M pseudo-concepts (0 = auto: Bonferroni reachable)")
+                   help="with --test pseudo: M pseudo-concepts (0 = auto: the smallest corrected p is alpha/100)")
+    p.add_argument("--seeds", type=int, default=0,
+                   help="score K draws of the random sets and report in how many each verdict holds "
+                        "(0 = auto: 3 with --test pseudo and mean-diff CAVs on a pool of up to 500 clips, else 1)")
+    p.add_argument("--family", default="target-layer", choices=("target-layer", "target", "experiment"),
+                   help="hypotheses corrected together: each target at each layer (default; a verdict does not "
+                        "change when other targets or layers join), each target, or the whole experiment")
     p.add_argument("--calibration-sets", type=int, default=20,
                    help="with --test permutation|ttest: pseudo-concepts per layer, class and variant scored as "
                         "concepts for calibration.json (default 20; each costs one CAV fit per random set, nearly "
                         "free with --classifier mean-diff; 0 = none). --test pseudo measures on its own null")
     p.add_argument("--correction", default="bonferroni", choices=("bonferroni", "holm"),
-                   help="family-wise correction over every hypothesis (default bonferroni)")
+                   help="family-wise correction within each --family (default bonferroni)")
     p.add_argument("--mode", default="crop", help="render mode of database tubes: mask, crop (default) or blur")
     p.add_argument("--batch-size", type=int, default=8, help="clips per forward/backward (default 8)")
     add_executor_options(p)
@@ -79,12 +91,26 @@ def _split(value: str, flag: str) -> tuple[str, ...]:
 
 
 def _random_sets(value: str) -> int | str:
+    """N, auto, or (folders given as the sets) the default N, replaced by the folder count."""
     if value == "auto":
         return value
     try:
         return int(value)
     except ValueError:
-        raise ConfigError(f"--random-sets must be a number or auto, got {value!r}") from None
+        if _random_set_folders(value):
+            return 10
+        raise ConfigError(f"--random-sets must be a number, auto, or random-set folders (a quoted glob such as "
+                          f"'DIR/random500_*', or DIR1,DIR2,...), got {value!r}") from None
+
+
+def _random_set_folders(value: str) -> str | None:
+    """``--random-sets`` as folders (TF-TCAV's random500_0 ... random500_N), else None."""
+    from tcav.examples import GLOB_CHARS
+
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if parts and all(any(c in p for c in GLOB_CHARS) or Path(p).is_dir() for p in parts):
+        return value
+    return None
 
 
 def tcav_config(args):
@@ -94,12 +120,14 @@ def tcav_config(args):
 
     return TcavConfig(layers=_split(args.layers, "--layers"), targets=_split(args.target, "--target"),
                       random_sets=_random_sets(args.random_sets), seed=args.seed, classifier=args.classifier,
-                      test=args.test, statistic=args.statistic, correction=args.correction,
+                      test=args.test, statistic=args.statistic, correction=args.correction, family=args.family,
+                      seeds=args.seeds,
                       random_set_size=args.random_set_size, render_mode=args.mode, null_sets=args.null_sets,
                       calibration_sets=args.calibration_sets)
 
 
 def _tcav(args, ctx) -> int:
+    from tcav.experiment import family_summary
     from tcav.workflow import TcavRequest, run_experiment
 
     missing = [flag for flag, value in (("--model", args.model), ("--layers", args.layers),
@@ -109,6 +137,7 @@ def _tcav(args, ctx) -> int:
 
     request = TcavRequest(model=model_source(args), concepts=args.concepts, config=tcav_config(args),
                           class_examples=args.class_examples, random_pool=args.random_pool,
+                          random_set_folders=_random_set_folders(args.random_sets),
                           device=args.device, amp=args.amp, batch_size=args.batch_size)
     ctx.workspace.engine  # an unreachable database fails here, before Ray starts
     with executor_from_args(args) as executor:
@@ -122,8 +151,8 @@ def _tcav(args, ctx) -> int:
         ctx.echo(f"calibration: false-positive rate {cal.false_positive_rate:.3g} ({cal.families_rejected}/"
                  f"{cal.n_families} null families, {cal.n_null_hypotheses} null hypotheses) vs alpha {cal.alpha}; "
                  f"CAV stability across seeds {stability}")
-    ctx.echo(f"experiment {outcome.experiment_id}: {outcome.report.n_random_sets} random sets, "
-             f"{len(outcome.report.tested())} hypotheses, {outcome.report.config.correction} correction")
+    ctx.echo(f"experiment {outcome.experiment_id}: {outcome.report.n_random_sets} random sets; "
+             f"{family_summary(outcome.report)}")
     ctx.echo(f"results: {', '.join(str(p) for p in outcome.files)}")
     ctx.echo(f"plots: {', '.join(str(p) for p in outcome.plots)}")
     return 0
@@ -149,14 +178,15 @@ def _tcav_apply(args, ctx) -> int:
 def format_table(report) -> list[str]:
     """The CLI's result table: one line per concept variant, class and layer."""
     head = (f"{'concept':<24} {'variant':<8} {'layer':<20} {'class':<14} {'TCAV':>5} {'±':>5} "
-            f"{'null':>5} {'CAVacc':>6} {'p':>8} {'p_corr':>8}  verdict")
+            f"{'null':>5} {'CAVacc':>6} {'z':>6} {'p':>8} {'p_corr':>8}  verdict")
     lines = [head, "-" * len(head)]
     for r in report.tested():
         null = report.null_for(r)
         layer = r.layer + (" (degenerate)" if null.diagnosis.degenerate else "")
         lines.append(f"{r.concept[:24]:<24} {r.variant:<8} {layer:<20} {r.target[:14]:<14} "
                      f"{r.tcav_mean:5.2f} {r.tcav_std:5.2f} {null.null_mean:5.2f} "
-                     f"{float(r.cav_accuracies.mean()):6.2f} {r.p_value:8.2g} {r.p_corrected:8.2g}  {r.verdict}")
+                     f"{float(r.cav_accuracies.mean()):6.2f} {'-' if r.z is None else f'{r.z:+.1f}':>6} "
+                     f"{r.p_value:8.3g} {r.p_corrected:8.3g}  {r.verdict}")
     relative = [r for r in report.results if r.comparison == "relative"]
     if relative:
         lines.append("relative TCAV (concept vs the other concepts):")
