@@ -10,8 +10,8 @@ nothing here touches the model or files.
 
 Cost. The logit change is linear in the clips, so M pseudo-concepts against N random
 sets cost one projection grad . clip per pool clip and class, then sums over index
-sets: M = 24,000 pseudo-concepts take well under a second per (layer, class, variant,
-size) (``benchmarks/tcav_synthetic.py`` prints the null's seconds). That is what
+sets: on the demo model at stage2, M = 11,999 for 4 classes x 2 variants takes 0.12 s
+against 0.01 s for M = 99 (``benchmarks/pseudo_null_cost.py``). That is what
 lets M be chosen so that a clear effect gets a p-value far below the threshold
 (:func:`tcav.stats.auto_null_sets`). The TCAV sign count with mean-difference CAVs is
 scored from the same projections but set by set (M x N), and other classifiers fit
