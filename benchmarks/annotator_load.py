@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": n_requests, "conflicts_409": codes.get(409, 0),
         "errors_5xx": sum(n for code, n in codes.items() if code >= 500),
         "decisions": len(afters), "decision_attempts": sum(c.n_decisions for c in clients),
-        "decision_posts": len(latency["api"]),
+        "decision_posts": len(latency["decision"]),
         "lost_updates": len(lost), "client_failures": len(failures),
     }
     result.update(check(result, TARGETS, enforce=not args.no_targets))

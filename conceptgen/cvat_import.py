@@ -38,7 +38,8 @@ from sqlalchemy import func, select
 import conceptgen
 from conceptgen.errors import ConfigError, NotFoundError
 from conceptgen.export import SkippedItem
-from conceptgen.export_formats import (CVAT_VERSION, SourceVideo, TubeLabel, cvat_rle_decode, cvat_source)
+from conceptgen.export_formats import (CVAT_VERSION, SourceVideo, TubeLabel, cvat_files, cvat_rle_decode,
+                                       cvat_source)
 from conceptgen.hashing import sha256_bytes, sha256_file
 from conceptgen.masks import encode_rle, mask_box, mask_outline, outline_mask, shift_mask
 from conceptgen.progress import progress
@@ -144,12 +145,6 @@ def is_cvat_video(path: str | Path) -> bool:
     """An .xml file, or a folder holding ``*.xml`` or ``*/*.xml`` CVAT files."""
     path = Path(path)
     return (path.is_file() and path.suffix.lower() == ".xml") or (path.is_dir() and bool(cvat_files(path)))
-
-
-def cvat_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted({*path.glob("*.xml"), *path.glob("*/*.xml")})
 
 
 def _number(element, name: str, where: str) -> float:

@@ -74,6 +74,7 @@ MIN_RANDOM_POOL = 12  # two disjoint random sets of 6 for TCAV's random-vs-rando
 MIN_VIDEOS = 20  # the demo model holds out every 5th video per class: 5 per class at least
 ACCEPT_RULES = ("ground-truth", "cohesion")
 GT_PREFIX = "gt-"
+DEMO_MIN_TUBE_LENGTH = 4  # frames
 
 Log = Callable[[str], None]
 
@@ -183,7 +184,9 @@ def prepare_demo(workspace: Workspace, config: DemoConfig, *, log: Log = print) 
     report = ingest(workspace, [synth_dir / "videos"])
     log(f"      {report.summary_lines()[0]}")
     log("[4/6] extract")
-    extraction = extract(workspace, ExtractConfig.from_options(segmenter=config.segmenters, seed=config.seed))
+    # Its clips are 16 frames: tubes of 4+ frames (extract's default of 8 suits real video, not these).
+    extraction = extract(workspace, ExtractConfig.from_options(segmenter=config.segmenters, seed=config.seed,
+                                                               min_tube_length=DEMO_MIN_TUBE_LENGTH))
     log(f"      {extraction.summary_lines()[0]}")
     if extraction.n_done + extraction.n_skipped == 0:
         raise DataError(f"no video of run {extraction.run_id} could be processed: "

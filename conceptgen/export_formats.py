@@ -400,8 +400,6 @@ def _referenced_videos(root: Path, kind: str, problems: list[FileProblem]) -> li
             problems.append(FileProblem("manifest.json", "unreadable manifest"))
             return []
     out = []
-    from conceptgen.cvat_import import cvat_files
-
     for xml in cvat_files(root):
         rel = xml.relative_to(root).as_posix()
         try:
@@ -415,6 +413,13 @@ def _referenced_videos(root: Path, kind: str, problems: list[FileProblem]) -> li
         else:
             out.append((xml.parent / source).relative_to(root).as_posix())
     return out
+
+
+def cvat_files(path: Path) -> list[Path]:
+    """The CVAT for video XML files of an export folder (``TASK/TASK.xml``, or XML at its top), or the file itself."""
+    if path.is_file():
+        return [path]
+    return sorted({*path.glob("*.xml"), *path.glob("*/*.xml")})
 
 
 def cvat_source(meta) -> str:

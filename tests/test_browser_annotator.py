@@ -108,9 +108,14 @@ def _blocked_by_csp(driver) -> list[str]:
 
 
 def _wait(predicate, timeout=30.0, what="condition"):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:  # the page re-rendered between finding and reading
+            value = None
         if value:
             return value
         time.sleep(0.2)
@@ -326,6 +331,13 @@ def _by(driver, css):
     return driver.find_elements(By.CSS_SELECTOR, css)
 
 
+def _goto(driver, url):
+    """Open ``url`` and wait until the browser is there (a loaded machine has shown the
+    previous page after ``get`` returned)."""
+    driver.get(url)
+    _wait(lambda: driver.current_url.split("?")[0] == url or driver.get(url), what=f"the browser at {url}")
+
+
 def _present(driver, css, n=1):
     """The elements matching ``css`` once at least ``n`` are on the page (a loaded machine
     can hand back a page before its body is parsed)."""
@@ -415,7 +427,7 @@ def test_export_job_shows_progress_survives_reload_cancels_and_reports_failure(s
     _accept(ws, info, info.cluster_ids[0], "Sliding square")
     driver = browser
     _login(driver, base, info)
-    driver.get(base + "/concepts")
+    _goto(driver, base + "/concepts")
     _present(driver, "#export-btn")[0].click()
     done = _wait(lambda: _by(driver, ".job.state-done"), timeout=120, what="the export job to finish")
     assert "Exported 6 clips to" in done[0].text and (ws.exports).exists()

@@ -205,7 +205,7 @@ def test_extract_cluster_tcav_with_temporal_and_gradcam_end_to_end(folders, clip
         run = s.scalars(select(Run)).one()
         emb = load_embeddings(s, run.id, layer=block, pooling="mean", render_mode="mask")
     assert len(emb.vectors) >= 2 and emb.vectors.shape[1] == 32 and np.isfinite(emb.vectors).all()
-    clustered = cli("cluster", "--run", run.id, "--k", 2, "--min-size", 1, "--min-videos", 1)
+    clustered = cli("cluster", "--run", run.id, "--k", 2, "--min-size", 1, "--min-videos", 1, "--include-background")
     assert f"layer {block}, {len(emb.vectors)} tubes, k=2" in clustered, clustered
 
     out = cli("tcav", "--model", model, "--layers", layers, "--target", "right", "--concepts",
