@@ -47,7 +47,7 @@ import numpy as np
 from conceptgen.errors import ConfigError
 from conceptgen.concepts import load_concept_records
 from conceptgen.export import (CHECKSUMS, AtomicFolder, ExportReport, FileProblem, SkippedItem, VerifyReport,
-                               check_files, checksum_lines, read_checksum_lines)
+                               check_files, checksum_lines, export_kind, read_checksum_lines, verify_native_export)
 from conceptgen.hashing import sha256_bytes
 from conceptgen.masks import mask_box, mask_outline, resize_mask, scale_box
 from conceptgen.tubes import TubeRecord
@@ -370,6 +370,16 @@ def _write_cvat(folder, videos: dict[str, list[TubeLabel]], *, masks: bool, labe
 
 
 # --- verify -----------------------------------------------------------------------------
+def verify_export(export_dir: str | Path) -> VerifyReport:
+    """Check an export of any format (:func:`conceptgen.export.export_kind`): for the native
+    one the manifest's own checksum and every file's sha256; for FiftyOne and CVAT exports
+    their ``SHA256SUMS`` and that every video they reference is there. ``notes`` say what
+    could not be checked."""
+    root = Path(export_dir)
+    kind = export_kind(root)
+    return verify_native_export(root) if kind == "native" else verify_tool_export(root, kind)
+
+
 def verify_tool_export(root: Path, kind: str) -> VerifyReport:
     """A FiftyOne or CVAT export: every file of its SHA256SUMS (and no other), and every
     video it references. Without SHA256SUMS (a folder CVAT wrote, say) only the latter."""

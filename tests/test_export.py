@@ -8,7 +8,8 @@ import pytest
 
 from conceptgen.cli import main
 from conceptgen.errors import ConfigError, NotFoundError
-from conceptgen.export import MANIFEST, export_concepts, read_manifest, verify_export
+from conceptgen.export import MANIFEST, export_concepts, read_manifest
+from conceptgen.export_formats import verify_export
 from conceptgen.hashing import sha256_file
 from conceptgen.masks import decode_rle
 from conceptgen.orm import Concept, Tube, Video

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conceptgen.cli import main
-from conceptgen.export import verify_export
+from conceptgen.export_formats import verify_export
 from conceptgen.export_formats import (cvat_rle, cvat_rle_decode, eta_mask_decode, export_for_tool, relative_corner,
                                        tube_labels)
 from conceptgen.hashing import sha256_file

@@ -11,7 +11,8 @@ import pytest
 from conftest import build_concept_workspace
 from conceptgen.cli import main
 from conceptgen.errors import DataError, IntegrityError, NotFoundError
-from conceptgen.export import export_concepts, read_manifest, verify_export
+from conceptgen.export import export_concepts, read_manifest
+from conceptgen.export_formats import verify_export
 from conceptgen.hashing import sha256_file
 from conceptgen.import_concepts import import_concepts
 from conceptgen.masks import decode_rle

@@ -175,7 +175,7 @@ def test_a_uniform_mat_touching_many_blocks_at_1280x720_merges_into_background_a
     from conceptgen.videoio import read_frames, write_video
 
     path = tmp_path / "mat.mp4"
-    write_video(path, uniform_mat_frames(num_frames=12, n_blocks=40, block_side=72, seed=1), fps=30.0)
+    write_video(path, uniform_mat_frames(num_frames=12, n_blocks=24, block_side=80, seed=1), fps=30.0)
     frames = read_frames(path, max_side=256)
     assert frames.shape == (12, 144, 256, 3)
     dets = SupervoxelSegmenter().segment(frames)

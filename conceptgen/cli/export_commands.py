@@ -66,7 +66,7 @@ def _export(args, ctx) -> int:
 
 
 def _verify(args, ctx) -> int:
-    from conceptgen.export import verify_export
+    from conceptgen.export_formats import verify_export
 
     report = verify_export(args.dir)
     for problem in report.problems:
