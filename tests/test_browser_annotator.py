@@ -271,7 +271,7 @@ def test_review_flow_in_chromium(server, browser):
         assert s.get(Cluster, first_id).status == "accepted"
 
     # merge two candidate clusters
-    driver.get(base + f"/runs/{info.run_id}/clusters?status=candidate")
+    _goto(driver, base + f"/runs/{info.run_id}/clusters?status=candidate")
     cards = driver.find_elements(By.CSS_SELECTOR, ".card")
     pair = [int(c.get_attribute("data-cluster-id")) for c in cards[:2]]
     for card in cards[:2]:
@@ -290,7 +290,7 @@ def test_review_flow_in_chromium(server, browser):
         assert [s.get(Cluster, c).status for c in pair] == ["candidate", "candidate"]
 
     # cluster detail: layout, keyboard reach, similar tubes, screenshot
-    driver.get(base + f"/clusters/{first_id}")
+    _goto(driver, base + f"/clusters/{first_id}")
     _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#similar .similar-item"), what="similar tubes")
     fit = _layout_fits(driver)
     assert fit["overflow"] <= 0 and fit["cut"] == 0, fit
@@ -335,7 +335,8 @@ def _goto(driver, url):
     """Open ``url`` and wait until the browser is there (a loaded machine has shown the
     previous page after ``get`` returned)."""
     driver.get(url)
-    _wait(lambda: driver.current_url.split("?")[0] == url or driver.get(url), what=f"the browser at {url}")
+    path = url.split("?")[0]
+    _wait(lambda: driver.current_url.split("?")[0] == path or driver.get(url), what=f"the browser at {url}")
 
 
 def _present(driver, css, n=1):
@@ -379,10 +380,10 @@ def test_experiment_page_sorts_filters_and_shows_each_plot_once(server, browser,
 
     driver = browser
     _login(driver, base, info)
-    driver.get(base + "/experiments")
+    _goto(driver, base + "/experiments")
     assert len(_present(driver, "tr.experiment-row", 2)) == 2
     assert _by(driver, f'tr[data-experiment-id="{running_id}"] progress')[0].get_attribute("value") == "1"
-    driver.get(base + f"/experiments/{exp_id}")
+    _goto(driver, base + f"/experiments/{exp_id}")
     _present(driver, "section.plots img.plot", len(plots))
     rows = lambda: [r for r in _by(driver, "tr.verdict") if r.is_displayed()]  # noqa: E731
     n = len(rows())
@@ -475,7 +476,7 @@ def test_play_source_starts_at_the_tube_loops_its_span_and_zooms(server, browser
     base, ws, info = server
     driver = browser
     _login(driver, base, info)
-    driver.get(base + f"/clusters/{info.cluster_ids[0]}")
+    _goto(driver, base + f"/clusters/{info.cluster_ids[0]}")
     row = _present(driver, "tr.member", 3)[2]
     tube = driver.execute_script("return fetch('/api/tubes/' + arguments[0]).then(r => r.json());",
                                  row.get_attribute("data-tube-id"))
@@ -525,7 +526,7 @@ def test_rejecting_an_accepted_cluster_asks_first_and_names_the_concept(server, 
     _accept(ws, info, cid, "Sliding square")
     driver = browser
     _login(driver, base, info)
-    driver.get(base + f"/runs/{info.run_id}/clusters?status=accepted")
+    _goto(driver, base + f"/runs/{info.run_id}/clusters?status=accepted")
     card = _present(driver, f'.card[data-cluster-id="{cid}"]')[0]
     assert "Accepted as “Sliding square”" in card.text
     assert not card.find_elements("css selector", ".act-accept")  # the state, not a button that no longer applies
@@ -562,7 +563,7 @@ def test_a_520_member_cluster_scrolls_as_one_list_with_bulk_remove_and_move(tmp_
         driver.find_element("name", "username").send_keys("alice")
         driver.find_element("name", "password").send_keys("correct-horse")
         driver.find_element("css selector", "form.login button[type=submit]").click()
-        driver.get(base + f"/clusters/{big}")
+        _goto(driver, base + f"/clusters/{big}")
         thumb = _present(driver, "tr.member video.preview")[0]
         assert thumb.size["width"] >= 160
         for _ in range(40):
