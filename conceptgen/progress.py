@@ -71,6 +71,9 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> "tqdm[T]":
 
 
 
+STAGE_BAR_DELAY_S = 1.0  # a stage bar appears only once its stage has run this long (short videos stay quiet)
+
+
 @contextmanager
 def stage_progress(stage: str, total: int, *, unit: str, label: str = "",
                    deadline: float | None = None, budget: float | None = None) -> Iterator[Callable[[int], None]]:
@@ -79,7 +82,7 @@ def stage_progress(stage: str, total: int, *, unit: str, label: str = "",
     value) a tick raises :class:`TimeBudgetError`, so a stalling stage ends its video
     instead of the run."""
     bar = progress(total=max(int(total), 0), desc=f"{label}{': ' if label else ''}{stage}", unit=unit,
-                   position=1, mininterval=0.5)
+                   position=1, mininterval=0.5, delay=STAGE_BAR_DELAY_S, disable=int(total) <= 0)
     done = 0
 
     def tick(n: int = 1) -> None:

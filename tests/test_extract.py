@@ -206,8 +206,11 @@ def test_a_video_past_its_time_budget_is_recorded_as_failed_and_the_batch_goes_o
     ws.close()
 
 
-def test_progress_shows_each_stage_inside_a_video(tmp_path, demo_workspace, small_set, capsys):
+def test_progress_shows_each_stage_inside_a_video(tmp_path, demo_workspace, small_set, capsys, monkeypatch):
+    import conceptgen.progress
     from conceptgen.progress import is_quiet, set_quiet
+
+    monkeypatch.setattr(conceptgen.progress, "STAGE_BAR_DELAY_S", 0.0)  # these stages take well under a second
 
     ws = workspace_with_demo(tmp_path / "ws", demo_workspace)
     ingest(ws, [str(small_set.videos[0].video_path)])
