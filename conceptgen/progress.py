@@ -60,7 +60,8 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> "tqdm[T]":
     """A tqdm bar that honours ``--quiet``. Accepts tqdm's keyword arguments."""
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
-    bar = tqdm(iterable, disable=_QUIET or kwargs.pop("disable", False), **kwargs)
+    disable = kwargs.pop("disable", False)  # popped first: with --quiet the "or" would skip it
+    bar = tqdm(iterable, disable=_QUIET or disable, **kwargs)
     listener = _LISTENER.get()
     if listener is None or iterable is None:
         return bar
