@@ -238,7 +238,7 @@ def test_review_flow_in_chromium(server, browser):
     _login(driver, base, info)
 
     # gallery, with a preview that loads and plays
-    driver.find_element(By.LINK_TEXT, "Review").click()
+    _wait(lambda: driver.find_elements(By.LINK_TEXT, "Review"), what="the runs page's Review link")[0].click()
     _wait(lambda: "/clusters" in driver.current_url, what="the gallery")
     size = driver.execute_script("return [window.innerWidth, window.innerHeight];")
     assert tuple(size) == VIEWPORT, size
@@ -563,6 +563,7 @@ def test_a_520_member_cluster_scrolls_as_one_list_with_bulk_remove_and_move(tmp_
         driver.find_element("name", "username").send_keys("alice")
         driver.find_element("name", "password").send_keys("correct-horse")
         driver.find_element("css selector", "form.login button[type=submit]").click()
+        _wait(lambda: "/login" not in driver.current_url, what="the login to go through")
         _goto(driver, base + f"/clusters/{big}")
         thumb = _present(driver, "tr.member video.preview")[0]
         assert thumb.size["width"] >= 160
