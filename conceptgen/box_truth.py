@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from conceptgen.errors import DataError
 
 __all__ = ["TruthObject", "ClipTruth", "TubeBoxes", "ClipScore", "load_ground_truth", "box_iou",

@@ -383,7 +383,6 @@ class VideoWorker:
     def __init__(self, task: ExtractTask, loaded):
         self.task = task
         self.clock = StageClock(budget=task.video_time_limit)
-        self.clock_totals = self.clock.totals
         self.processor = VideoProcessor(task.config, loaded, batch_size=task.batch_size, clock=self.clock)
 
     def __call__(self, job: VideoJob) -> VideoOutcome:
@@ -403,17 +402,17 @@ class VideoWorker:
                 _store_video(task, job, result, seconds=time.perf_counter() - t0, tick=tick)
         except AlreadyFinishedError as stored:  # a retry after a worker died between commit and answer
             return VideoOutcome(job.video_id, job.path, "done", n_tubes=stored.n_tubes,
-                                stage_seconds=dict(self.clock_totals))
+                                stage_seconds=dict(self.clock.totals))
         except (ClaimLostError, sqlalchemy.exc.IntegrityError):
-            return VideoOutcome(job.video_id, job.path, "lost", stage_seconds=dict(self.clock_totals))
+            return VideoOutcome(job.video_id, job.path, "lost", stage_seconds=dict(self.clock.totals))
         except StoreUnavailableError:  # the database went away: no video's fault; the run stops
             raise
         except Exception as err:  # noqa: BLE001 - one bad video must not stop the run
             reason = str(err) if isinstance(err, ConceptgenError) else " ".join(f"{type(err).__name__}: {err}".split())
             _store_failure(task, job.video_id, reason, time.perf_counter() - t0)
-            return VideoOutcome(job.video_id, job.path, "failed", reason=reason, stage_seconds=dict(self.clock_totals))
+            return VideoOutcome(job.video_id, job.path, "failed", reason=reason, stage_seconds=dict(self.clock.totals))
         return VideoOutcome(job.video_id, job.path, "done", n_tubes=len(result.tubes), note=result.note,
-                            stage_seconds=dict(self.clock_totals))
+                            stage_seconds=dict(self.clock.totals))
 
 
 # --- the run orchestrator ------------------------------------------------------------
