@@ -13,6 +13,8 @@ downloaded here; the segmenters dominate the cost), then ``cluster --k auto``.
 Figures (definitions in conceptgen.box_truth.py), pooled over the labelled clips:
   object_recall             labelled objects covered by a tube (box IoU >= 0.5 on at least
                             half of the object's labelled frames), over all tubes
+  mean_object_coverage      the mean over objects of the best single tube's share of the
+                            object's labelled frames (IoU >= 0.5): progress below recall's bar
   background_fraction       candidate tubes (not tagged background) that lie on no labelled object
   identity_switch_fraction  tube-frames of candidate tubes whose best match is another thing
                             than the tube's majority
@@ -166,8 +168,8 @@ def main(argv=None) -> dict:
                                         for r in candidates])
             # Recall counts every tube (background-tagged ones are kept and reachable); background and
             # switches count the candidates a reviewer sees.
-            cand_score.n_recalled, cand_score.recalled, cand_score.missed = (
-                recall_score.n_recalled, recall_score.recalled, recall_score.missed)
+            cand_score.n_recalled, cand_score.recalled, cand_score.missed, cand_score.coverage = (
+                recall_score.n_recalled, recall_score.recalled, recall_score.missed, recall_score.coverage)
             scores.append(cand_score)
             line += (f" {cand_score.object_recall:>6.2f} {cand_score.background_fraction:>5.2f} "
                      f"{cand_score.identity_switch_fraction:>6.3f}  {','.join(cand_score.missed)}")
@@ -194,7 +196,8 @@ def main(argv=None) -> dict:
         "failed_videos": [(r["clip"], r["error"]) for r in rows if r["status"] != "done"],
         "clusters": clustering.k, "clustered_tubes": clustering.n_tubes, "layer": clustering.layer,
         "per_clip": {s.clip: {"recall": round(s.object_recall, 3), "background": round(s.background_fraction, 3),
-                              "switches": round(s.identity_switch_fraction, 4), "missed": s.missed} for s in scores},
+                              "switches": round(s.identity_switch_fraction, 4), "missed": s.missed,
+                              "coverage": {k: round(v, 2) for k, v in s.coverage.items()}} for s in scores},
     }
     if args.contact_sheet:
         contact_sheet(rows, set(truth), args.contact_sheet)

@@ -12,8 +12,10 @@ Definitions (the README's figures use these):
     the highest box IoU (a hand tube matches the hand, not the person around it);
   * a tube **is on an object** when its tube-frames lie on some object on at least half
     of its labelled keyframes; otherwise it is **background**;
-  * **object recall**: the share of objects covered by some tube with box IoU >= 0.5 on
-    at least half of the object's labelled frames;
+  * an object's **coverage**: the largest share of its labelled frames on which one
+    tube's box has IoU >= 0.5 with the object's (a tube that follows half the object
+    and then loses it covers 0.5);
+  * **object recall**: the share of objects with coverage >= 0.5;
   * **identity switches**: of the tube-frames of tubes on an object, the share whose
     best match belongs to another thing than the tube's majority; a thing is a person
     with their parts, or an object (so hand -> person is not a switch, girl -> boy is).
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from conceptgen.errors import DataError
+from conceptgen.masks import box_iou
 
 __all__ = ["TruthObject", "ClipTruth", "TubeBoxes", "ClipScore", "load_ground_truth", "box_iou",
            "score_clip", "pool_scores"]
@@ -104,6 +107,7 @@ class ClipScore:
     n_switched_frames: int
     recalled: list[str] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
+    coverage: dict[str, float] = field(default_factory=dict)  # object id -> its coverage
 
     @property
     def object_recall(self) -> float:
@@ -134,14 +138,6 @@ def load_ground_truth(path: str | Path) -> dict[str, ClipTruth]:
     return out
 
 
-def box_iou(a: Box, b: Box) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _inside_fraction(inner: Box, outer: Box) -> float:
     iw = max(0.0, min(inner[2], outer[2]) - max(inner[0], outer[0]))
     ih = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
@@ -164,7 +160,8 @@ def best_match(box: Box, truth: ClipTruth, frame: int) -> str | None:
 def score_clip(truth: ClipTruth, tubes: Sequence[TubeBoxes]) -> ClipScore:
     """Recall, background and identity switches of one clip's tubes (see the module doc)."""
     labelled = truth.labelled_frames
-    recalled = [o.id for o in truth.objects if any(_covers(t, o) for t in tubes)]
+    coverage = {o.id: max((_coverage(t, o) for t in tubes), default=0.0) for o in truth.objects}
+    recalled = [o.id for o in truth.objects if coverage[o.id] >= 0.5]
     n_background = n_matched = n_switched = 0
     for tube in tubes:
         frames = [f for f in tube.boxes if f in labelled]
@@ -177,12 +174,13 @@ def score_clip(truth: ClipTruth, tubes: Sequence[TubeBoxes]) -> ClipScore:
         n_matched += len(things)
         n_switched += sum(t != majority for t in things)
     return ClipScore(truth.clip, len(truth.objects), len(recalled), len(tubes), n_background, n_matched, n_switched,
-                     recalled=recalled, missed=[o.id for o in truth.objects if o.id not in recalled])
+                     recalled=recalled, missed=[o.id for o in truth.objects if o.id not in recalled],
+                     coverage=coverage)
 
 
-def _covers(tube: TubeBoxes, obj: TruthObject) -> bool:
+def _coverage(tube: TubeBoxes, obj: TruthObject) -> float:
     hits = sum(box_iou(tube.boxes[f], b) >= 0.5 for f, b in obj.boxes.items() if f in tube.boxes)
-    return hits * 2 >= len(obj.boxes) and hits > 0
+    return hits / len(obj.boxes) if obj.boxes else 0.0
 
 
 def pool_scores(scores: Sequence[ClipScore]) -> dict[str, float]:
@@ -190,6 +188,8 @@ def pool_scores(scores: Sequence[ClipScore]) -> dict[str, float]:
     n_obj = sum(s.n_objects for s in scores)
     n_tubes = sum(s.n_tubes for s in scores)
     n_frames = sum(s.n_matched_frames for s in scores)
+    coverages = [c for s in scores for c in s.coverage.values()]
     return {"object_recall": sum(s.n_recalled for s in scores) / n_obj if n_obj else 1.0,
+            "mean_object_coverage": float(sum(coverages) / len(coverages)) if coverages else 1.0,
             "background_fraction": sum(s.n_background for s in scores) / n_tubes if n_tubes else 0.0,
             "identity_switch_fraction": sum(s.n_switched_frames for s in scores) / n_frames if n_frames else 0.0}

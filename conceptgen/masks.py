@@ -21,6 +21,7 @@ __all__ = [
     "mask_box",
     "mask_area",
     "union_box",
+    "box_iou",
     "resize_mask",
     "scale_box",
     "mask_outline",
@@ -95,6 +96,15 @@ def mask_box(mask: np.ndarray) -> list[float]:
     if len(xs) == 0:
         return [0.0, 0.0, 0.0, 0.0]
     return [float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)]
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes; 0.0 when both are empty."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def union_box(boxes: Sequence[Sequence[float]]) -> list[float]:

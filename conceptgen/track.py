@@ -7,6 +7,10 @@ Recipe, per segmenter source:
 3. unmatched detections start tracks (births); a track missed on more than
    ``max_gap`` looked-at frames ends (death), losing the frames after its first miss;
    shorter gaps are bridged with the warped predictions;
+4. link broken tracks of one source (:func:`link_tubes`): a tube that ends and one
+   that starts up to ``LinkRules.max_gap`` frames later are one object when the first,
+   carried on at its own speed, lands on the second with the same colour (objects
+   that stop, blur or pass behind something break tracks on real video);
 Then all sources together: drop tubes shorter than ``min_length`` frames and
 remove duplicates (spatio-temporal IoU > ``dedup_iou``), keeping the higher score,
 then the longer tube.
@@ -20,10 +24,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .masks import iou_matrix, mask_box, mask_iou
-from .segment import Detection, Tick, optical_flow, warp_mask
+from .masks import box_iou, iou_matrix, mask_box, mask_iou, shift_mask
+from .segment import Detection, Tick, lab_frames, optical_flow, warp_mask
 
-__all__ = ["Tube", "build_tubes", "tracking_work_units", "track_detections", "dedup_tubes", "tube_iou_matrix"]
+__all__ = ["Tube", "LinkRules", "build_tubes", "tracking_work_units", "track_detections", "link_tubes",
+           "dedup_tubes", "tube_iou_matrix"]
 
 
 @dataclass
@@ -195,11 +200,105 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
 
 def _translate(mask: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Mask moved by ``shift`` = (dx, dy) pixels, rounded; pixels moved off the frame are lost."""
-    dx, dy = int(round(shift[0])), int(round(shift[1]))
-    h, w = mask.shape
-    out = np.zeros_like(mask)
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return shift_mask(mask, int(round(shift[0])), int(round(shift[1])))
+
+
+@dataclass(frozen=True)
+class LinkRules:
+    """When two tubes of one source are one object seen with a break.
+
+    ``max_gap``: most frames between the first tube's end and the second's start;
+    ``min_iou``: least box IoU between the first tube's last mask, moved on at its
+    recent speed to the second's start, and the second's first mask;
+    ``max_colour``: largest distance (CIELAB) between the two masks' mean colours;
+    ``speed_frames``: frames over which the first tube's speed is measured.
+    """
+
+    max_gap: int = 12
+    min_iou: float = 0.3
+    max_colour: float = 12.0
+    speed_frames: int = 5
+
+
+def link_tubes(tubes: Sequence[Tube], lab: np.ndarray, *, rules: LinkRules = LinkRules()) -> list[Tube]:
+    """Join tubes of one source that continue each other across a break of up to
+    ``rules.max_gap`` frames (see :class:`LinkRules`); the gap is filled with the first
+    tube's last mask moved along a straight line to the second's first mask.
+
+    ``lab``: the clip's CIELAB frames ``(T, H, W, 3)``. Links are chosen best IoU first,
+    each tube with at most one successor and one predecessor. Deterministic.
+    """
+    successor: dict[int, int] = {}
+    predecessor: dict[int, int] = {}
+    for score, a, b in sorted(_link_candidates(tubes, lab, rules), key=lambda c: (-c[0], c[1], c[2])):
+        if a not in successor and b not in predecessor:
+            successor[a], predecessor[b] = b, a
+    chains = []
+    for first in range(len(tubes)):
+        if first in predecessor:
+            continue
+        chain = [first]
+        while chain[-1] in successor:
+            chain.append(successor[chain[-1]])
+        chains.append(chain)
+    return [_join([tubes[i] for i in chain]) for chain in chains]
+
+
+def _link_candidates(tubes: Sequence[Tube], lab: np.ndarray, rules: LinkRules) -> list[tuple[float, int, int]]:
+    by_start: dict[int, list[int]] = defaultdict(list)
+    for j, tube in enumerate(tubes):
+        by_start[tube.start].append(j)
+    colour = {}
+
+    def mean_colour(k: int, frame: int, mask: np.ndarray) -> np.ndarray:
+        if (k, frame) not in colour:
+            colour[k, frame] = lab[frame][mask].mean(0) if mask.any() else np.full(3, np.inf)
+        return colour[k, frame]
+
+    out = []
+    for i, a in enumerate(tubes):
+        followers = [j for gap in range(rules.max_gap + 1) for j in by_start.get(a.end + gap, []) if j != i]
+        if not followers or not a.masks[-1].any():
+            continue
+        velocity = _recent_velocity(a, rules.speed_frames)
+        for j in followers:
+            b = tubes[j]
+            carried = _translate(a.masks[-1], velocity * (b.start - a.frames[-1]))
+            # Boxes, not masks: motion masks change shape from frame to frame while their extent holds.
+            iou = box_iou(mask_box(carried), b.boxes[0]) if carried.any() else 0.0
+            if iou < rules.min_iou:
+                continue
+            distance = float(np.linalg.norm(mean_colour(i, a.frames[-1], a.masks[-1]) - mean_colour(j, b.start, b.masks[0])))
+            if distance <= rules.max_colour:
+                out.append((iou, i, j))
     return out
+
+
+def _recent_velocity(tube: Tube, frames: int) -> np.ndarray:
+    """Centroid displacement per frame over the tube's last ``frames`` frames (pixels, (dx, dy))."""
+    k = min(frames, len(tube))
+    if k < 2:
+        return np.zeros(2)
+    return (_centroid(tube.masks[-1]) - _centroid(tube.masks[-k])) / (k - 1)
+
+
+def _join(chain: Sequence[Tube]) -> Tube:
+    if len(chain) == 1:
+        return chain[0]
+    frames, masks = list(chain[0].frames), list(chain[0].masks)
+    weighted = chain[0].score * len(chain[0])
+    for b in chain[1:]:
+        last, start = masks[-1], _centroid(masks[-1])
+        steps = b.start - frames[-1]
+        shift = _centroid(b.masks[0]) - start
+        for s in range(1, steps):
+            frames.append(frames[-1] + 1)
+            masks.append(_translate(last, shift * s / steps))
+        frames += b.frames
+        masks += b.masks
+        weighted += b.score * len(b)
+    return Tube(frames, masks, [mask_box(m) for m in masks], chain[0].kind,
+                float(weighted / sum(len(t) for t in chain)))
 
 
 def tube_iou_matrix(tubes_a: Sequence[Tube], tubes_b: Sequence[Tube]) -> np.ndarray:
@@ -240,14 +339,15 @@ def tracking_work_units(detections: Sequence[Sequence[Detection]]) -> int:
 def build_tubes(frames: np.ndarray, detections: Sequence[Sequence[Detection]], *, flows: np.ndarray | None = None,
                 observed: Mapping[str, set[int]] | None = None, min_length: int = 4, max_gap: int = 2,
                 dedup_iou: float = 0.5, match_iou: float = 0.2, max_jump: float = 0.2,
-                shape_iou: float = 0.6, tick: Tick | None = None) -> list[Tube]:
+                shape_iou: float = 0.6, link: LinkRules | None = LinkRules(),
+                tick: Tick | None = None) -> list[Tube]:
     """Tubes from per-frame detections of one or more segmenters.
 
     ``frames`` ``(T, H, W, 3)`` uint8; ``detections``: ``T`` lists (mixed sources);
     ``flows`` ``(T-1, H, W, 2)``, computed from ``frames`` when not given;
     ``observed``: per source, the frames it looked at (e.g. SAM keyframes; default:
-    every frame). Each source is tracked on its own, then
-    tubes shorter than ``min_length`` frames are dropped and duplicates across all
+    every frame). Each source is tracked on its own and its broken tracks linked
+    (``link=None``: not linked), then tubes shorter than ``min_length`` frames are dropped and duplicates across all
     sources removed. Output is sorted by (start frame, kind, -score): deterministic.
     """
     if len(detections) != len(frames):
@@ -258,11 +358,14 @@ def build_tubes(frames: np.ndarray, detections: Sequence[Sequence[Detection]], *
     for t, dets in enumerate(detections):
         for det in dets:
             by_source[det.source][t].append(det)
+    lab = lab_frames(np.asarray(frames)) if link is not None and by_source else None
     tubes: list[Tube] = []
     for source in sorted(by_source):
         seen = None if observed is None else observed.get(source)
         tracked = track_detections(by_source[source], flows, kind=source, observed=seen, max_gap=max_gap,
                                    match_iou=match_iou, max_jump=max_jump, shape_iou=shape_iou, tick=tick)
+        if link is not None:
+            tracked = link_tubes(tracked, lab, rules=link)
         tubes.extend(tube for tube in tracked if len(tube) >= min_length)
     tubes = dedup_tubes(tubes, dedup_iou=dedup_iou)
     return sorted(tubes, key=lambda tube: (tube.start, tube.kind, -tube.score, tube.boxes[0]))

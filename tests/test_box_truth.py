@@ -51,6 +51,15 @@ def test_an_object_needs_half_its_frames_covered_to_count_as_recalled():
     assert "boy" in score_clip(truth, [boy_once]).missed
 
 
+def test_coverage_is_the_best_single_tube_share_not_the_union_of_tubes():
+    truth = scene()
+    first_half = TubeBoxes({0: (200, 0, 300, 200), 4: (200, 0, 300, 200)})
+    one_more = TubeBoxes({8: (200, 0, 300, 200)})
+    score = score_clip(truth, [first_half, one_more])
+    assert score.coverage["boy"] == pytest.approx(0.5) and score.coverage["girl"] == 0.0
+    assert pool_scores([score])["mean_object_coverage"] == pytest.approx(0.5 / 4)
+
+
 def test_pooled_figures_count_objects_tubes_and_frames_not_clip_means():
     truth = scene()
     a = score_clip(truth, [TubeBoxes({f: (2, 2, 98, 196) for f in (0, 4, 8, 12)})])

@@ -4,7 +4,7 @@ import pytest
 
 from conceptgen.masks import mask_iou
 from conceptgen.segment import Detection, optical_flow
-from conceptgen.track import Tube, build_tubes, dedup_tubes, tube_iou_matrix
+from conceptgen.track import LinkRules, Tube, build_tubes, dedup_tubes, tube_iou_matrix
 
 SIZE, T = 64, 12
 
@@ -76,8 +76,44 @@ def test_occlusion_gap_is_bridged_by_warping():
 def test_a_gap_longer_than_max_gap_ends_the_track():
     frames, masks = paint([((230, 200, 30), 7, line(10, 30, 3, 0))])
     gap = {(0, t) for t in range(4, 8)}
-    tubes = build_tubes(frames, detections_from(masks, drop=gap), max_gap=1, min_length=3)
+    tubes = build_tubes(frames, detections_from(masks, drop=gap), max_gap=1, min_length=3, link=None)
     assert [(tube.start, tube.end) for tube in tubes] == [(0, 4), (8, T)]
+
+
+def test_a_track_broken_by_a_long_gap_is_linked_again_and_the_gap_follows_the_object():
+    frames, masks = paint([((230, 200, 30), 7, line(10, 30, 3, 0))])
+    gap = {(0, t) for t in range(4, 8)}
+    tubes = build_tubes(frames, detections_from(masks, drop=gap), max_gap=1, min_length=3)
+    assert len(tubes) == 1 and tubes[0].frames == list(range(T))
+    for t in range(4, 8):
+        assert mask_iou(tubes[0].mask_at(t), masks[0, t]) > 0.5
+    assert len(tubes[0].boxes) == T
+
+
+def test_a_different_object_where_one_vanished_is_not_linked_to_it():
+    # Same place and speed, other colour: a red square leaves, a blue one arrives on its path.
+    first = line(10, 30, 3, 0)[:4] + [None] * (T - 4)
+    second = [None] * 7 + line(10, 30, 3, 0)[7:]
+    frames, masks = paint([((230, 30, 30), 7, first), ((30, 30, 230), 7, second)])
+    tubes = build_tubes(frames, detections_from(masks), max_gap=1, min_length=3)
+    assert sorted((tube.start, tube.end) for tube in tubes) == [(0, 4), (7, T)]
+
+
+def test_an_object_that_does_not_continue_the_path_is_not_linked():
+    # Same colour, but it appears on the far side instead of where the first was heading.
+    first = line(10, 20, 3, 0)[:4] + [None] * (T - 4)
+    second = [None] * 7 + [(50, 50)] * (T - 7)
+    frames, masks = paint([((230, 200, 30), 6, first), ((230, 200, 30), 6, second)])
+    tubes = build_tubes(frames, detections_from(masks), max_gap=1, min_length=3)
+    assert sorted((tube.start, tube.end) for tube in tubes) == [(0, 4), (7, T)]
+
+
+def test_linking_respects_its_largest_gap():
+    frames, masks = paint([((230, 200, 30), 5, line(6, 30, 2, 0, n=24))], num_frames=24)
+    gap = {(0, t) for t in range(4, 12)}
+    dets = detections_from(masks, drop=gap)
+    assert len(build_tubes(frames, dets, max_gap=1, min_length=3, link=LinkRules(max_gap=8))) == 1
+    assert len(build_tubes(frames, dets, max_gap=1, min_length=3, link=LinkRules(max_gap=6))) == 2
 
 
 def test_a_new_object_starts_a_new_tube():
@@ -153,4 +189,4 @@ def test_fast_object_beyond_the_flow_is_linked_by_shape():
     assert len(tubes) == 1 and tubes[0].frames == list(range(8))
     assert matches_object(tubes[0], masks[0], floor=0.99)
     # without the shape rule the same detections fall apart into several tubes
-    assert len(build_tubes(frames, dets, min_length=1, shape_iou=1.01)) > 1
+    assert len(build_tubes(frames, dets, min_length=1, shape_iou=1.01, link=None)) > 1
