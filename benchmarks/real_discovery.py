@@ -6,7 +6,7 @@
 
 The labelled clips are ../shared/data/real-clips (absent: the benchmark says so and
 exits 0); their boxes are benchmarks/data/real_clips_boxes.json (how they were made is
-in the file). Everything runs with extract's defaults (motion,supervoxel, max side 256,
+in the file). Everything runs with extract's defaults (motion,supervoxel,foreground, max side 256,
 mask render mode) and ``--model x3d_xs`` with random weights (no weights can be
 downloaded here; the segmenters dominate the cost), then ``cluster --k auto``.
 

@@ -63,7 +63,7 @@ class ExtractConfig:
     model_kwargs: dict | None = None
     input_spec: dict | None = None  # InputSpec.to_dict()
     class_names: tuple[str, ...] | None = None
-    segmenters: str = "motion,supervoxel"
+    segmenters: str = "motion,supervoxel,foreground"
     sam_checkpoint: str | None = None
     sam_model: str = "vit_b"
     keyframe_every: int = 4

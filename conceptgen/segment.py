@@ -1,7 +1,7 @@
 """Region proposals: frames in, per-frame instance masks with scores out.
 
 Every segmenter implements :class:`Segmenter`; ``build_segmenters`` turns the
-``--segmenter`` option (``"motion,supervoxel"``) into instances. Dense optical
+``--segmenter`` option (``"motion,supervoxel,foreground"``) into instances. Dense optical
 flow is computed once per clip by :func:`optical_flow` and may be shared with the
 tracker (``flows=`` everywhere), so no frame pair is processed twice.
 
@@ -33,6 +33,7 @@ __all__ = [
     "Segmenter",
     "MotionSegmenter",
     "SupervoxelSegmenter",
+    "ForegroundSegmenter",
     "SamSegmenter",
     "SEGMENTER_NAMES",
     "optical_flow",
@@ -368,6 +369,83 @@ class SupervoxelSegmenter(Segmenter):
         return out
 
 
+class ForegroundSegmenter(Segmenter):
+    """Whatever differs from the clip's own background, for a still camera.
+
+    The background of each block of ``block`` frames is the per-pixel median colour
+    (CIELAB) of the still frames within ``window`` frames of the block, sampled every
+    ``stride`` frames. A pixel is foreground where its colour is more than ``min_delta``
+    from it; after opening and closing, each connected part of ``min_area_frac`` to
+    ``max_area_frac`` of the frame is a detection, scored by :func:`boundary_contrast`.
+    A frame whose camera moves (median flow above ``max_camera_px`` px/frame) has
+    none: its background would smear.
+
+    Why: anything that moves somewhere in the clip stands apart from the background
+    in full, its slow parts too (a person's torso, which flow thresholds leave out),
+    and an object that was moved shows where it now stands.
+    """
+
+    name = "foreground"
+
+    def __init__(self, *, min_delta: float = 10.0, window: int = 60, block: int = 16, stride: int = 2,
+                 max_camera_px: float = 0.5, open_px: int = 2, close_px: int = 3, min_area_frac: float = 0.003,
+                 max_area_frac: float = 0.5, seed: int = 0):
+        self.min_delta = min_delta
+        self.window = window
+        self.block = block
+        self.stride = stride
+        self.max_camera_px = max_camera_px
+        self.open_px = open_px
+        self.close_px = close_px
+        self.min_area_frac = min_area_frac
+        self.max_area_frac = max_area_frac
+        self.seed = seed  # deterministic; kept for a uniform interface
+
+    def segment(self, frames: np.ndarray, *, flows: np.ndarray | None = None,
+                tick: Tick | None = None) -> list[list[Detection]]:
+        frames = _check_frames(frames)
+        tick = tick or _no_tick
+        t, h, w = frames.shape[:3]
+        if flows is None:
+            flows = optical_flow(frames)
+        still = self._still_frames(flows, t)
+        lab = lab_frames(frames)
+        lo, hi = _area_bounds(h, w, self.min_area_frac, self.max_area_frac)
+        out: list[list[Detection]] = [[] for _ in range(t)]
+        for start in range(0, t, self.block):
+            stop = min(start + self.block, t)
+            background = self._background(lab, still, start, stop)
+            for i in range(start, stop):
+                if background is not None and still[i]:
+                    out[i] = [Detection(i, m, boundary_contrast(lab[i], m), self.name)
+                              for m in self._parts(lab[i], background, lo, hi)]
+                tick(1)
+        return out
+
+    def _still_frames(self, flows: np.ndarray, t: int) -> np.ndarray:
+        """Per frame: True where the camera holds still (the median flow speed of the
+        frame's pairs is at most ``max_camera_px``; a moving object rarely covers half the frame)."""
+        speed = np.array([float(np.median(np.linalg.norm(f[::4, ::4], axis=-1))) for f in flows])
+        still = np.ones(t, dtype=bool)
+        if len(speed):
+            moving = speed > self.max_camera_px
+            still[:-1] &= ~moving
+            still[1:] &= ~moving
+        return still
+
+    def _background(self, lab: np.ndarray, still: np.ndarray, start: int, stop: int) -> np.ndarray | None:
+        lo, hi = max(0, start - self.window), min(len(lab), stop + self.window)
+        sample = [i for i in range(lo, hi, self.stride) if still[i]]
+        return np.median(lab[sample], axis=0) if len(sample) >= 3 else None
+
+    def _parts(self, lab: np.ndarray, background: np.ndarray, lo: float, hi: float) -> list[np.ndarray]:
+        binary = (np.linalg.norm(lab - background, axis=-1) > self.min_delta).astype(np.uint8)
+        for px, op in ((self.open_px, cv2.MORPH_OPEN), (self.close_px, cv2.MORPH_CLOSE)):
+            if px > 0:
+                binary = cv2.morphologyEx(binary, op, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1,) * 2))
+        return [m for m in connected_parts(binary.astype(bool), lo) if m.sum() <= hi]
+
+
 def connected_parts(mask: np.ndarray, min_area: float) -> list[np.ndarray]:
     """The 8-connected components of a bool ``(H, W)`` mask with at least ``min_area`` pixels, largest first."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -502,7 +580,7 @@ class SamSegmenter(Segmenter):
             raise ConfigError(f"keyframe interval must be >= 1, got {keyframe_every}")
         if model_factory is None:
             if checkpoint is None:
-                raise ConfigError(f"the sam segmenter needs weights: {SAM_CHECKPOINT_HINT}, or use --segmenter motion,supervoxel")
+                raise ConfigError(f"the sam segmenter needs weights: {SAM_CHECKPOINT_HINT}, or use --segmenter motion,supervoxel,foreground")
             if not Path(checkpoint).is_file():
                 raise ConfigError(f"SAM checkpoint not found: {checkpoint}; {SAM_CHECKPOINT_HINT}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -568,12 +646,12 @@ class SamSegmenter(Segmenter):
 
 # --------------------------------------------------------------------------- construction
 
-SEGMENTER_NAMES = ("motion", "supervoxel", "sam")
+SEGMENTER_NAMES = ("motion", "supervoxel", "foreground", "sam")
 
 
 def default_segmenter_names(sam_checkpoint: str | Path | None = None) -> str:
-    """``"sam,motion"`` when a SAM checkpoint is given, else the weights-free ``"motion,supervoxel"``."""
-    return "sam,motion" if sam_checkpoint else "motion,supervoxel"
+    """``"sam,motion"`` when a SAM checkpoint is given, else the weights-free ``"motion,supervoxel,foreground"``."""
+    return "sam,motion" if sam_checkpoint else "motion,supervoxel,foreground"
 
 
 def build_segmenters(names: str | Sequence[str], *, sam_checkpoint: str | Path | None = None, sam_model: str = "vit_b",
@@ -599,6 +677,8 @@ def build_segmenters(names: str | Sequence[str], *, sam_checkpoint: str | Path |
             segmenters.append(MotionSegmenter(seed=seed))
         elif name == "supervoxel":
             segmenters.append(SupervoxelSegmenter(seed=seed))
+        elif name == "foreground":
+            segmenters.append(ForegroundSegmenter(seed=seed))
         else:
             segmenters.append(SamSegmenter(checkpoint=sam_checkpoint, model_type=sam_model, device=device,
                                            keyframe_every=keyframe_every, model_factory=sam_model_factory))

@@ -69,7 +69,7 @@ def test_run_records_config_identity_tubes_embeddings_and_previews(tmp_path, dem
     with ws.session() as s:
         run = s.get(Run, rep.run_id)
         assert run.status == "finished" and run.finished_at is not None
-        assert run.config["segmenters"] == "motion,supervoxel" and run.config["layers"]
+        assert run.config["segmenters"] == "motion,supervoxel,foreground" and run.config["layers"]
         assert run.config["render_mode"] == config.render_mode and run.config["seed"] == 0
         assert run.config_hash == run_identity(ExtractConfig.from_dict(run.config), run.model_fingerprint)
         assert len(run.model_fingerprint) == 64 and run.code_version.startswith("0.")

@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from conceptgen.errors import ConfigError
 from conceptgen.masks import mask_iou
-from conceptgen.segment import (Detection, MotionSegmenter, SamSegmenter, SupervoxelSegmenter, build_segmenters,
+from conceptgen.segment import (Detection, ForegroundSegmenter, MotionSegmenter, SamSegmenter, SupervoxelSegmenter, build_segmenters,
                                 default_segmenter_names, merge_similar_regions, optical_flow, run_segmenters,
                                 warp_mask)
 
@@ -53,6 +53,33 @@ def test_static_scene_under_pan_gives_no_motion():
     assert masks.any(axis=(1, 2)).all()
     dets = MotionSegmenter().segment(frames)
     assert sum(len(d) for d in dets) == 0
+
+
+def still_camera_scene(num_frames=24, speed=2, seed=0):
+    """A still camera on a blocky background; a red square crosses it at ``speed`` px/frame,
+    so no pixel is covered on more than a third of the frames. Returns frames, square masks."""
+    rng = np.random.default_rng(seed)
+    background = np.kron(rng.integers(50, 200, size=(SIZE // 4, SIZE // 4, 3)), np.ones((4, 4, 1))).astype(np.uint8)
+    frames = np.repeat(background[None], num_frames, axis=0)
+    masks = np.zeros((num_frames, SIZE, SIZE), bool)
+    for t in range(num_frames):
+        masks[t, 24:38, 1 + speed * t:15 + speed * t] = True
+        frames[t][masks[t]] = (230, 20, 20)
+    return frames, masks
+
+
+def test_foreground_finds_the_whole_mover_on_a_still_camera_and_nothing_else():
+    frames, masks = still_camera_scene()
+    dets = ForegroundSegmenter().segment(frames)
+    assert all(d.source == "foreground" for ds in dets for d in ds)
+    best = [max([mask_iou(d.mask, masks[t]) for d in dets[t]] + [0.0]) for t in range(len(frames))]
+    assert np.mean(np.array(best) > 0.8) >= 0.9
+    assert sum(len(ds) for ds in dets) <= len(frames) + 1  # the square, not the background around it
+
+
+def test_foreground_gives_nothing_when_the_camera_moves():
+    frames, masks = panning_scene(pan=2, speed=5, textured=True)
+    assert sum(len(d) for d in ForegroundSegmenter().segment(frames)) == 0
 
 
 def test_flow_is_shared_and_warping_follows_it():
@@ -154,10 +181,11 @@ def test_sam_without_checkpoint_says_how_to_get_one(tmp_path):
 
 
 def test_build_segmenters_by_name():
-    assert default_segmenter_names(None) == "motion,supervoxel"
+    assert default_segmenter_names(None) == "motion,supervoxel,foreground"
     assert default_segmenter_names("sam.pth") == "sam,motion"
-    assert [s.name for s in build_segmenters(" motion , supervoxel ")] == ["motion", "supervoxel"]
-    with pytest.raises(ConfigError, match="motion, supervoxel, sam"):
+    assert [s.name for s in build_segmenters(" motion , supervoxel,foreground ")] == ["motion", "supervoxel",
+                                                                                       "foreground"]
+    with pytest.raises(ConfigError, match="motion, supervoxel, foreground, sam"):
         build_segmenters("motion,optical")
     with pytest.raises(ConfigError):
         build_segmenters("")

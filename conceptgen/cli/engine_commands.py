@@ -17,7 +17,8 @@ def register(sub) -> None:
     p = sub.add_parser("extract", help="segment, track, embed and preview every video into a run (resumable)")
     add_model_options(p, required=False)
     p.add_argument("--segmenter", default=None,
-                   help="comma-separated: motion,supervoxel,sam (default motion,supervoxel; sam,motion with --sam-checkpoint)")
+                   help="comma-separated: motion,supervoxel,foreground,sam (default motion,supervoxel,foreground; "
+                        "sam,motion with --sam-checkpoint)")
     p.add_argument("--sam-checkpoint", metavar="PATH")
     p.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
     p.add_argument("--layers", default=None, help="comma-separated dotted layer names (default: the model's default)")
