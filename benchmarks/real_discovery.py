@@ -13,6 +13,7 @@ downloaded here; the segmenters dominate the cost), then ``cluster --k auto``.
 Figures (definitions in conceptgen.box_truth.py), pooled over the labelled clips:
   object_recall             labelled objects covered by a tube (box IoU >= 0.5 on at least
                             half of the object's labelled frames), over all tubes
+  candidate_recall          the same over the candidates only (the tubes a reviewer sees first)
   mean_object_coverage      the mean over objects of the best single tube's share of the
                             object's labelled frames (IoU >= 0.5): progress below recall's bar
   background_fraction       candidate tubes (not tagged background) that lie on no labelled object
@@ -151,7 +152,7 @@ def main(argv=None) -> dict:
     clustering = cluster_run(ws, report.run_id, k="auto", seed=args.seed)
     rows = clip_rows(ws, report.run_id)
 
-    scores = []
+    scores, candidate_recalled = [], []
     print(f"\n{'clip':<32} {'status':<7} {'s':>6} {'s/MPf':>6} {'tubes':>5} {'cand':>5} {'recall':>6} "
           f"{'bg':>5} {'switch':>6}  missed")
     for row in rows:
@@ -167,7 +168,8 @@ def main(argv=None) -> dict:
             cand_score = score_clip(t, [TubeBoxes.from_record(r.frame_indices, r.boxes, r.mask_size, row["size"])
                                         for r in candidates])
             # Recall counts every tube (background-tagged ones are kept and reachable); background and
-            # switches count the candidates a reviewer sees.
+            # switches count the candidates a reviewer sees, and so does candidate_recall.
+            candidate_recalled.append((cand_score.n_recalled, cand_score.n_objects))
             cand_score.n_recalled, cand_score.recalled, cand_score.missed, cand_score.coverage = (
                 recall_score.n_recalled, recall_score.recalled, recall_score.missed, recall_score.coverage)
             scores.append(cand_score)
@@ -183,6 +185,7 @@ def main(argv=None) -> dict:
     sep = clustering.separation
     result = {
         **{k: round(v, 4) for k, v in pooled.items()},
+        "candidate_recall": round(sum(r for r, _ in candidate_recalled) / max(sum(n for _, n in candidate_recalled), 1), 4),
         "slowest_over_median": round(rates[-1] / float(np.median(rates)), 3) if rates else None,
         "layer_separates": bool(sep.separates) if sep else None,
         "layer_check": sep.as_dict() if sep else None,
