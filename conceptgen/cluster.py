@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -445,23 +446,48 @@ def background_tube_ids(workspace: Workspace, run_id: int) -> set[int]:
         return set(s.scalars(select(Tube.id).where(Tube.run_id == run_id, Tube.background.is_(True))))
 
 
-def check_run_layers(workspace: Workspace, run_id: int, *, include_background: bool = False,
-                     seed: int = 0) -> list[LayerSeparation]:
-    """:func:`layer_separation` for every layer the run stored, best layer first."""
+@dataclass(frozen=True)
+class _LayerCandidates:
+    """One stored layer's unit embeddings of the tubes that clustering sees."""
+
+    layer: str
+    pooling: str
+    render_mode: str
+    tube_ids: np.ndarray
+    video_ids: np.ndarray
+    unit_vectors: np.ndarray
+    n_left_out: int  # background tubes left out
+
+
+def _load_candidates(workspace: Workspace, run_id: int, layers: Sequence[str | None] | None,
+                     include_background: bool) -> list[_LayerCandidates]:
+    """Per layer (``None``: every layer the run stored), its candidates' embeddings."""
     with workspace.session() as s:
         run = s.get(Run, run_id)
         if run is None:
             raise NotFoundError(f"run {run_id} does not exist; list runs with `conceptgen runs`")
-        layers = _run_layers(run) or [_run_embedding_key(run, None)[0]]
+        if layers is None:
+            layers = _run_layers(run) or [None]
         keys = [_run_embedding_key(run, layer) for layer in layers]
         embs = [load_embeddings(s, run_id, layer=l, pooling=p, render_mode=m) for l, p, m in keys]
     skip = set() if include_background else background_tube_ids(workspace, run_id)
-    checks = []
-    for (layer, _, _), emb in zip(keys, embs):
+    out = []
+    for (layer, pooling, mode), emb in zip(keys, embs):
         keep = np.array([int(t) not in skip for t in emb.tube_ids], dtype=bool)
-        if keep.any():
-            checks.append(layer_separation(l2_normalise(emb.vectors[keep]), layer, seed=seed))
-    return sorted(checks, key=separation_rank)
+        out.append(_LayerCandidates(layer, pooling, mode, emb.tube_ids[keep], emb.video_ids[keep],
+                                    l2_normalise(emb.vectors[keep]), int((~keep).sum())))
+    return out
+
+
+def _layer_checks(candidates: Sequence[_LayerCandidates], seed: int) -> list[LayerSeparation]:
+    return sorted((layer_separation(c.unit_vectors, c.layer, seed=seed) for c in candidates if len(c.tube_ids)),
+                  key=separation_rank)
+
+
+def check_run_layers(workspace: Workspace, run_id: int, *, include_background: bool = False,
+                     seed: int = 0) -> list[LayerSeparation]:
+    """:func:`layer_separation` for every layer the run stored, best layer first."""
+    return _layer_checks(_load_candidates(workspace, run_id, None, include_background), seed)
 
 
 def cluster_run(workspace: Workspace, run_id: int, *, layer: str | None = None, k: int | str = "auto",
@@ -471,21 +497,20 @@ def cluster_run(workspace: Workspace, run_id: int, *, layer: str | None = None, 
     Re-clustering never re-extracts. ``layer`` None: the stored layer that separates
     the run's tubes best (:func:`check_run_layers`). Background tubes are left out
     unless ``include_background``."""
-    checks = check_run_layers(workspace, run_id, include_background=include_background, seed=seed)
-    with workspace.session() as s:
-        run = s.get(Run, run_id)
-        layer, pooling, mode = _run_embedding_key(run, layer if layer is not None else
-                                                  (checks[0].layer if checks else None))
-        emb = load_embeddings(s, run_id, layer=layer, pooling=pooling, render_mode=mode)
-    if len(emb.tube_ids) == 0:
-        raise DataError(f"run {run_id} has no embeddings at {layer!r}; run `conceptgen extract` first")
-    skip = set() if include_background else background_tube_ids(workspace, run_id)
-    keep = np.array([int(t) not in skip for t in emb.tube_ids], dtype=bool)
-    if not keep.any():
-        raise DataError(f"all {len(keep)} tubes of run {run_id} are tagged background (walls, floors, water...): "
-                        "no candidates; cluster them anyway with --include-background")
-    tube_ids, video_ids = emb.tube_ids[keep], emb.video_ids[keep]
-    x = l2_normalise(emb.vectors[keep])
+    stored = _load_candidates(workspace, run_id, None, include_background)
+    checks = _layer_checks(stored, seed)
+    if layer is None and checks:
+        layer = checks[0].layer
+    chosen = next((c for c in stored if c.layer == layer), None)
+    if chosen is None:  # a layer the run does not list (old runs record none), or no candidates anywhere
+        chosen = _load_candidates(workspace, run_id, [layer], include_background)[0]
+    if len(chosen.tube_ids) + chosen.n_left_out == 0:
+        raise DataError(f"run {run_id} has no embeddings at {chosen.layer!r}; run `conceptgen extract` first")
+    if len(chosen.tube_ids) == 0:
+        raise DataError(f"all {chosen.n_left_out} tubes of run {run_id} are tagged background (walls, floors, "
+                        "water...): no candidates; cluster them anyway with --include-background")
+    layer, pooling, mode = chosen.layer, chosen.pooling, chosen.render_mode
+    tube_ids, video_ids, x = chosen.tube_ids, chosen.video_ids, chosen.unit_vectors
     separation = next((c for c in checks if c.layer == layer), None) or layer_separation(x, layer, seed=seed)
     k_value = _resolve_k(k, x, seed)
     labels = canonical_labels(kmeans(x, k_value, seed=seed, niter=niter, nredo=nredo).labels)
@@ -495,14 +520,14 @@ def cluster_run(workspace: Workspace, run_id: int, *, layer: str | None = None, 
               "nredo": nredo, "min_size": min_size, "min_videos": min_videos, "pooling": pooling,
               "render_mode": mode, "normalise": "l2", "outlier_rule": "d > median + 3*1.4826*MAD",
               "auto_k_rule": "max silhouette (cosine), k in 2..min(30, n//5), sample <= 2000",
-              "include_background": include_background, "n_background_left_out": int((~keep).sum()),
+              "include_background": include_background, "n_background_left_out": chosen.n_left_out,
               "scores": "cohesion = 1 - mean member-pair cosine distance / spread; member distance = "
                         "cosine distance to the centre / spread; spread = mean cosine distance of two run tubes",
               "layer_check": separation.as_dict(),
               "layer_checks": [c.as_dict() for c in checks]}
     clustering_id = _store_clustering(workspace, run_id, layer, k_value, seed, params, tube_ids, x, stats)
     return ClusteringReport(clustering_id, run_id, layer, k_value, len(x), stats, tube_ids, labels,
-                            separation=separation, layer_checks=checks, n_background=int((~keep).sum()))
+                            separation=separation, layer_checks=checks, n_background=chosen.n_left_out)
 
 
 def _resolve_k(k: int | str, x: np.ndarray, seed: int) -> int:
