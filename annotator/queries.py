@@ -390,18 +390,24 @@ def cluster_detail(session: Session, cluster_id: int, *, page: Any = 1, per_page
 @dataclass
 class SimilarTube:
     tube_id: int
-    score: float
+    score: float  # cosine similarity
     cluster_id: int | None
     cluster_status: str | None
     preview_path: str | None
     video_name: str
     start_frame: int
     end_frame: int
+    distance: float | None = None  # cosine distance / the run's spread (1.0: as far as two random tubes)
 
 
 def describe_similar(session: Session, clustering_id: int, hits: list[tuple[int, float]], exclude_cluster: int
                      ) -> list[SimilarTube]:
-    """FAISS hits (tube id, cosine) with their cluster, keeping tubes of other clusters."""
+    """FAISS hits (tube id, cosine) with their cluster, keeping tubes of other clusters. Their
+    distance is in the unit of the clustering's member distances: cosine 0.97 reads "close" but
+    is as far as two random tubes on a layer whose random pairs are at 0.95."""
+    from conceptgen.cluster import clustering_spread
+
+    spread = clustering_spread(session.get(Clustering, clustering_id).params)
     ids = [t for t, _ in hits]
     info = {row[0]: row[1:] for row in session.execute(
         select(Tube.id, Tube.preview_path, Tube.start_frame, Tube.end_frame, Video.path)
@@ -415,7 +421,9 @@ def describe_similar(session: Session, clustering_id: int, hits: list[tuple[int,
         if cid == exclude_cluster or tube_id not in info:
             continue
         preview, start, end, vpath = info[tube_id]
-        out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end))
+        distance = (1.0 - float(score)) / spread if spread else None
+        out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end,
+                               None if distance is None else round(max(distance, 0.0), 4)))
     return out
 
 

@@ -172,6 +172,18 @@ def test_similar_tubes_come_from_other_clusters(app, alice):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_similar_tubes_are_as_far_as_the_runs_spread_says_not_a_raw_cosine(app, alice):
+    from conceptgen.orm import Cluster, Clustering
+
+    cid = app.seed.cluster_ids[0]
+    with app.extensions["conceptgen_workspace"].session() as s:
+        clustering = s.get(Clustering, s.get(Cluster, cid).clustering_id)
+        clustering.params = {**clustering.params, "layer_check": {"spread": 0.05}}
+        s.commit()
+    for hit in alice.get(f"/api/clusters/{cid}/similar?k=5").get_json()["similar"]:
+        assert hit["distance"] == pytest.approx(max(1.0 - hit["score"], 0.0) / 0.05, abs=1e-3)
+
+
 # --- decisions over the API ---------------------------------------------------------
 def test_accept_via_api_needs_csrf_header_and_current_version(app, alice):
     cid = app.seed.cluster_ids[0]

@@ -488,7 +488,9 @@ async function loadSimilar() {
       item.append(v);
     }
     const cap = el("figcaption");
-    cap.append(el("span", null, "tube #" + s.tube_id + " · sim " + s.score.toFixed(2) + " · "));
+    // Relative distance (1.0 = two random tubes of the run), as the member list shows; raw cosine only for old clusterings.
+    const near = s.distance === null ? "cosine " + s.score.toFixed(2) : "distance " + s.distance.toFixed(2);
+    cap.append(el("span", null, "tube #" + s.tube_id + " · " + near + " · "));
     if (s.cluster_id) {
       const a = el("a", null, "cluster " + s.cluster_id + " (" + s.cluster_status + ")");
       a.href = "/clusters/" + s.cluster_id;
