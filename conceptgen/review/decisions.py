@@ -16,10 +16,14 @@ database state (:func:`replay`), which is how the load benchmark proves that no
 update was lost. Undo writes its own audit row whose *after* is the undone row's
 *before*, so replay needs no special case.
 
-The caller owns the transaction: these functions flush, the caller commits.
+The caller owns the transaction: these functions flush, the caller commits. A server that
+serialises decisions (the annotator's writer turn) calls them through :func:`run`, which
+holds its turn only for step 3 onwards and commits: steps 1 and 2 are reads, done beside
+other requests, and re-checked inside the turn (:func:`_reads_unchanged`).
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -214,10 +218,14 @@ def _require_reviewable(cluster: Cluster) -> None:
 
 
 def _decide(session: Session, user_id: int | None, action: str, target: Cluster,
-            touched: _Touched, apply: Callable[[], dict[str, Any] | None]) -> DecisionResult:
+            touched: _Touched, apply: Callable[[], dict[str, Any] | None],
+            still_valid: Callable[[], bool] | None = None) -> DecisionResult:
     """Snapshot, apply, bump versions, snapshot, audit. ``apply`` may add records to
-    ``touched`` (created clusters get ``None`` as their before state)."""
+    ``touched`` (created clusters get ``None`` as their before state). Under :func:`run`,
+    the writer's turn is taken after the *before* snapshot; ``still_valid`` then re-checks
+    what the decision read beyond its touched records (undo: that its entry is still last)."""
     before = touched.snapshot(session)
+    _take_turn(session, touched, before, still_valid)
     try:
         info = apply() or {}
         for cluster in touched.clusters.values():
@@ -244,6 +252,85 @@ def _decide(session: Session, user_id: int | None, action: str, target: Cluster,
     return DecisionResult(audit_id=row.id, action=action,
                           versions={c.id: c.version for c in touched.clusters.values()},
                           concept_id=info.get("concept_id"), created_cluster_ids=created)
+
+
+# --- running a decision beside other requests ------------------------------------
+_TURN = "conceptgen.review.decisions.turn"
+
+
+class _ReadsChanged(Exception):
+    """A record the decision read before its turn was changed by another decision meanwhile."""
+
+
+def run(decision: Callable[..., DecisionResult], session: Session, user_id: int | None, *args: Any,
+        turn: Callable[[], AbstractContextManager[Any]], **kwargs: Any) -> DecisionResult:
+    """Run ``decision(session, user_id, *args, **kwargs)`` and commit it, holding the
+    writer's ``turn`` (a context manager that serialises writers) only while it writes.
+
+    The decision loads and checks its records and snapshots their *before* state outside
+    the turn, so a stale or inapplicable decision is refused without queueing behind
+    others, and the turn is held for the writes, not the reads. Inside the turn the
+    records read are compared with the database again (:func:`_reads_unchanged`); if
+    another decision changed any of them meanwhile, this one is rolled back and decided
+    again from the start inside the turn, exactly as a fully serialised decision would be.
+    The result is the same as deciding wholly inside the turn: the audit log replays to
+    the database and undo sees the same states."""
+    with ExitStack() as held:
+        session.info[_TURN] = lambda: held.enter_context(turn())
+        try:
+            try:
+                result = decision(session, user_id, *args, **kwargs)
+            except _ReadsChanged:
+                session.rollback()  # the turn is held now: decide again, serialised
+                result = decision(session, user_id, *args, **kwargs)
+            session.commit()
+        except BaseException:
+            session.rollback()  # before the turn ends: no write transaction may outlive it
+            raise
+        finally:
+            session.info.pop(_TURN, None)
+    return result
+
+
+def _take_turn(session: Session, touched: _Touched, before: dict[str, dict],
+               still_valid: Callable[[], bool] | None) -> None:
+    """Under :func:`run`: end the read transaction, wait for the writer's turn, and check
+    that nothing read has changed since (else :class:`_ReadsChanged`). Without it: nothing."""
+    take = session.info.pop(_TURN, None)  # once per run: a decision decided again keeps the turn
+    if take is None:
+        return
+    versions = {"clusters": {i: c.version for i, c in touched.clusters.items()},
+                "concepts": {i: c.version for i, c in touched.concepts.items()}}
+    session.commit()  # reads so far came from committed data; the writes start a new transaction
+    take()
+    if not _reads_unchanged(session, touched, versions, before) or (still_valid is not None and not still_valid()):
+        raise _ReadsChanged()
+
+
+def _reads_unchanged(session: Session, touched: _Touched, versions: dict[str, dict[int, int]],
+                     before: dict[str, dict]) -> bool:
+    """Are the touched clusters and concepts as the decision read them (version and state)?
+    Members need no check of their own: every decision that changes a member bumps the
+    version of its old and new cluster, and a decision touches the clusters of its members.
+    Concepts are re-read with their versions' examples (row ids can be reused after an
+    undo); the fresh examples also serve the *after* snapshot."""
+    ids = list(touched.clusters)
+    rows = session.execute(select(Cluster.id, Cluster.version, *[getattr(Cluster, f) for f in CLUSTER_FIELDS])
+                           .where(Cluster.id.in_(ids))).all() if ids else []
+    now = {r[0]: (r[1], _row_state(CLUSTER_FIELDS, r[2:])) for r in rows}
+    if any(now.get(i) != (versions["clusters"][i], before["clusters"][str(i)]) for i in ids):
+        return False
+    if not touched.concepts:
+        return True
+    ids = list(touched.concepts)
+    rows = session.execute(select(Concept.id, Concept.version, *[getattr(Concept, f) for f in CONCEPT_FIELDS])
+                           .where(Concept.id.in_(ids))).all()
+    if {r[0]: r[1] for r in rows} != versions["concepts"]:
+        return False
+    touched.version_tubes = {}
+    concept_versions = _concept_versions(session, ids, touched.version_tubes)
+    now = {str(r[0]): {**_row_state(CONCEPT_FIELDS, r[2:]), "versions": concept_versions[r[0]]} for r in rows}
+    return now == before["concepts"]
 
 
 @dataclass
@@ -670,7 +757,11 @@ def undo_last(session: Session, user_id: int) -> DecisionResult:
         entry.undone = True
         return {"undoes": entry.id, "undone_action": entry.action}
 
-    return _decide(session, user_id, "undo", target, touched, apply)
+    def still_last() -> bool:
+        last = last_undoable(session, user_id)
+        return last is not None and last.id == entry.id
+
+    return _decide(session, user_id, "undo", target, touched, apply, still_last)
 
 
 def _load_all(session: Session, model: type, keys: Iterable[str]) -> dict[int, Any]:
