@@ -299,38 +299,33 @@ def _take_turn(session: Session, touched: _Touched, before: dict[str, dict],
     take = session.info.pop(_TURN, None)  # once per run: a decision decided again keeps the turn
     if take is None:
         return
-    versions = {"clusters": {i: c.version for i, c in touched.clusters.items()},
-                "concepts": {i: c.version for i, c in touched.concepts.items()}}
+    seen = {"clusters": {i: c.version for i, c in touched.clusters.items()},
+            "concepts": {i: (c.version, c.created_at) for i, c in touched.concepts.items()}}
     session.commit()  # reads so far came from committed data; the writes start a new transaction
     take()
-    if not _reads_unchanged(session, touched, versions, before) or (still_valid is not None and not still_valid()):
+    if not _reads_unchanged(session, touched, seen, before) or (still_valid is not None and not still_valid()):
         raise _ReadsChanged()
 
 
-def _reads_unchanged(session: Session, touched: _Touched, versions: dict[str, dict[int, int]],
+def _reads_unchanged(session: Session, touched: _Touched, seen: dict[str, dict[int, Any]],
                      before: dict[str, dict]) -> bool:
-    """Are the touched clusters and concepts as the decision read them (version and state)?
-    Members need no check of their own: every decision that changes a member bumps the
-    version of its old and new cluster, and a decision touches the clusters of its members.
-    Concepts are re-read with their versions' examples (row ids can be reused after an
-    undo); the fresh examples also serve the *after* snapshot."""
+    """Are the touched clusters and concepts as the decision read them? A row's version
+    counter changes with every UPDATE of it, so an unchanged counter (and, for a row that
+    could have been deleted and made again under a reused id, unchanged state or creation
+    time) means an unchanged row. Members need no check of their own: a decision that
+    changes a member bumps its old and new cluster, and touches the clusters of the members
+    it reads. A concept's versions are added and deleted only together with an UPDATE of
+    the concept (its ``current_version``), so its row stands for them."""
     ids = list(touched.clusters)
     rows = session.execute(select(Cluster.id, Cluster.version, *[getattr(Cluster, f) for f in CLUSTER_FIELDS])
                            .where(Cluster.id.in_(ids))).all() if ids else []
     now = {r[0]: (r[1], _row_state(CLUSTER_FIELDS, r[2:])) for r in rows}
-    if any(now.get(i) != (versions["clusters"][i], before["clusters"][str(i)]) for i in ids):
+    if any(now.get(i) != (seen["clusters"][i], before["clusters"][str(i)]) for i in ids):
         return False
-    if not touched.concepts:
-        return True
     ids = list(touched.concepts)
-    rows = session.execute(select(Concept.id, Concept.version, *[getattr(Concept, f) for f in CONCEPT_FIELDS])
-                           .where(Concept.id.in_(ids))).all()
-    if {r[0]: r[1] for r in rows} != versions["concepts"]:
-        return False
-    touched.version_tubes = {}
-    concept_versions = _concept_versions(session, ids, touched.version_tubes)
-    now = {str(r[0]): {**_row_state(CONCEPT_FIELDS, r[2:]), "versions": concept_versions[r[0]]} for r in rows}
-    return now == before["concepts"]
+    rows = session.execute(select(Concept.id, Concept.version, Concept.created_at)
+                           .where(Concept.id.in_(ids))).all() if ids else []
+    return {r[0]: (r[1], r[2]) for r in rows} == seen["concepts"]
 
 
 @dataclass
