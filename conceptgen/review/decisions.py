@@ -317,15 +317,20 @@ def _reads_unchanged(session: Session, touched: _Touched, seen: dict[str, dict[i
     it reads. A concept's versions are added and deleted only together with an UPDATE of
     the concept (its ``current_version``), so its row stands for them."""
     ids = list(touched.clusters)
-    rows = session.execute(select(Cluster.id, Cluster.version, *[getattr(Cluster, f) for f in CLUSTER_FIELDS])
-                           .where(Cluster.id.in_(ids))).all() if ids else []
+    rows = session.execute(_CLUSTERS_NOW, {"ids": ids}).all() if ids else []
     now = {r[0]: (r[1], _row_state(CLUSTER_FIELDS, r[2:])) for r in rows}
     if any(now.get(i) != (seen["clusters"][i], before["clusters"][str(i)]) for i in ids):
         return False
     ids = list(touched.concepts)
-    rows = session.execute(select(Concept.id, Concept.version, Concept.created_at)
-                           .where(Concept.id.in_(ids))).all() if ids else []
+    rows = session.execute(_CONCEPTS_NOW, {"ids": ids}).all() if ids else []
     return {r[0]: (r[1], r[2]) for r in rows} == seen["concepts"]
+
+
+# built once: this check runs inside the writers' turn, where every millisecond queues others
+_CLUSTERS_NOW = (select(Cluster.id, Cluster.version, *[getattr(Cluster, f) for f in CLUSTER_FIELDS])
+                 .where(Cluster.id.in_(bindparam("ids", expanding=True))))
+_CONCEPTS_NOW = (select(Concept.id, Concept.version, Concept.created_at)
+                 .where(Concept.id.in_(bindparam("ids", expanding=True))))
 
 
 @dataclass
