@@ -57,7 +57,7 @@ def _serve_one(workspace: Workspace, sock: socket.socket, threads: int, settings
 def serve(workspace: Workspace, *, host: str, port: int, threads: int, workers: int,
           settings: ServerSettings | None = None, announce: Callable[[str], None] = print) -> None:
     """Serve until interrupted: ``workers`` processes of ``threads`` threads each
-    (``conceptgen serve`` holds the defaults: one worker per core, 8 threads);
+    (``conceptgen serve`` holds the defaults: one worker per core, 4 threads);
     ``settings``: session idle time, HTTPS, proxies, login limits."""
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port; use 1-65535")

@@ -9,7 +9,11 @@ from conceptgen.review.users import SESSION_IDLE_MINUTES
 
 PASSWORD_ENV = "CONCEPTGEN_PASSWORD"
 DEFAULT_LIMITS = ThrottlePolicy()
-DEFAULT_THREADS = 8
+# Threads per worker: a thread mostly runs Python under the process's one GIL (waitress itself
+# streams responses, media included), so more threads add no speed, only contention: with 8,
+# a decision holding the writers' turn shared its core with 7 page renders and queued every
+# other decision behind it (benchmarks/annotator_load.py --real-clips: decision p95 ~2x lower with 4).
+DEFAULT_THREADS = 4
 # One process per core (at most 4): a Python process runs on one core at a time (the GIL).
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1)) if hasattr(os, "fork") else 1
 
