@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
@@ -359,6 +359,7 @@ def _touch_members(session: Session, touched: _Touched, cluster: Cluster) -> lis
 
 
 _MEMBER_TABLE = ClusterMember.__table__
+_INSERT_EXAMPLE = ConceptExample.__table__.insert()  # Core executemany: no ORM bookkeeping per row
 _WRITE_MEMBER = (_MEMBER_TABLE.update().where(_MEMBER_TABLE.c.id == bindparam("member_id"))
                  .values({f: bindparam(f"new_{f}") for f in MEMBER_FIELDS}))
 
@@ -442,10 +443,11 @@ def accept(session: Session, user_id: int | None, cluster_id: int, seen_version:
         session.add(version)
         session.flush()
         # one bulk INSERT: a cluster has hundreds of examples, and ORM objects for them cost more than the rest
-        session.execute(insert(ConceptExample), [
+        session.execute(_INSERT_EXAMPLE, [
             {"concept_version_id": version.id, "position": i, "tube_id": m.tube_id, "variant": "dynamic",
              "meta": {"cluster_member_id": m.id, "representative": m.representative}}
             for i, m in enumerate(examples)])
+        touched.version_tubes[version.id] = [m.tube_id for m in examples]  # the after snapshot need not read them
         cluster.status, cluster.name, cluster.description = "accepted", name, description
         cluster.concept_id = concept.id
         return {"name": name, "concept_id": concept.id, "concept_version": concept.current_version}
@@ -725,11 +727,13 @@ def _move(session: Session, user_id: int | None, source: Cluster, members: list[
 
 
 # --- undo ----------------------------------------------------------------------
+def _undoable(column, user_id: int):
+    return (select(column).where(AuditLog.user_id == user_id, AuditLog.undone.is_(False), AuditLog.action != "undo")
+            .order_by(AuditLog.id.desc()).limit(1))
+
+
 def last_undoable(session: Session, user_id: int) -> AuditLog | None:
-    return session.scalars(select(AuditLog)
-                           .where(AuditLog.user_id == user_id, AuditLog.undone.is_(False),
-                                  AuditLog.action != "undo")
-                           .order_by(AuditLog.id.desc()).limit(1)).first()
+    return session.scalars(_undoable(AuditLog, user_id)).first()
 
 
 def undo_last(session: Session, user_id: int) -> DecisionResult:
@@ -757,9 +761,8 @@ def undo_last(session: Session, user_id: int) -> DecisionResult:
         entry.undone = True
         return {"undoes": entry.id, "undone_action": entry.action}
 
-    def still_last() -> bool:
-        last = last_undoable(session, user_id)
-        return last is not None and last.id == entry.id
+    def still_last() -> bool:  # by id: loading the entry again would decode its before/after JSON
+        return session.scalar(_undoable(AuditLog.id, user_id)) == entry.id
 
     return _decide(session, user_id, "undo", target, touched, apply, still_last)
 
@@ -787,6 +790,9 @@ def _restore(session: Session, touched: _Touched, before: dict[str, dict]) -> No
             for key, state in before.get("members", {}).items() if state is not None and int(key) in touched.members]
     if rows:
         session.execute(_WRITE_MEMBER, rows)  # one executemany UPDATE by primary key
+        for row in rows:  # the after snapshot takes the values just written instead of reading them back
+            touched.members[row["member_id"]] = _Member(row["member_id"],
+                                                        **{f: row[f"new_{f}"] for f in MEMBER_FIELDS})
     doomed_clusters = []
     for key, state in before.get("clusters", {}).items():
         cluster = touched.clusters[int(key)]
