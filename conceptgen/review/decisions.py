@@ -509,13 +509,14 @@ def merge(session: Session, user_id: int | None, seen_versions: dict[int, int | 
                                 f"merge only clusters of one gallery")
     touched = _Touched(clusters={c.id: c for c in clusters})
     members = [m for c in clusters for m in _touch_members(session, touched, c)]
+    rerank = _plan_rerank(session, target, members)  # reads embeddings: before the writers' turn
 
     def apply() -> dict[str, Any]:
         for c in clusters[1:]:
             c.status, c.parent_id = "merged", target.id
         for m in members:
             m.cluster_id = target.id
-        _rerank(session, target, members)
+        rerank()
         _write_members(session, members)
         _refresh_stats(session, target)
         for c in clusters[1:]:
@@ -583,6 +584,14 @@ def _rerank(session: Session, cluster: Cluster, members: list[_Member],
             vectors: np.ndarray | None = None) -> None:
     """Re-rank members around their centroid (distances, outliers, cohesion) with the
     engine's own statistics; without stored embeddings, keep distances and re-rank."""
+    _plan_rerank(session, cluster, members, vectors)()
+
+
+def _plan_rerank(session: Session, cluster: Cluster, members: list[_Member],
+                 vectors: np.ndarray | None = None) -> Callable[[], None]:
+    """The reads and statistics of :func:`_rerank`, done now; the function returned writes
+    the ranks, distances, outlier flags, cohesion and centroid (a merge plans before its
+    writers' turn, and writes in it)."""
     from conceptgen.cluster import clustering_spread, l2_normalise, summarise_clusters
 
     kept = [m for m in members if not m.excluded]
@@ -592,21 +601,27 @@ def _rerank(session: Session, cluster: Cluster, members: list[_Member],
         except (DataError, ImportError):
             vectors = None
     if vectors is None or not kept:
-        for rank, m in enumerate(sorted(members, key=lambda m: (m.excluded, m.distance, m.id))):
-            m.rank = rank
-        return
+        order = sorted(members, key=lambda m: (m.excluded, m.distance, m.id))
+
+        def keep_distances() -> None:
+            for rank, m in enumerate(order):
+                m.rank = rank
+        return keep_distances
     video_of = dict(session.execute(select(Tube.id, Tube.video_id).where(Tube.id.in_([m.tube_id for m in kept]))).all())
     video_ids = np.array([video_of[m.tube_id] for m in kept])
     spread = clustering_spread(session.get(Clustering, cluster.clustering_id).params)
     stats = summarise_clusters(l2_normalise(vectors), np.zeros(len(kept), dtype=np.int64), video_ids,
                                min_size=1, min_videos=1, spread=spread)[0]
-    for rank, (row, dist, out) in enumerate(zip(stats.members, stats.distances, stats.outliers)):
-        m = kept[int(row)]
-        m.rank, m.distance, m.is_outlier = rank, float(dist), bool(out)
-    for rank, m in enumerate(sorted((m for m in members if m.excluded), key=lambda m: m.id), start=len(kept)):
-        m.rank = rank
-    cluster.cohesion = float(stats.cohesion)
-    cluster.centroid = stats.centroid.astype(np.float32).tobytes()
+
+    def write() -> None:
+        for rank, (row, dist, out) in enumerate(zip(stats.members, stats.distances, stats.outliers)):
+            m = kept[int(row)]
+            m.rank, m.distance, m.is_outlier = rank, float(dist), bool(out)
+        for rank, m in enumerate(sorted((m for m in members if m.excluded), key=lambda m: m.id), start=len(kept)):
+            m.rank = rank
+        cluster.cohesion = float(stats.cohesion)
+        cluster.centroid = stats.centroid.astype(np.float32).tobytes()
+    return write
 
 
 # --- decisions on members ------------------------------------------------------
