@@ -290,3 +290,19 @@ def test_run_decides_again_in_its_turn_when_another_decision_changed_what_it_rea
         afters = [row.after for row in s.scalars(select(AuditLog).order_by(AuditLog.id))]
     assert undone == ["newer"]
     assert d.state_differences(d.replay(initial, afters), _snapshot(ws)) == []
+
+
+def test_run_accept_as_new_version_of_a_name_taken_meanwhile_joins_that_concept(review_ws):
+    """Deciding wholly inside the turn, the second accept would find the name taken and,
+    asked to, add its cluster as a new version: the same must happen when the name was
+    still free when it read."""
+    ws, info = review_ws
+    alice, bob = _user(ws), _user(ws, "bob")
+    a, b = info.cluster_ids[:2]
+    turn = _Turn(lambda: _decide(ws, d.accept, bob, b, 1, name="walker", description="bob's"))
+    _run(ws, turn, d.accept, alice, a, 1, name="walker", description="alice's", as_new_version=True)
+    with ws.session() as s:
+        concept = s.scalar(select(Concept).where(Concept.name == "walker"))
+        versions = s.scalars(select(ConceptVersion.cluster_id).where(ConceptVersion.concept_id == concept.id)
+                             .order_by(ConceptVersion.version)).all()
+    assert versions == [b, a] and concept.current_version == 2

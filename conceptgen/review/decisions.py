@@ -452,7 +452,10 @@ def accept(session: Session, user_id: int | None, cluster_id: int, seen_version:
         cluster.concept_id = concept.id
         return {"name": name, "concept_id": concept.id, "concept_version": concept.current_version}
 
-    return _decide(session, user_id, "accept", cluster, touched, apply)
+    def name_still_free() -> bool:  # else decided again in the turn: refused, or a new version of that concept
+        return _check_name_free(session, name, concept.id if concept else None) is None
+
+    return _decide(session, user_id, "accept", cluster, touched, apply, name_still_free if other is None else None)
 
 
 def reject(session: Session, user_id: int | None, cluster_id: int, seen_version: int | None) -> DecisionResult:
