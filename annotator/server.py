@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from annotator.security import ServerSettings
 
 LISTEN_BACKLOG = 1024
+SWITCH_INTERVAL_S = 0.001
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -50,6 +51,10 @@ def _serve_one(workspace: Workspace, sock: socket.socket, threads: int, settings
     from annotator import create_app
 
     app = create_app(workspace, settings=settings)
+    # A thread back from SQLite or a socket waits up to this long for the GIL while another
+    # thread renders a page (Python's default is 5 ms): a decision in the writers' turn makes
+    # a dozen such calls, and every other decision waits for it (annotator_load.py --real-clips).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # a busy queue is not an error
     waitress_serve(app, sockets=[sock], threads=threads, ident="conceptgen")
 
@@ -57,7 +62,7 @@ def _serve_one(workspace: Workspace, sock: socket.socket, threads: int, settings
 def serve(workspace: Workspace, *, host: str, port: int, threads: int, workers: int,
           settings: ServerSettings | None = None, announce: Callable[[str], None] = print) -> None:
     """Serve until interrupted: ``workers`` processes of ``threads`` threads each
-    (``conceptgen serve`` holds the defaults: one worker per core, 8 threads);
+    (``conceptgen serve`` holds the defaults: one worker per core, 4 threads);
     ``settings``: session idle time, HTTPS, proxies, login limits."""
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port; use 1-65535")

@@ -3,12 +3,14 @@
 
     python benchmarks/decision_cost.py [--repeats 10]
 
-Each decision runs through ``conceptgen.review.decisions`` in its own session and is
+Each decision runs through ``conceptgen.review.decisions.run`` in its own session and is
 committed, as the annotator's API does; what is timed is this process's CPU time
 (``time.process_time``), so the figure does not move with other work on the machine —
 unlike the latency under 20 clients (``annotator_load.py``), which queues behind other
-decisions and shares the cores. ``merge`` and ``undo`` touch every member of the largest
-cluster. The last line is JSON (median and max milliseconds per kind).
+decisions and shares the cores. Also timed: the part spent inside the writers' turn
+(``*_in_turn_cpu_ms``; the reads and checks before it run beside other requests), which is
+what every other decision waits for. ``merge`` and ``undo`` touch every member of the
+largest cluster. The last line is JSON (median and max milliseconds per kind).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import select
@@ -31,6 +34,42 @@ from annotator_load import REAL_CLIP_SIZES  # noqa: E402
 from conceptgen.orm import ClusterMember, User  # noqa: E402
 from conceptgen.review import decisions  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
+
+
+def member_of(ws: Workspace):
+    def member(cluster_id: int) -> int:
+        with ws.session() as s:
+            return s.scalar(select(ClusterMember.id).where(ClusterMember.cluster_id == cluster_id,
+                                                           ClusterMember.excluded.is_(False)).limit(1))
+    return member
+
+
+def timed_run(ws: Workspace, fn, user: int, *args, **kwargs) -> tuple[float, float]:
+    """(CPU ms of the whole decision, CPU ms of it inside the writers' turn)."""
+    entered = []
+
+    @contextmanager
+    def turn():
+        entered.append(time.process_time())
+        yield
+
+    session = ws.sessions()
+    try:
+        t = time.process_time()
+        decisions.run(fn, session, user, *args, turn=turn, **kwargs)
+        end = time.process_time()
+    finally:
+        session.close()
+    return (end - t) * 1000, (end - entered[0]) * 1000
+
+
+def report(result: dict, kind: str, times: list[tuple[float, float]]) -> None:
+    total, in_turn = [t for t, _ in times], [u for _, u in times]
+    result[f"{kind}_cpu_ms"] = round(statistics.median(total), 1)
+    result[f"{kind}_cpu_max_ms"] = round(max(total), 1)
+    result[f"{kind}_in_turn_cpu_ms"] = round(statistics.median(in_turn), 1)
+    print(f"{kind:20s} median {statistics.median(total):7.1f} ms CPU  max {max(total):7.1f} ms  "
+          f"in the writers' turn: median {statistics.median(in_turn):7.1f} ms", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,50 +90,34 @@ def main(argv: list[str] | None = None) -> int:
         if len(ids) < 2 + 2 * n:
             raise SystemExit(f"--repeats {n} needs {2 + 2 * n} clusters; use at most {(len(ids) - 2) // 2}")
 
-        def member(s, cluster_id):
-            return s.scalar(select(ClusterMember.id).where(ClusterMember.cluster_id == cluster_id,
-                                                           ClusterMember.excluded.is_(False)).limit(1))
-
+        member = member_of(ws)
         kinds = {  # i = 0 .. n-1; merges take a fresh small cluster into the largest each time
-            "rename": lambda s, i: decisions.rename(s, user, ids[1 + i], None, name=f"name {i}"),
-            "accept": lambda s, i: decisions.accept(s, user, ids[1 + i], None, name=f"concept {i}", description="d"),
-            "reject": lambda s, i: decisions.reject(s, user, ids[1 + i], None),
-            "remove_member": lambda s, i: decisions.set_member_excluded(s, user, member(s, big), None),
-            "representative": lambda s, i: decisions.set_representative(s, user, member(s, big), None,
-                                                                         representative=i % 2 == 0),
-            "accept_largest": lambda s, i: decisions.accept(s, user, big, None, name=f"largest {i}", description="d"),
-            "merge_into_largest": lambda s, i: decisions.merge(s, user, {big: None, ids[2 + n + i]: None}),
+            "rename": lambda i: (decisions.rename, ids[1 + i], None, {"name": f"name {i}"}),
+            "accept": lambda i: (decisions.accept, ids[1 + i], None, {"name": f"concept {i}", "description": "d"}),
+            "reject": lambda i: (decisions.reject, ids[1 + i], None, {}),
+            "remove_member": lambda i: (decisions.set_member_excluded, member(big), None, {}),
+            "representative": lambda i: (decisions.set_representative, member(big), None,
+                                         {"representative": i % 2 == 0}),
+            "accept_largest": lambda i: (decisions.accept, big, None, {"name": f"largest {i}", "description": "d"}),
+            "merge_into_largest": lambda i: (decisions.merge, {big: None, ids[2 + n + i]: None}, {}),
         }
         result = {"clusters": len(ids), "tubes": sum(REAL_CLIP_SIZES), "largest": REAL_CLIP_SIZES[0], "repeats": n}
-        for kind, decide in kinds.items():
+        for kind, decision in kinds.items():
             times = []
             for i in range(n):
-                session = ws.sessions()
-                t = time.process_time()
-                decide(session, i)
-                session.commit()
-                times.append((time.process_time() - t) * 1000)
-                session.close()
+                fn, *args, kwargs = decision(i)
+                times.append(timed_run(ws, fn, user, *args, **kwargs))
                 if kind == "merge_into_largest":  # undo it at once so the next merge starts from 464 again
                     with ws.session() as s:
                         decisions.undo_last(s, user)
-            result[f"{kind}_cpu_ms"] = round(statistics.median(times), 1)
-            result[f"{kind}_cpu_max_ms"] = round(max(times), 1)
-            print(f"{kind:20s} median {statistics.median(times):7.1f} ms CPU  max {max(times):7.1f} ms", flush=True)
+            report(result, kind, times)
         # undo of a merge, timed on its own: merge (untimed), then undo (timed)
         times = []
         for i in range(n):
             with ws.session() as s:
                 decisions.merge(s, user, {big: None, ids[2 + n + i]: None})
-            session = ws.sessions()
-            t = time.process_time()
-            decisions.undo_last(session, user)
-            session.commit()
-            times.append((time.process_time() - t) * 1000)
-            session.close()
-        result["undo_merge_cpu_ms"] = round(statistics.median(times), 1)
-        result["undo_merge_cpu_max_ms"] = round(max(times), 1)
-        print(f"{'undo_merge':20s} median {statistics.median(times):7.1f} ms CPU  max {max(times):7.1f} ms", flush=True)
+            times.append(timed_run(ws, decisions.undo_last, user))
+        report(result, "undo_merge", times)
         ws.close()
     print(json.dumps(result), flush=True)
     return 0

@@ -213,3 +213,96 @@ def test_undo_of_accept_removes_the_new_concept_or_version(review_ws):
     assert d.state_differences(start, _snapshot(ws)) == []
     with ws.session() as s:
         assert s.scalar(select(Concept)) is None and s.scalar(select(ConceptVersion)) is None
+
+
+# --- decisions.run: reads outside the writer's turn, writes inside it -----------------
+class _Turn:
+    """A writer's turn that counts its entries and can run another decision just before
+    granting the first one (what a reviewer deciding in the meantime looks like)."""
+
+    def __init__(self, meanwhile=None):
+        self.entered, self.meanwhile = 0, meanwhile
+
+    def __call__(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def turn():
+            self.entered += 1
+            if self.meanwhile is not None:
+                self.meanwhile()
+                self.meanwhile = None
+            yield
+        return turn()
+
+
+def _run(ws, turn, fn, *args, **kwargs):
+    session = ws.sessions()
+    try:
+        return d.run(fn, session, *args, turn=turn, **kwargs)
+    finally:
+        session.close()
+
+
+def test_run_refuses_a_stale_or_inapplicable_decision_without_waiting_for_the_turn(review_ws):
+    ws, info = review_ws
+    uid, cid = _user(ws), info.cluster_ids[0]
+    turn = _Turn()
+    result = _run(ws, turn, d.rename, uid, cid, 1, name="first")
+    assert turn.entered == 1 and result.versions[cid] == _version(ws, cid) == 2
+    before = _snapshot(ws)
+    with pytest.raises(StaleVersionError):
+        _run(ws, turn, d.reject, uid, cid, 1)
+    with pytest.raises(d.DecisionError, match="required"):
+        _run(ws, turn, d.accept, uid, cid, 2, name=" ", description="no name")
+    assert turn.entered == 1 and _snapshot(ws) == before
+
+
+def test_run_decides_again_in_its_turn_when_another_decision_changed_what_it_read(review_ws):
+    """Each decision reads, then someone else's decision commits before its turn comes:
+    it is decided again inside the turn, never written over the other's change."""
+    ws, info = review_ws
+    alice, bob = _user(ws), _user(ws, "bob")
+    a, b, c, e = info.cluster_ids
+    initial = _snapshot(ws)
+    # a rename that read version 1 loses to bob's rename of the same cluster
+    turn = _Turn(lambda: _decide(ws, d.rename, bob, a, 1, name="bob first"))
+    with pytest.raises(StaleVersionError):
+        _run(ws, turn, d.rename, alice, a, 1, name="alice second")
+    assert turn.entered == 1
+    with ws.session() as s:
+        assert s.get(Cluster, a).name == "bob first"
+    # accepting as a new version of a concept that bob retires meanwhile: decided on the retired concept
+    _decide(ws, d.accept, bob, b, 1, name="walker", description="v1")
+    turn = _Turn(lambda: _decide(ws, d.reject, bob, b, _version(ws, b)))
+    _run(ws, turn, d.accept, alice, c, 1, name="walker", description="v2", as_new_version=True)
+    with ws.session() as s:
+        concept = s.scalar(select(Concept).where(Concept.name == "walker"))
+        assert (concept.status, concept.current_version) == ("approved", 2)
+    # undo takes alice's decision that is last when its turn comes (made in another tab
+    # meanwhile, on another cluster), not the one it first read
+    _decide(ws, d.rename, alice, e, 1, name="older")
+    turn = _Turn(lambda: _decide(ws, d.rename, alice, a, _version(ws, a), name="newer"))
+    _run(ws, turn, d.undo_last, alice)
+    with ws.session() as s:
+        assert (s.get(Cluster, e).name, s.get(Cluster, a).name) == ("older", "bob first")
+        undone = [row.after["info"]["name"] for row in s.scalars(select(AuditLog).where(AuditLog.undone.is_(True)))]
+        afters = [row.after for row in s.scalars(select(AuditLog).order_by(AuditLog.id))]
+    assert undone == ["newer"]
+    assert d.state_differences(d.replay(initial, afters), _snapshot(ws)) == []
+
+
+def test_run_accept_as_new_version_of_a_name_taken_meanwhile_joins_that_concept(review_ws):
+    """Deciding wholly inside the turn, the second accept would find the name taken and,
+    asked to, add its cluster as a new version: the same must happen when the name was
+    still free when it read."""
+    ws, info = review_ws
+    alice, bob = _user(ws), _user(ws, "bob")
+    a, b = info.cluster_ids[:2]
+    turn = _Turn(lambda: _decide(ws, d.accept, bob, b, 1, name="walker", description="bob's"))
+    _run(ws, turn, d.accept, alice, a, 1, name="walker", description="alice's", as_new_version=True)
+    with ws.session() as s:
+        concept = s.scalar(select(Concept).where(Concept.name == "walker"))
+        versions = s.scalars(select(ConceptVersion.cluster_id).where(ConceptVersion.concept_id == concept.id)
+                             .order_by(ConceptVersion.version)).all()
+    assert versions == [b, a] and concept.current_version == 2

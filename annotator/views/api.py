@@ -42,10 +42,10 @@ def _version(body: dict[str, Any]) -> int:
 
 
 def _decide(decision: Callable[..., decisions.DecisionResult], *args, **kwargs):
-    """Run one decision in this request's session and commit it; reply with its result."""
-    with writer_turn(workspace()):
-        result = decision(db(), g.user.id, *args, **kwargs)
-        db().commit()
+    """Run one decision in this request's session and commit it; reply with its result.
+    It reads outside the writers' turn and holds the turn only to write (``decisions.run``)."""
+    ws = workspace()
+    result = decisions.run(decision, db(), g.user.id, *args, turn=lambda: writer_turn(ws), **kwargs)
     return jsonify(ok=True, **result.to_json())
 
 

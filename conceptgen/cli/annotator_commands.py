@@ -9,7 +9,12 @@ from conceptgen.review.users import SESSION_IDLE_MINUTES
 
 PASSWORD_ENV = "CONCEPTGEN_PASSWORD"
 DEFAULT_LIMITS = ThrottlePolicy()
-DEFAULT_THREADS = 8
+# Threads per worker: a thread mostly runs Python under the process's one GIL (waitress itself
+# streams responses, media included), so more threads add no speed, only contention: with 8,
+# a decision holding the writers' turn shares its core with 7 page renders while every other
+# decision waits (annotator_load.py --real-clips, loaded machine: decision p95 224-278 ms with 4
+# threads, 299-354 with 8; reads p95 139-204 against 92-133: the README's measured figures).
+DEFAULT_THREADS = 4
 # One process per core (at most 4): a Python process runs on one core at a time (the GIL).
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1)) if hasattr(os, "fork") else 1
 

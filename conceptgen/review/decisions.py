@@ -16,15 +16,19 @@ database state (:func:`replay`), which is how the load benchmark proves that no
 update was lost. Undo writes its own audit row whose *after* is the undone row's
 *before*, so replay needs no special case.
 
-The caller owns the transaction: these functions flush, the caller commits.
+The caller owns the transaction: these functions flush, the caller commits. A server that
+serialises decisions (the annotator's writer turn) calls them through :func:`run`, which
+holds its turn only for step 3 onwards and commits: steps 1 and 2 are reads, done beside
+other requests, and re-checked inside the turn (:func:`_reads_unchanged`).
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
@@ -214,10 +218,14 @@ def _require_reviewable(cluster: Cluster) -> None:
 
 
 def _decide(session: Session, user_id: int | None, action: str, target: Cluster,
-            touched: _Touched, apply: Callable[[], dict[str, Any] | None]) -> DecisionResult:
+            touched: _Touched, apply: Callable[[], dict[str, Any] | None],
+            still_valid: Callable[[], bool] | None = None) -> DecisionResult:
     """Snapshot, apply, bump versions, snapshot, audit. ``apply`` may add records to
-    ``touched`` (created clusters get ``None`` as their before state)."""
+    ``touched`` (created clusters get ``None`` as their before state). Under :func:`run`,
+    the writer's turn is taken after the *before* snapshot; ``still_valid`` then re-checks
+    what the decision read beyond its touched records (undo: that its entry is still last)."""
     before = touched.snapshot(session)
+    _take_turn(session, touched, before, still_valid)
     try:
         info = apply() or {}
         for cluster in touched.clusters.values():
@@ -246,6 +254,85 @@ def _decide(session: Session, user_id: int | None, action: str, target: Cluster,
                           concept_id=info.get("concept_id"), created_cluster_ids=created)
 
 
+# --- running a decision beside other requests ------------------------------------
+_TURN = "conceptgen.review.decisions.turn"
+
+
+class _ReadsChanged(Exception):
+    """A record the decision read before its turn was changed by another decision meanwhile."""
+
+
+def run(decision: Callable[..., DecisionResult], session: Session, user_id: int | None, *args: Any,
+        turn: Callable[[], AbstractContextManager[Any]], **kwargs: Any) -> DecisionResult:
+    """Run ``decision(session, user_id, *args, **kwargs)`` and commit it, holding the
+    writer's ``turn`` (a context manager that serialises writers) only while it writes.
+
+    The decision loads and checks its records and snapshots their *before* state outside
+    the turn, so a stale or inapplicable decision is refused without queueing behind
+    others, and the turn is held for the writes, not the reads. Inside the turn the
+    records read are compared with the database again (:func:`_reads_unchanged`); if
+    another decision changed any of them meanwhile, this one is rolled back and decided
+    again from the start inside the turn, exactly as a fully serialised decision would be.
+    The result is the same as deciding wholly inside the turn: the audit log replays to
+    the database and undo sees the same states."""
+    with ExitStack() as held:
+        session.info[_TURN] = lambda: held.enter_context(turn())
+        try:
+            try:
+                result = decision(session, user_id, *args, **kwargs)
+            except _ReadsChanged:
+                session.rollback()  # the turn is held now: decide again, serialised
+                result = decision(session, user_id, *args, **kwargs)
+            session.commit()
+        except BaseException:
+            session.rollback()  # before the turn ends: no write transaction may outlive it
+            raise
+        finally:
+            session.info.pop(_TURN, None)
+    return result
+
+
+def _take_turn(session: Session, touched: _Touched, before: dict[str, dict],
+               still_valid: Callable[[], bool] | None) -> None:
+    """Under :func:`run`: end the read transaction, wait for the writer's turn, and check
+    that nothing read has changed since (else :class:`_ReadsChanged`). Without it: nothing."""
+    take = session.info.pop(_TURN, None)  # once per run: a decision decided again keeps the turn
+    if take is None:
+        return
+    seen = {"clusters": {i: c.version for i, c in touched.clusters.items()},
+            "concepts": {i: (c.version, c.created_at) for i, c in touched.concepts.items()}}
+    session.commit()  # reads so far came from committed data; the writes start a new transaction
+    take()
+    if not _reads_unchanged(session, touched, seen, before) or (still_valid is not None and not still_valid()):
+        raise _ReadsChanged()
+
+
+def _reads_unchanged(session: Session, touched: _Touched, seen: dict[str, dict[int, Any]],
+                     before: dict[str, dict]) -> bool:
+    """Are the touched clusters and concepts as the decision read them? A row's version
+    counter changes with every UPDATE of it, so an unchanged counter (and, for a row that
+    could have been deleted and made again under a reused id, unchanged state or creation
+    time) means an unchanged row. Members need no check of their own: a decision that
+    changes a member bumps its old and new cluster, and touches the clusters of the members
+    it reads. A concept's versions are added and deleted only together with an UPDATE of
+    the concept (its ``current_version``), so its row stands for them."""
+    ids = list(touched.clusters)
+    rows = session.execute(_CLUSTERS_NOW, {"ids": ids}).all() if ids else []
+    now = {r[0]: (r[1], _row_state(CLUSTER_FIELDS, r[2:])) for r in rows}
+    if any(now.get(i) != (seen["clusters"][i], before["clusters"][str(i)]) for i in ids):
+        return False
+    ids = list(touched.concepts)
+    rows = session.execute(_CONCEPTS_NOW, {"ids": ids}).all() if ids else []
+    return {r[0]: (r[1], r[2]) for r in rows} == seen["concepts"]
+
+
+# built once: this check runs inside the writers' turn, where every millisecond queues others
+_CLUSTERS_NOW = (select(Cluster.id, Cluster.version, *[getattr(Cluster, f) for f in CLUSTER_FIELDS])
+                 .where(Cluster.id.in_(bindparam("ids", expanding=True))))
+_CONCEPTS_NOW = (select(Concept.id, Concept.version, Concept.created_at)
+                 .where(Concept.id.in_(bindparam("ids", expanding=True))))
+
+
 @dataclass
 class _Member:
     """A cluster member as plain values: the decisions over whole clusters (accept, merge,
@@ -272,6 +359,7 @@ def _touch_members(session: Session, touched: _Touched, cluster: Cluster) -> lis
 
 
 _MEMBER_TABLE = ClusterMember.__table__
+_INSERT_EXAMPLE = ConceptExample.__table__.insert()  # Core executemany: no ORM bookkeeping per row
 _WRITE_MEMBER = (_MEMBER_TABLE.update().where(_MEMBER_TABLE.c.id == bindparam("member_id"))
                  .values({f: bindparam(f"new_{f}") for f in MEMBER_FIELDS}))
 
@@ -355,15 +443,19 @@ def accept(session: Session, user_id: int | None, cluster_id: int, seen_version:
         session.add(version)
         session.flush()
         # one bulk INSERT: a cluster has hundreds of examples, and ORM objects for them cost more than the rest
-        session.execute(insert(ConceptExample), [
+        session.execute(_INSERT_EXAMPLE, [
             {"concept_version_id": version.id, "position": i, "tube_id": m.tube_id, "variant": "dynamic",
              "meta": {"cluster_member_id": m.id, "representative": m.representative}}
             for i, m in enumerate(examples)])
+        touched.version_tubes[version.id] = [m.tube_id for m in examples]  # the after snapshot need not read them
         cluster.status, cluster.name, cluster.description = "accepted", name, description
         cluster.concept_id = concept.id
         return {"name": name, "concept_id": concept.id, "concept_version": concept.current_version}
 
-    return _decide(session, user_id, "accept", cluster, touched, apply)
+    def name_still_free() -> bool:  # else decided again in the turn: refused, or a new version of that concept
+        return _check_name_free(session, name, concept.id if concept else None) is None
+
+    return _decide(session, user_id, "accept", cluster, touched, apply, name_still_free if other is None else None)
 
 
 def reject(session: Session, user_id: int | None, cluster_id: int, seen_version: int | None) -> DecisionResult:
@@ -420,13 +512,14 @@ def merge(session: Session, user_id: int | None, seen_versions: dict[int, int | 
                                 f"merge only clusters of one gallery")
     touched = _Touched(clusters={c.id: c for c in clusters})
     members = [m for c in clusters for m in _touch_members(session, touched, c)]
+    rerank = _plan_rerank(session, target, members)  # reads embeddings: before the writers' turn
 
     def apply() -> dict[str, Any]:
         for c in clusters[1:]:
             c.status, c.parent_id = "merged", target.id
         for m in members:
             m.cluster_id = target.id
-        _rerank(session, target, members)
+        rerank()
         _write_members(session, members)
         _refresh_stats(session, target)
         for c in clusters[1:]:
@@ -494,6 +587,14 @@ def _rerank(session: Session, cluster: Cluster, members: list[_Member],
             vectors: np.ndarray | None = None) -> None:
     """Re-rank members around their centroid (distances, outliers, cohesion) with the
     engine's own statistics; without stored embeddings, keep distances and re-rank."""
+    _plan_rerank(session, cluster, members, vectors)()
+
+
+def _plan_rerank(session: Session, cluster: Cluster, members: list[_Member],
+                 vectors: np.ndarray | None = None) -> Callable[[], None]:
+    """The reads and statistics of :func:`_rerank`, done now; the function returned writes
+    the ranks, distances, outlier flags, cohesion and centroid (a merge plans before its
+    writers' turn, and writes in it)."""
     from conceptgen.cluster import clustering_spread, l2_normalise, summarise_clusters
 
     kept = [m for m in members if not m.excluded]
@@ -503,21 +604,27 @@ def _rerank(session: Session, cluster: Cluster, members: list[_Member],
         except (DataError, ImportError):
             vectors = None
     if vectors is None or not kept:
-        for rank, m in enumerate(sorted(members, key=lambda m: (m.excluded, m.distance, m.id))):
-            m.rank = rank
-        return
+        order = sorted(members, key=lambda m: (m.excluded, m.distance, m.id))
+
+        def keep_distances() -> None:
+            for rank, m in enumerate(order):
+                m.rank = rank
+        return keep_distances
     video_of = dict(session.execute(select(Tube.id, Tube.video_id).where(Tube.id.in_([m.tube_id for m in kept]))).all())
     video_ids = np.array([video_of[m.tube_id] for m in kept])
     spread = clustering_spread(session.get(Clustering, cluster.clustering_id).params)
     stats = summarise_clusters(l2_normalise(vectors), np.zeros(len(kept), dtype=np.int64), video_ids,
                                min_size=1, min_videos=1, spread=spread)[0]
-    for rank, (row, dist, out) in enumerate(zip(stats.members, stats.distances, stats.outliers)):
-        m = kept[int(row)]
-        m.rank, m.distance, m.is_outlier = rank, float(dist), bool(out)
-    for rank, m in enumerate(sorted((m for m in members if m.excluded), key=lambda m: m.id), start=len(kept)):
-        m.rank = rank
-    cluster.cohesion = float(stats.cohesion)
-    cluster.centroid = stats.centroid.astype(np.float32).tobytes()
+
+    def write() -> None:
+        for rank, (row, dist, out) in enumerate(zip(stats.members, stats.distances, stats.outliers)):
+            m = kept[int(row)]
+            m.rank, m.distance, m.is_outlier = rank, float(dist), bool(out)
+        for rank, m in enumerate(sorted((m for m in members if m.excluded), key=lambda m: m.id), start=len(kept)):
+            m.rank = rank
+        cluster.cohesion = float(stats.cohesion)
+        cluster.centroid = stats.centroid.astype(np.float32).tobytes()
+    return write
 
 
 # --- decisions on members ------------------------------------------------------
@@ -638,11 +745,13 @@ def _move(session: Session, user_id: int | None, source: Cluster, members: list[
 
 
 # --- undo ----------------------------------------------------------------------
+def _undoable(column, user_id: int):
+    return (select(column).where(AuditLog.user_id == user_id, AuditLog.undone.is_(False), AuditLog.action != "undo")
+            .order_by(AuditLog.id.desc()).limit(1))
+
+
 def last_undoable(session: Session, user_id: int) -> AuditLog | None:
-    return session.scalars(select(AuditLog)
-                           .where(AuditLog.user_id == user_id, AuditLog.undone.is_(False),
-                                  AuditLog.action != "undo")
-                           .order_by(AuditLog.id.desc()).limit(1)).first()
+    return session.scalars(_undoable(AuditLog, user_id)).first()
 
 
 def undo_last(session: Session, user_id: int) -> DecisionResult:
@@ -670,7 +779,10 @@ def undo_last(session: Session, user_id: int) -> DecisionResult:
         entry.undone = True
         return {"undoes": entry.id, "undone_action": entry.action}
 
-    return _decide(session, user_id, "undo", target, touched, apply)
+    def still_last() -> bool:  # by id: loading the entry again would decode its before/after JSON
+        return session.scalar(_undoable(AuditLog.id, user_id)) == entry.id
+
+    return _decide(session, user_id, "undo", target, touched, apply, still_last)
 
 
 def _load_all(session: Session, model: type, keys: Iterable[str]) -> dict[int, Any]:
@@ -696,6 +808,9 @@ def _restore(session: Session, touched: _Touched, before: dict[str, dict]) -> No
             for key, state in before.get("members", {}).items() if state is not None and int(key) in touched.members]
     if rows:
         session.execute(_WRITE_MEMBER, rows)  # one executemany UPDATE by primary key
+        for row in rows:  # the after snapshot takes the values just written instead of reading them back
+            touched.members[row["member_id"]] = _Member(row["member_id"],
+                                                        **{f: row[f"new_{f}"] for f in MEMBER_FIELDS})
     doomed_clusters = []
     for key, state in before.get("clusters", {}).items():
         cluster = touched.clusters[int(key)]
