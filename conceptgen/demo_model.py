@@ -16,6 +16,17 @@ Conv stages for TCAV: ``stem``, ``stage1``, ``stage2``, ``stage3`` (outputs keep
 The frame-difference input makes motion, the only class cue, explicit: a small network
 trained from scratch on CPU learns it in a few epochs instead of hundreds.
 
+Clips without class evidence. Every training video has a moving actor, so a network trained
+on them alone must file a clip in which nothing moves under some class, and it learned a
+shortcut: "nothing translates" meant ``growing`` (static clips, textures and frozen objects
+all read as growing, and growth itself was barely learned). Beside each batch it therefore
+trains, towards the uniform distribution over the classes (outlier exposure, Hendrycks et
+al. 2019), one clip per batch clip that carries no class evidence: the clip frozen (its
+middle frame repeated: no motion), or the same video without its actor
+(:func:`conceptgen.synth.render_without_actor`: static and drifting distractors on the
+background), moving or frozen. Absent translation is then no evidence for ``growing``;
+growth has to be.
+
 Training is seeded and idempotent: a checkpoint already trained on the same data, seed,
 configuration and code is reused unless ``force``. Each finished epoch is saved beside the
 checkpoint, so an interrupted run resumes from the last epoch with identical results.
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -38,8 +50,8 @@ from conceptgen.hashing import sha256_bytes, sha256_json
 from conceptgen.progress import progress
 from conceptgen.registry import DEMO_FILE, InputSpec, KINETICS_MEAN, KINETICS_STD, \
     normalize_clips, save_checkpoint
-from conceptgen.synth import load_ground_truth
-from conceptgen.videoio import read_clip
+from conceptgen.synth import load_ground_truth, render_without_actor
+from conceptgen.videoio import read_clip, write_video
 
 BUILDER = "demo_net"
 DEMO_SPEC = InputSpec(num_frames=8, side=32, mean=KINETICS_MEAN, std=KINETICS_STD)
@@ -47,6 +59,7 @@ CONV_STAGES = ("stem", "stage1", "stage2", "stage3")
 POOLED_LAYER = "head.pool"
 # Mirroring a clip left-right swaps these two classes; every other class keeps its label.
 _MIRROR_SWAP = {"moving_right": "moving_left", "moving_left": "moving_right"}
+NO_EVIDENCE_WEIGHT = 0.5  # the uniform-target loss beside the class loss (outlier exposure's weight)
 
 
 class TemporalDifference(nn.Module):
@@ -110,6 +123,7 @@ class TrainReport:
 class _Split:
     clips: np.ndarray   # (N, T, S, S, 3) uint8
     labels: np.ndarray  # (N,) int64
+    no_actor: np.ndarray | None = None  # (N, T, S, S, 3) uint8: the same videos without their actor
 
 
 def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: int | None = None,
@@ -129,7 +143,8 @@ def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: 
     if not force and (report := _reuse(path, key, started)) is not None:
         return report
 
-    train, test = (_load_split(dataset, name, class_names) for name in ("train", "test"))
+    train = _load_split(dataset, "train", class_names, no_actor=True)
+    test = _load_split(dataset, "test", class_names)
     torch.manual_seed(seed)
     kwargs = {"num_classes": len(class_names), "widths": list(config.widths)}
     model = build_demo_network(num_classes=len(class_names), widths=config.widths)
@@ -166,7 +181,7 @@ def _reuse(path: Path, key: str, started: float) -> TrainReport | None:
                        fingerprint=ckpt["fingerprint"], n_train=ckpt["n_train"], n_test=ckpt["n_test"])
 
 
-def _load_split(dataset, split: str, class_names: list[str]) -> _Split:
+def _load_split(dataset, split: str, class_names: list[str], *, no_actor: bool = False) -> _Split:
     videos = dataset.split(split)
     if not videos:
         raise DataError(f"{dataset.root}: no {split} videos; generate more with "
@@ -174,7 +189,20 @@ def _load_split(dataset, split: str, class_names: list[str]) -> _Split:
     clips = np.stack([read_clip(v.video_path, DEMO_SPEC.num_frames, DEMO_SPEC.side)
                       for v in progress(videos, desc=f"decode {split}", unit="video")])
     labels = np.array([class_names.index(v.class_name) for v in videos], dtype=np.int64)
-    return _Split(clips=clips, labels=labels)
+    return _Split(clips=clips, labels=labels, no_actor=_no_actor_clips(dataset, videos) if no_actor else None)
+
+
+def _no_actor_clips(dataset, videos) -> np.ndarray:
+    """(N, T, S, S, 3) uint8: each video without its actor, through the same H.264 encoding
+    and decoding as the video itself (so compression never tells the two apart)."""
+    with tempfile.TemporaryDirectory(prefix="demo-no-actor-") as tmp:
+        out = []
+        for v in progress(videos, desc="videos without actor", unit="video"):
+            path = Path(tmp) / f"{v.id}.mp4"
+            write_video(path, render_without_actor(dataset, v), fps=dataset.fps)
+            out.append(read_clip(path, DEMO_SPEC.num_frames, DEMO_SPEC.side))
+            path.unlink()
+    return np.stack(out)
 
 
 def _augment(clips: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, swap: torch.Tensor):
@@ -192,9 +220,24 @@ def _augment(clips: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, sw
     return clips, labels
 
 
+def _frozen(clips: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) -> the middle frame repeated T times (videoio.static_clip's rule)."""
+    t = clips.shape[2]
+    return clips[:, :, t // 2:t // 2 + 1].expand_as(clips)
+
+
+def _no_evidence(clips: torch.Tensor, no_actor: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One clip without class evidence per clip of the batch (both (B, 3, T, H, W)):
+    the clip frozen, its video without the actor, or that frozen, drawn from ``gen``."""
+    kind = torch.randint(0, 3, (len(clips),), generator=gen).view(-1, 1, 1, 1, 1)
+    return torch.where(kind == 0, _frozen(clips), torch.where(kind == 1, no_actor, _frozen(no_actor)))
+
+
 def _fit(model: nn.Module, train: _Split, config: TrainConfig, seed: int,
          class_names: list[str], *, resume_path: Path, key: str) -> None:
-    """AdamW + one-cycle LR, label-preserving augmentation. Saves a resume point after each epoch."""
+    """AdamW + one-cycle LR, label-preserving augmentation, and the class loss plus
+    ``NO_EVIDENCE_WEIGHT`` x the cross-entropy of clips without class evidence against
+    the uniform distribution (module docstring). Saves a resume point after each epoch."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train.labels) / config.batch_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
@@ -202,6 +245,7 @@ def _fit(model: nn.Module, train: _Split, config: TrainConfig, seed: int,
                                                    pct_start=0.15)
     swap = torch.tensor([class_names.index(_MIRROR_SWAP.get(c, c)) for c in class_names])
     x_all = normalize_clips(train.clips, DEMO_SPEC)
+    free_all = normalize_clips(train.no_actor, DEMO_SPEC)
     y_all = torch.from_numpy(train.labels)
     first_epoch = _resume(resume_path, key, model, optimiser, schedule)
     loss_fn = nn.CrossEntropyLoss()
@@ -213,8 +257,11 @@ def _fit(model: nn.Module, train: _Split, config: TrainConfig, seed: int,
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
             x, y = _augment(x_all[idx], y_all[idx], gen, swap)
+            free, _ = _augment(free_all[idx], y_all[idx], gen, swap)
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            logits = model(torch.cat([x, _no_evidence(x, free, gen)]))  # one batch: shared BatchNorm statistics
+            uniform = -torch.log_softmax(logits[len(y):], dim=1).mean()
+            loss = loss_fn(logits[:len(y)], y) + NO_EVIDENCE_WEIGHT * uniform
             loss.backward()
             optimiser.step()
             schedule.step()

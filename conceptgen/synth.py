@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +330,20 @@ def render_video(spec: _VideoSpec, t: int, size: int):
             if below.z < o.z:
                 visible[below.index] &= ~full[o.index]
     return frames, visible, full
+
+
+def render_without_actor(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
+    """``video`` painted again with its actor left out: (T, H, W, 3) uint8, the same
+    background and distractors pixel for pixel. Each video draws from its own RNG stream
+    (seed, index), so its plan is drawn again exactly. A clip with no actor holds no
+    evidence for any class (the class is the actor's motion alone): the demo model
+    trains on such clips so that absent motion does not read as a class."""
+    index = int(video.id.rsplit("_", 1)[1])
+    spec = _draw_video(index, video.label, np.random.default_rng([dataset.seed, index]),
+                       dataset.num_frames, dataset.size)
+    kept = [replace(o, index=i) for i, o in enumerate(o for o in spec.objects if o.role != "actor")]
+    frames, _, _ = render_video(replace(spec, objects=kept), dataset.num_frames, dataset.size)
+    return frames
 
 
 def _write_video_files(out: Path, spec: _VideoSpec, split: str, t: int, size: int) -> dict:
