@@ -28,11 +28,14 @@ background), moving or frozen, or a tracked crop of one of its distractors (from
 without its actor), moving or frozen. Absent translation is then no evidence for
 ``growing``; growth has to be.
 
-Object crops. TCAV and the engine show the model tracked crops of single objects
-(render's ``crop`` mode): an object fills the clip, at a scale the whole videos never show.
-Half of the time a training video is therefore seen as the crop around its actor (the
-same motion, the same label), so that the class is read from the actor's motion at either
-scale; the distractor crops above say the same of objects that are not the actor.
+Decoys and object crops. A third of the time a training video is seen with one more
+object of the actor's size that neither moves nor grows (:func:`conceptgen.synth.render_with_decoy`):
+a large still object is then no evidence for ``growing`` in videos of any class. Another
+third of the time it is seen as the tracked crop around its actor (the same motion, the
+same label): TCAV and the engine show the model such crops of single objects (render's
+``crop`` mode), at a scale the whole videos never show, so the class is learnt from the
+actor's motion at either scale; the distractor crops above say the same of objects that
+are not the actor.
 
 Small sets train for more epochs: at least ``TrainConfig.min_steps`` optimiser steps.
 
@@ -60,7 +63,7 @@ from conceptgen.progress import progress
 from conceptgen.registry import DEMO_FILE, InputSpec, KINETICS_MEAN, KINETICS_STD, \
     normalize_clips, save_checkpoint
 from conceptgen.render import render_object_clip
-from conceptgen.synth import load_ground_truth, render_without_actor
+from conceptgen.synth import load_ground_truth, render_with_decoy, render_without_actor
 from conceptgen.videoio import read_clip, read_frames, resize_clip, sample_indices, write_video
 
 BUILDER = "demo_net"
@@ -141,6 +144,7 @@ class _Split:
     labels: np.ndarray  # (N,) int64
     no_actor: np.ndarray | None = None     # (N, T, S, S, 3) uint8: the same videos without their actor
     actor_crops: np.ndarray | None = None  # (N, T, S, S, 3) uint8: tracked crops of their actors
+    decoys: np.ndarray | None = None       # (N, T, S, S, 3) uint8: the same videos with a still decoy
     other_crops: np.ndarray | None = None  # (M, T, S, S, 3) uint8: tracked crops of distractors, actor left out
 
 
@@ -212,7 +216,7 @@ def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = Fa
         clips = np.stack([read_clip(v.video_path, DEMO_SPEC.num_frames, DEMO_SPEC.side)
                           for v in progress(videos, desc=f"decode {split}", unit="video")])
         return _Split(clips=clips, labels=labels)
-    clips, no_actor, actor_crops, other_crops = [], [], [], []
+    clips, no_actor, actor_crops, other_crops, decoys = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="demo-no-actor-") as tmp:
         for v in progress(videos, desc=f"decode and crop {split}", unit="video"):
             frames, full = read_frames(v.video_path), v.load_masks(visible=False)
@@ -222,12 +226,14 @@ def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = Fa
             path = Path(tmp) / f"{v.id}.mp4"
             write_video(path, render_without_actor(dataset, v), fps=dataset.fps)
             bare = read_frames(path)
+            write_video(path, render_with_decoy(dataset, v), fps=dataset.fps)
+            decoys.append(_whole_clip(read_frames(path)))
             path.unlink()
             no_actor.append(_whole_clip(bare))
             other_crops += [c for o in v.objects if o.role != "actor"
                             if (c := _crop(bare, full[o.index])) is not None]
     return _Split(clips=np.stack(clips), labels=labels, no_actor=np.stack(no_actor),
-                  actor_crops=np.stack(actor_crops), other_crops=np.stack(other_crops))
+                  actor_crops=np.stack(actor_crops), other_crops=np.stack(other_crops), decoys=np.stack(decoys))
 
 
 def _whole_clip(frames: np.ndarray) -> np.ndarray:
@@ -284,6 +290,7 @@ def _fit(model: nn.Module, train: _Split, config: TrainConfig, seed: int,
     swap = torch.tensor([class_names.index(_MIRROR_SWAP.get(c, c)) for c in class_names])
     x_all = normalize_clips(train.clips, DEMO_SPEC)
     crop_all = normalize_clips(train.actor_crops, DEMO_SPEC)
+    decoy_all = normalize_clips(train.decoys, DEMO_SPEC)
     free_all = normalize_clips(train.no_actor, DEMO_SPEC)
     other_all = normalize_clips(train.other_crops, DEMO_SPEC)
     y_all = torch.from_numpy(train.labels)
@@ -296,8 +303,9 @@ def _fit(model: nn.Module, train: _Split, config: TrainConfig, seed: int,
         order = torch.randperm(len(y_all), generator=gen)
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            cropped = (torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1, 1)
-            x, y = _augment(torch.where(cropped, crop_all[idx], x_all[idx]), y_all[idx], gen, swap)
+            view = torch.randint(0, 3, (len(idx),), generator=gen).view(-1, 1, 1, 1, 1)  # whole, decoy, crop
+            x = torch.where(view == 0, x_all[idx], torch.where(view == 1, decoy_all[idx], crop_all[idx]))
+            x, y = _augment(x, y_all[idx], gen, swap)
             free, _ = _augment(free_all[idx], y_all[idx], gen, swap)
             others, _ = _augment(other_all[torch.randint(0, len(other_all), (len(idx),), generator=gen)],
                                  y_all[idx], gen, swap)
