@@ -90,7 +90,7 @@ class DemoConfig:
     frames: int = 16             # synthetic video length
     size: int = 112              # synthetic frame side
     epochs: int | None = None    # demo model training (None: demo_model's default)
-    segmenters: str = "motion"   # the synthetic objects that matter move; motion finds them fast
+    segmenters: str = "motion,supervoxel"  # extract's default: motion alone matches few ground-truth objects
     random_sets: int = 10        # TCAV random sets (the paper's number)
     random_set_size: int = 10    # clips per random set (lowered when the pool is small)
     accept: str = "ground-truth"  # headless rule: ground-truth | cohesion (module docstring)
