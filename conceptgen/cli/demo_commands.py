@@ -33,8 +33,8 @@ def register(sub) -> None:
                    help=f"clusters to accept with --headless --accept cohesion (default {DEFAULT_TOP_K})")
     p.add_argument("--epochs", type=int, default=None, help="demo model training epochs (default: the model's)")
     p.add_argument("--segmenter", default=DemoConfig.segmenters,
-                   help=f"region proposals for extraction (default {DemoConfig.segmenters}; "
-                        "motion,supervoxel gives more, slower)")
+                   help=f"region proposals for extraction (default {DemoConfig.segmenters}, as extract's; "
+                        "motion alone is faster but matches few ground-truth objects)")
     p.set_defaults(handler=_demo)
 
 
