@@ -206,7 +206,7 @@ def _reuse(path: Path, key: str, started: float) -> TrainReport | None:
 
 def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = False) -> _Split:
     """The split's clips and labels; with ``extra`` also the clips the module docstring
-    lists beside them (videos without actor, actor crops, distractor crops)."""
+    lists beside them (videos without actor, with a decoy, actor and distractor crops)."""
     videos = dataset.split(split)
     if not videos:
         raise DataError(f"{dataset.root}: no {split} videos; generate more with "
@@ -233,7 +233,8 @@ def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = Fa
             other_crops += [c for o in v.objects if o.role != "actor"
                             if (c := _crop(bare, full[o.index])) is not None]
     return _Split(clips=np.stack(clips), labels=labels, no_actor=np.stack(no_actor),
-                  actor_crops=np.stack(actor_crops), other_crops=np.stack(other_crops), decoys=np.stack(decoys))
+                  actor_crops=np.stack(actor_crops), decoys=np.stack(decoys),
+                  other_crops=np.stack(other_crops or no_actor))  # no distractor shows in 2 frames: none to crop
 
 
 def _whole_clip(frames: np.ndarray) -> np.ndarray:
