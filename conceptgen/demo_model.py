@@ -37,7 +37,8 @@ same label): TCAV and the engine show the model such crops of single objects (re
 actor's motion at either scale; the distractor crops above say the same of objects that
 are not the actor.
 
-Small sets train for more epochs: at least ``TrainConfig.min_steps`` optimiser steps.
+Small sets train for more epochs: at least ``TrainConfig.min_steps`` optimiser steps (unless
+``epochs`` is given, which is then exactly the number trained).
 
 Training is seeded and idempotent: a checkpoint already trained on the same data, seed,
 configuration and code is reused unless ``force``. Each finished epoch is saved beside the
@@ -154,8 +155,8 @@ def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: 
     ``WORKSPACE/models/demo.pt``. Returns held-out accuracy among other figures."""
     started = time.monotonic()
     config = config or TrainConfig()
-    if epochs is not None:
-        config = TrainConfig(**{**asdict(config), "epochs": int(epochs)})
+    if epochs is not None:  # asked for: exactly that many, however small the set
+        config = TrainConfig(**{**asdict(config), "epochs": int(epochs), "min_steps": 0})
     dataset = load_ground_truth(data_dir)
     class_names = list(dataset.class_names)
     key = sha256_json({"data": dataset.manifest_hash, "seed": seed, "config": asdict(config),
