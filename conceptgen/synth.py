@@ -349,8 +349,7 @@ def _paint(spec: _VideoSpec, objects: list[SynthObject], t: int, size: int) -> n
 
 def render_without_actor(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
     """``video`` painted again with its actor left out: (T, H, W, 3) uint8, the same
-    background and distractors pixel for pixel. Each video draws from its own RNG stream
-    (seed, index), so its plan is drawn again exactly. A clip with no actor holds no
+    background and distractors pixel for pixel. A clip with no actor holds no
     evidence for any class (the class is the actor's motion alone): the demo model
     trains on such clips so that absent motion does not read as a class."""
     spec = _redrawn_plan(dataset, video)
@@ -371,7 +370,7 @@ def render_with_decoy(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     decoy = SynthObject(index=len(spec.objects), role="distractor", shape=SHAPES[int(rng.integers(len(SHAPES)))],
                         colour=colour, rgb=COLOURS[colour], motion="static",
-                        z=int(rng.integers(0, len(spec.objects) + 1)) - 0.5,
+                        z=int(rng.integers(0, len(spec.objects) + 1)) - 0.5,  # between two painted layers
                         centers=np.repeat(centre[None], t, axis=0), radii=np.full(t, r))
     return _paint(spec, [*spec.objects, decoy], t, size)
 
