@@ -71,10 +71,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from conceptgen.masks import mask_box  # noqa: E402
 from conceptgen.ground_truth import match_ground_truth  # noqa: E402
 from conceptgen.progress import set_quiet  # noqa: E402
-from conceptgen.render import render_tube_clip  # noqa: E402
+from conceptgen.render import render_object_clip, render_tube_clip  # noqa: E402
 from conceptgen.videoio import read_clip, read_frames  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
 from tcav.examples import ConceptExamples, Example, concepts_from_db, static_counterpart  # noqa: E402
@@ -92,11 +91,7 @@ TARGETS = (Target("planted_significant", "==", True), Target("false_discoveries"
 
 # --- building concepts from ground truth ------------------------------------------
 def _object_clip(frames, masks, spec, *, static: bool, mode: str = "crop"):
-    visible = [t for t in range(masks.shape[0]) if masks[t].any()]
-    if len(visible) < 2:
-        return None
-    return render_tube_clip(frames, visible, [masks[t] for t in visible], [mask_box(masks[t]) for t in visible],
-                            mode=mode, static=static, num_frames=spec.num_frames, side=spec.side)
+    return render_object_clip(frames, masks, mode=mode, static=static, num_frames=spec.num_frames, side=spec.side)
 
 
 def _background_clip(frames, full_masks, spec, *, static: bool):

@@ -90,7 +90,7 @@ class DemoConfig:
     frames: int = 16             # synthetic video length
     size: int = 112              # synthetic frame side
     epochs: int | None = None    # demo model training (None: demo_model's default)
-    segmenters: str = "motion"   # the synthetic objects that matter move; motion finds them fast
+    segmenters: str = "motion,supervoxel"  # motion alone matches few ground-truth objects (the README figures use these)
     random_sets: int = 10        # TCAV random sets (the paper's number)
     random_set_size: int = 10    # clips per random set (lowered when the pool is small)
     accept: str = "ground-truth"  # headless rule: ground-truth | cohesion (module docstring)
@@ -238,7 +238,7 @@ def cluster_once(workspace: Workspace, run_id: int, config: DemoConfig) -> tuple
         n_tubes = int(s.scalar(select(func.count(Tube.id)).where(Tube.run_id == run_id)))
     if n_tubes == 0:
         raise DataError(f"run {run_id} found no moving regions in the synthetic videos; "
-                        "try --segmenter motion,supervoxel")
+                        "try --segmenter motion,supervoxel,foreground")
     k = demo_k(n_tubes)
     wanted = {"k": k, "seed": config.seed, "min_size": MIN_CONCEPT_EXAMPLES, "min_videos": config.min_videos}
     with workspace.session() as s:

@@ -16,6 +16,30 @@ Conv stages for TCAV: ``stem``, ``stage1``, ``stage2``, ``stage3`` (outputs keep
 The frame-difference input makes motion, the only class cue, explicit: a small network
 trained from scratch on CPU learns it in a few epochs instead of hundreds.
 
+Clips without class evidence. Every training video has a moving actor, so a network trained
+on them alone must file a clip in which nothing moves under some class, and it learned a
+shortcut: "nothing translates" meant ``growing`` (static clips, textures and frozen objects
+all read as growing, and growth itself was barely learned). Beside each batch it therefore
+trains, towards the uniform distribution over the classes (outlier exposure, Hendrycks et
+al. 2019), one clip per batch clip that carries no class evidence: the clip frozen (its
+middle frame repeated: no motion), or the same video without its actor
+(:func:`conceptgen.synth.render_without_actor`: static and drifting distractors on the
+background), moving or frozen, or a tracked crop of one of its distractors (from the video
+without its actor), moving or frozen. Absent translation is then no evidence for
+``growing``; growth has to be.
+
+Decoys and object crops. A third of the time a training video is seen with one more
+object of the actor's size that neither moves nor grows (:func:`conceptgen.synth.render_with_decoy`):
+a large still object is then no evidence for ``growing`` in videos of any class. Another
+third of the time it is seen as the tracked crop around its actor (the same motion, the
+same label): TCAV and the engine show the model such crops of single objects (render's
+``crop`` mode), at a scale the whole videos never show, so the class is learnt from the
+actor's motion at either scale; the distractor crops above say the same of objects that
+are not the actor.
+
+Small sets train for more epochs: at least ``TrainConfig.min_steps`` optimiser steps (unless
+``epochs`` is given, which is then exactly the number trained).
+
 Training is seeded and idempotent: a checkpoint already trained on the same data, seed,
 configuration and code is reused unless ``force``. Each finished epoch is saved beside the
 checkpoint, so an interrupted run resumes from the last epoch with identical results.
@@ -24,6 +48,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -38,8 +63,9 @@ from conceptgen.hashing import sha256_bytes, sha256_json
 from conceptgen.progress import progress
 from conceptgen.registry import DEMO_FILE, InputSpec, KINETICS_MEAN, KINETICS_STD, \
     normalize_clips, save_checkpoint
-from conceptgen.synth import load_ground_truth
-from conceptgen.videoio import read_clip
+from conceptgen.render import render_object_clip
+from conceptgen.synth import load_ground_truth, render_with_decoy, render_without_actor
+from conceptgen.videoio import read_clip, read_frames, resize_clip, sample_indices, write_video
 
 BUILDER = "demo_net"
 DEMO_SPEC = InputSpec(num_frames=8, side=32, mean=KINETICS_MEAN, std=KINETICS_STD)
@@ -47,6 +73,7 @@ CONV_STAGES = ("stem", "stage1", "stage2", "stage3")
 POOLED_LAYER = "head.pool"
 # Mirroring a clip left-right swaps these two classes; every other class keeps its label.
 _MIRROR_SWAP = {"moving_right": "moving_left", "moving_left": "moving_right"}
+NO_EVIDENCE_WEIGHT = 0.5  # the uniform-target loss beside the class loss (outlier exposure's weight)
 
 
 class TemporalDifference(nn.Module):
@@ -91,6 +118,12 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     widths: tuple[int, int, int, int] = (24, 32, 48, 64)
+    min_steps: int = 200  # a small set trains for more epochs than ``epochs`` to reach this many steps
+
+    def epochs_for(self, n_train: int) -> int:
+        """Epochs over ``n_train`` clips: ``epochs``, or more to make ``min_steps`` steps."""
+        steps_per_epoch = int(np.ceil(n_train / self.batch_size))
+        return max(self.epochs, int(np.ceil(self.min_steps / steps_per_epoch)))
 
 
 @dataclass(frozen=True)
@@ -110,6 +143,10 @@ class TrainReport:
 class _Split:
     clips: np.ndarray   # (N, T, S, S, 3) uint8
     labels: np.ndarray  # (N,) int64
+    no_actor: np.ndarray | None = None     # (N, T, S, S, 3) uint8: the same videos without their actor
+    actor_crops: np.ndarray | None = None  # (N, T, S, S, 3) uint8: tracked crops of their actors
+    decoys: np.ndarray | None = None       # (N, T, S, S, 3) uint8: the same videos with a still decoy
+    other_crops: np.ndarray | None = None  # (M, T, S, S, 3) uint8: tracked crops of distractors, actor left out
 
 
 def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: int | None = None,
@@ -118,8 +155,8 @@ def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: 
     ``WORKSPACE/models/demo.pt``. Returns held-out accuracy among other figures."""
     started = time.monotonic()
     config = config or TrainConfig()
-    if epochs is not None:
-        config = TrainConfig(**{**asdict(config), "epochs": int(epochs)})
+    if epochs is not None:  # asked for: exactly that many, however small the set
+        config = TrainConfig(**{**asdict(config), "epochs": int(epochs), "min_steps": 0})
     dataset = load_ground_truth(data_dir)
     class_names = list(dataset.class_names)
     key = sha256_json({"data": dataset.manifest_hash, "seed": seed, "config": asdict(config),
@@ -129,7 +166,8 @@ def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: 
     if not force and (report := _reuse(path, key, started)) is not None:
         return report
 
-    train, test = (_load_split(dataset, name, class_names) for name in ("train", "test"))
+    train = _load_split(dataset, "train", class_names, extra=True)
+    test = _load_split(dataset, "test", class_names)
     torch.manual_seed(seed)
     kwargs = {"num_classes": len(class_names), "widths": list(config.widths)}
     model = build_demo_network(num_classes=len(class_names), widths=config.widths)
@@ -142,7 +180,7 @@ def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: 
         training_key=key, config=asdict(config), n_train=len(train.labels), n_test=len(test.labels))
     path.with_name(".demo.resume.pt").unlink(missing_ok=True)
     return TrainReport(checkpoint=path, train_accuracy=train_acc, test_accuracy=test_acc,
-                       epochs=config.epochs, seconds=time.monotonic() - started, reused=False,
+                       epochs=config.epochs_for(len(train.labels)), seconds=time.monotonic() - started, reused=False,
                        fingerprint=fingerprint, n_train=len(train.labels), n_test=len(test.labels))
 
 
@@ -160,21 +198,53 @@ def _reuse(path: Path, key: str, started: float) -> TrainReport | None:
         return None
     if not isinstance(ckpt, dict) or ckpt.get("training_key") != key:
         return None
+    config = TrainConfig(**{**ckpt["config"], "widths": tuple(ckpt["config"]["widths"])})
     return TrainReport(checkpoint=path, train_accuracy=ckpt["train_accuracy"],
-                       test_accuracy=ckpt["test_accuracy"], epochs=ckpt["config"]["epochs"],
+                       test_accuracy=ckpt["test_accuracy"], epochs=config.epochs_for(ckpt["n_train"]),
                        seconds=time.monotonic() - started, reused=True,
                        fingerprint=ckpt["fingerprint"], n_train=ckpt["n_train"], n_test=ckpt["n_test"])
 
 
-def _load_split(dataset, split: str, class_names: list[str]) -> _Split:
+def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = False) -> _Split:
+    """The split's clips and labels; with ``extra`` also the clips the module docstring
+    lists beside them (videos without actor, with a decoy, actor and distractor crops)."""
     videos = dataset.split(split)
     if not videos:
         raise DataError(f"{dataset.root}: no {split} videos; generate more with "
                         "`conceptgen synth --videos N` (N >= 20)")
-    clips = np.stack([read_clip(v.video_path, DEMO_SPEC.num_frames, DEMO_SPEC.side)
-                      for v in progress(videos, desc=f"decode {split}", unit="video")])
     labels = np.array([class_names.index(v.class_name) for v in videos], dtype=np.int64)
-    return _Split(clips=clips, labels=labels)
+    if not extra:
+        clips = np.stack([read_clip(v.video_path, DEMO_SPEC.num_frames, DEMO_SPEC.side)
+                          for v in progress(videos, desc=f"decode {split}", unit="video")])
+        return _Split(clips=clips, labels=labels)
+    clips, no_actor, actor_crops, other_crops, decoys = [], [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="demo-no-actor-") as tmp:
+        for v in progress(videos, desc=f"decode and crop {split}", unit="video"):
+            frames, full = read_frames(v.video_path), v.load_masks(visible=False)
+            clips.append(_whole_clip(frames))
+            actor_crops.append(_crop(frames, full[v.actor.index]))
+            # through the same H.264 encoding and decoding as the video (compression never tells them apart)
+            path = Path(tmp) / f"{v.id}.mp4"
+            write_video(path, render_without_actor(dataset, v), fps=dataset.fps)
+            bare = read_frames(path)
+            write_video(path, render_with_decoy(dataset, v), fps=dataset.fps)
+            decoys.append(_whole_clip(read_frames(path)))
+            path.unlink()
+            no_actor.append(_whole_clip(bare))
+            other_crops += [c for o in v.objects if o.role != "actor"
+                            if (c := _crop(bare, full[o.index])) is not None]
+    return _Split(clips=np.stack(clips), labels=labels, no_actor=np.stack(no_actor),
+                  actor_crops=np.stack(actor_crops), decoys=np.stack(decoys),
+                  other_crops=np.stack(other_crops or no_actor))  # no distractor shows in 2 frames: none to crop
+
+
+def _whole_clip(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) decoded frames -> the clip ``read_clip`` gives of the same video."""
+    return resize_clip(frames[sample_indices(len(frames), DEMO_SPEC.num_frames)], DEMO_SPEC.side)
+
+
+def _crop(frames: np.ndarray, masks: np.ndarray) -> np.ndarray | None:
+    return render_object_clip(frames, masks, mode="crop", num_frames=DEMO_SPEC.num_frames, side=DEMO_SPEC.side)
 
 
 def _augment(clips: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, swap: torch.Tensor):
@@ -192,29 +262,59 @@ def _augment(clips: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, sw
     return clips, labels
 
 
+def _frozen(clips: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) -> the middle frame repeated T times (videoio.static_clip's rule)."""
+    t = clips.shape[2]
+    return clips[:, :, t // 2:t // 2 + 1].expand_as(clips)
+
+
+def _no_evidence(clips: torch.Tensor, no_actor: torch.Tensor, others: torch.Tensor,
+                 gen: torch.Generator) -> torch.Tensor:
+    """One clip without class evidence per clip of the batch (all (B, 3, T, H, W)): the
+    clip frozen, its video without the actor, a distractor crop, or either of the last
+    two frozen, drawn from ``gen``."""
+    kind = torch.randint(0, 5, (len(clips),), generator=gen).view(-1, 1, 1, 1, 1)
+    moving = torch.where(kind % 2 == 1, no_actor, others)
+    return torch.where(kind == 0, _frozen(clips), torch.where(kind >= 3, _frozen(moving), moving))
+
+
 def _fit(model: nn.Module, train: _Split, config: TrainConfig, seed: int,
          class_names: list[str], *, resume_path: Path, key: str) -> None:
-    """AdamW + one-cycle LR, label-preserving augmentation. Saves a resume point after each epoch."""
+    """AdamW + one-cycle LR, label-preserving augmentation, and the class loss plus
+    ``NO_EVIDENCE_WEIGHT`` x the cross-entropy of clips without class evidence against
+    the uniform distribution (module docstring). Saves a resume point after each epoch."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = int(np.ceil(len(train.labels) / config.batch_size))
+    epochs = config.epochs_for(len(train.labels))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
-                                                   total_steps=config.epochs * steps_per_epoch,
+                                                   total_steps=epochs * steps_per_epoch,
                                                    pct_start=0.15)
     swap = torch.tensor([class_names.index(_MIRROR_SWAP.get(c, c)) for c in class_names])
     x_all = normalize_clips(train.clips, DEMO_SPEC)
+    crop_all = normalize_clips(train.actor_crops, DEMO_SPEC)
+    decoy_all = normalize_clips(train.decoys, DEMO_SPEC)
+    free_all = normalize_clips(train.no_actor, DEMO_SPEC)
+    other_all = normalize_clips(train.other_crops, DEMO_SPEC)
     y_all = torch.from_numpy(train.labels)
     first_epoch = _resume(resume_path, key, model, optimiser, schedule)
     loss_fn = nn.CrossEntropyLoss()
-    bar = progress(range(first_epoch, config.epochs), desc="train demo model", unit="epoch")
+    bar = progress(range(first_epoch, epochs), desc="train demo model", unit="epoch")
     for epoch in bar:
         model.train()
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)  # per-epoch stream: resumable
         order = torch.randperm(len(y_all), generator=gen)
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            x, y = _augment(x_all[idx], y_all[idx], gen, swap)
+            view = torch.randint(0, 3, (len(idx),), generator=gen).view(-1, 1, 1, 1, 1)  # whole, decoy, crop
+            x = torch.where(view == 0, x_all[idx], torch.where(view == 1, decoy_all[idx], crop_all[idx]))
+            x, y = _augment(x, y_all[idx], gen, swap)
+            free, _ = _augment(free_all[idx], y_all[idx], gen, swap)
+            others, _ = _augment(other_all[torch.randint(0, len(other_all), (len(idx),), generator=gen)],
+                                 y_all[idx], gen, swap)
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            logits = model(torch.cat([x, _no_evidence(x, free, others, gen)]))  # one batch: shared BatchNorm
+            uniform = -torch.log_softmax(logits[len(y):], dim=1).mean()
+            loss = loss_fn(logits[:len(y)], y) + NO_EVIDENCE_WEIGHT * uniform
             loss.backward()
             optimiser.step()
             schedule.step()

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .masks import resize_mask, scale_box, union_box
+from .masks import mask_box, resize_mask, scale_box, union_box
 from .videoio import fit_max_side
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "fill_from_mean",
     "tube_positions",
     "render_tube_clip",
+    "render_object_clip",
     "render_outlined_preview",
     "highlight_full_video",
 ]
@@ -116,6 +117,19 @@ def render_tube_clip(frames: np.ndarray, tube_frames: Sequence[int], masks: Sequ
             _resize_stack_into(_isolate_regions(frames, frame_indices, picked_masks, (x0, y0, size, size), mode,
                                                 fill_rgb, blur_sigma), clip)
     return clip if len(picked) == num_frames else clip[order]  # distinct positions come in order
+
+
+def render_object_clip(frames: np.ndarray, masks: np.ndarray, *, mode: str, num_frames: int, side: int,
+                       static: bool = False) -> np.ndarray | None:
+    """An object known by its masks ``(T, H, W)`` bool over all of ``frames`` (a
+    synthetic set's ground truth), rendered as :func:`render_tube_clip` renders a tube
+    over the frames where it shows, each boxed tightly; None when it shows in fewer
+    than 2 frames (no motion to render)."""
+    shown = [t for t in range(masks.shape[0]) if masks[t].any()]
+    if len(shown) < 2:
+        return None
+    return render_tube_clip(frames, shown, [masks[t] for t in shown], [mask_box(masks[t]) for t in shown],
+                            mode=mode, static=static, num_frames=num_frames, side=side)
 
 
 @functools.lru_cache(maxsize=256)

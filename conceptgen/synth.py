@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +330,49 @@ def render_video(spec: _VideoSpec, t: int, size: int):
             if below.z < o.z:
                 visible[below.index] &= ~full[o.index]
     return frames, visible, full
+
+
+def _redrawn_plan(dataset: SynthDataset, video: SynthVideo) -> _VideoSpec:
+    """``video``'s plan drawn again from its own RNG stream (seed, index): exactly the
+    one it was painted from."""
+    index = int(video.id.rsplit("_", 1)[1])
+    return _draw_video(index, video.label, np.random.default_rng([dataset.seed, index]),
+                       dataset.num_frames, dataset.size)
+
+
+def _paint(spec: _VideoSpec, objects: list[SynthObject], t: int, size: int) -> np.ndarray:
+    """Frames of ``spec`` with ``objects`` (re-indexed) in place of its own."""
+    frames, _, _ = render_video(replace(spec, objects=[replace(o, index=i) for i, o in enumerate(objects)]),
+                                t, size)
+    return frames
+
+
+def render_without_actor(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
+    """``video`` painted again with its actor left out: (T, H, W, 3) uint8, the same
+    background and distractors pixel for pixel. A clip with no actor holds no
+    evidence for any class (the class is the actor's motion alone): the demo model
+    trains on such clips so that absent motion does not read as a class."""
+    spec = _redrawn_plan(dataset, video)
+    return _paint(spec, [o for o in spec.objects if o.role != "actor"], dataset.num_frames, dataset.size)
+
+
+def render_with_decoy(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
+    """``video`` painted again with one more object: a decoy of the actor's size that
+    neither moves nor grows, its shape, colour, place and paint order drawn from the
+    stream (seed, index, 1): (T, H, W, 3) uint8. The class stays the actor's motion, so
+    a model trained on such videos cannot read "a large object that does not translate"
+    as ``growing``."""
+    spec = _redrawn_plan(dataset, video)
+    rng = np.random.default_rng([dataset.seed, int(video.id.rsplit("_", 1)[1]), 1])
+    t, size = dataset.num_frames, dataset.size
+    r = rng.uniform(7, 15) * size / 112.0
+    centre = rng.uniform(r, size - r, size=2)
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    decoy = SynthObject(index=len(spec.objects), role="distractor", shape=SHAPES[int(rng.integers(len(SHAPES)))],
+                        colour=colour, rgb=COLOURS[colour], motion="static",
+                        z=int(rng.integers(0, len(spec.objects) + 1)) - 0.5,  # between two painted layers
+                        centers=np.repeat(centre[None], t, axis=0), radii=np.full(t, r))
+    return _paint(spec, [*spec.objects, decoy], t, size)
 
 
 def _write_video_files(out: Path, spec: _VideoSpec, split: str, t: int, size: int) -> dict:

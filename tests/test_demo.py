@@ -20,6 +20,9 @@ from conceptgen.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = 20  # the smallest set the demo model trains on (5 per class)
+# These tests check the loop, not the model (tests/test_demo_model.py does): 20 epochs of its
+# 16 training clips (20 steps) instead of the default's 200 steps keep them fast.
+EPOCHS = 20
 COUNTED = (Video, Run, Clustering, Cluster, User, Concept, ConceptVersion, AuditLog, TcavExperiment, TcavResult)
 
 
@@ -38,12 +41,12 @@ def _counts(ws: Workspace) -> dict[str, int]:
 def headless(tmp_path_factory):
     """One workspace after `demo --headless` ran twice: (root, first, second, counts1, counts2)."""
     root = tmp_path_factory.mktemp("demo") / "ws"
-    first = _cli(root, "demo", "--headless", "--videos", str(VIDEOS), "--seed", "0")
+    first = _cli(root, "demo", "--headless", "--videos", str(VIDEOS), "--seed", "0", "--epochs", str(EPOCHS))
     assert first.returncode == 0, first.stderr[-3000:]
     ws = Workspace.resolve(root)
     counts1 = _counts(ws)
     ws.close()
-    second = _cli(root, "demo", "--headless", "--videos", str(VIDEOS), "--seed", "0")
+    second = _cli(root, "demo", "--headless", "--videos", str(VIDEOS), "--seed", "0", "--epochs", str(EPOCHS))
     assert second.returncode == 0, second.stderr[-3000:]
     ws = Workspace.resolve(root)
     counts2 = _counts(ws)
@@ -161,7 +164,7 @@ def test_demo_serves_the_annotator_and_stops_on_ctrl_c(headless):
         port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "conceptgen", "--quiet", "--workspace", str(ws.root), "demo",
-                             "--videos", str(VIDEOS), "--port", str(port)],
+                             "--videos", str(VIDEOS), "--epochs", str(EPOCHS), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         url, lines, deadline = f"http://127.0.0.1:{port}/", [], time.monotonic() + 240
@@ -267,7 +270,7 @@ def test_an_interrupted_tcav_step_is_marked_failed_and_run_again(headless, tmp_p
             n_results = s.scalar(select(func.count(TcavResult.id)))
             s.query(TcavResult).delete()
             old.status, old_id = "running", old.id
-        summary = run_headless(copy, DemoConfig(n_videos=VIDEOS, seed=0), log=lambda _line: None)
+        summary = run_headless(copy, DemoConfig(n_videos=VIDEOS, seed=0, epochs=EPOCHS), log=lambda _line: None)
         assert not summary.experiment_reused and summary.experiment_id != old_id
         with copy.session() as s:
             assert s.get(TcavExperiment, old_id).status == "failed"

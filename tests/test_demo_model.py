@@ -33,6 +33,29 @@ def test_demo_model_reaches_95_percent_on_held_out_videos(demo_workspace, synth_
     assert accuracy == pytest.approx(loaded.metadata["test_accuracy"])
 
 
+def test_clips_without_motion_carry_no_class_evidence_and_actor_crops_keep_their_class(demo_workspace, synth_dir):
+    """The shortcut the demo model once took: a clip in which nothing moves read as
+    ``growing`` (held-out clips frozen: top probability 0.95 on average, all growing).
+    Frozen clips are now near the uniform 0.25, and the tracked crop of an actor (what
+    TCAV and the engine show the model) is classified as its whole video."""
+    from conceptgen.render import render_object_clip
+    from conceptgen.videoio import read_frames, static_clip
+
+    loaded = load_model("demo", workspace=demo_workspace)
+    test = load_ground_truth(synth_dir).split("test")
+    truth = np.array([loaded.class_index(v.class_name) for v in test])
+    frozen = np.stack([static_clip(read_clip(v.video_path, loaded.spec.num_frames, loaded.spec.side)) for v in test])
+    crops = np.stack([render_object_clip(read_frames(v.video_path), v.load_masks(visible=False)[v.actor.index],
+                                         mode="crop", num_frames=loaded.spec.num_frames, side=loaded.spec.side)
+                      for v in test])
+    with torch.no_grad():
+        p_frozen = torch.softmax(loaded.model(loaded.prepare(frozen)), 1).numpy()
+        crop_predictions = loaded.model(loaded.prepare(crops)).argmax(1).numpy()
+    assert p_frozen.max(axis=1).mean() < 0.5
+    assert p_frozen[:, loaded.class_index("growing")].max() < 0.7
+    assert (crop_predictions == truth).mean() >= 0.9
+
+
 def test_checkpoint_records_what_made_it(demo_workspace, demo_report, synth_dir):
     loaded = load_model("demo", workspace=demo_workspace)
     meta = loaded.metadata
@@ -62,7 +85,7 @@ def test_conv_stages_keep_space_time_and_head_is_pooled(demo_workspace):
 
 def test_training_is_deterministic_and_resumes_after_interruption(tmp_path):
     data = generate_synthetic_set(tmp_path / "data", n_videos=20, seed=5, num_frames=8, size=48).root
-    config = TrainConfig(epochs=6, batch_size=4, widths=(4, 4, 4, 4))
+    config = TrainConfig(epochs=6, batch_size=4, widths=(4, 4, 4, 4), min_steps=0)
     uninterrupted = train_demo_model(data, Workspace.resolve(tmp_path / "a"), seed=3, config=config)
 
     # A real interruption: kill a training process once it has saved its first epoch.
@@ -71,7 +94,7 @@ def test_training_is_deterministic_and_resumes_after_interruption(tmp_path):
               f"from conceptgen.demo_model import train_demo_model, TrainConfig\n"
               f"from conceptgen.workspace import Workspace\n"
               f"train_demo_model({str(data)!r}, Workspace.resolve({str(ws_dir)!r}), seed=3, "
-              f"config=TrainConfig(epochs=6, batch_size=4, widths=(4, 4, 4, 4)))\n")
+              f"config=TrainConfig(epochs=6, batch_size=4, widths=(4, 4, 4, 4), min_steps=0))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "CONCEPTGEN_QUIET": "1"})
     resume_point = ws_dir / "models" / ".demo.resume.pt"
     deadline = time.monotonic() + 120

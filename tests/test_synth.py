@@ -8,7 +8,8 @@ import pytest
 from scipy.ndimage import binary_erosion
 
 from conceptgen.errors import ConfigError, DataError
-from conceptgen.synth import CLASS_NAMES, generate_synthetic_set, load_ground_truth
+from conceptgen.synth import (CLASS_NAMES, generate_synthetic_set, load_ground_truth, render_with_decoy,
+                              render_without_actor)
 from conceptgen.videoio import probe_video, read_frames
 
 
@@ -82,6 +83,20 @@ def test_actor_masks_move_the_way_the_class_says(tmp_path):
         else:
             assert np.all(np.diff(area) >= 0) and area[-1] > 3 * area[0]
         np.testing.assert_allclose(np.stack([cx, cy], 1) + 0.5, v.actor.centers, atol=1.5)
+
+
+def test_a_video_redrawn_without_its_actor_or_with_a_still_decoy_keeps_everything_else(small_synth):
+    for v in small_synth.videos[:4]:
+        frames = read_frames(v.video_path).astype(int)
+        actor = v.load_masks(visible=False)[v.actor.index]
+        bare, decoy = render_without_actor(small_synth, v).astype(int), render_with_decoy(small_synth, v).astype(int)
+        # the same pixels away from the actor (up to H.264), none of the actor's colour where it was
+        assert np.abs(bare - frames)[~actor].mean() < 10
+        assert np.abs(bare[actor] - np.array(v.actor.rgb)).sum(axis=1).min() > 0 or not actor.any()
+        # both are painted, not decoded: they differ exactly where the actor or the decoy is
+        decoy_px = (decoy != bare).any(axis=-1) & ~v.load_masks(visible=False).any(axis=(0, 1))  # no other object
+        assert (decoy_px == decoy_px[0]).all(), v.id   # one place in every frame: it neither moves nor grows
+        assert decoy_px[0].sum() >= 0.5 * np.pi * (7 * 0.6) ** 2, v.id   # about the actor's size (7-15 px)
 
 
 def test_ground_truth_json_records_attributes_and_background(small_synth):

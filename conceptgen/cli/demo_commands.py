@@ -31,10 +31,11 @@ def register(sub) -> None:
                                            min_pool=MIN_RANDOM_POOL))
     p.add_argument("--top", type=int, default=DEFAULT_TOP_K, metavar="K",
                    help=f"clusters to accept with --headless --accept cohesion (default {DEFAULT_TOP_K})")
-    p.add_argument("--epochs", type=int, default=None, help="demo model training epochs (default: the model's)")
+    p.add_argument("--epochs", type=int, default=None, help="demo model training epochs, exactly (default: the model's, "
+                                                                 "more on a small set to make 200 steps)")
     p.add_argument("--segmenter", default=DemoConfig.segmenters,
                    help=f"region proposals for extraction (default {DemoConfig.segmenters}; "
-                        "motion,supervoxel gives more, slower)")
+                        "motion alone is faster but matches few ground-truth objects)")
     p.set_defaults(handler=_demo)
 
 
