@@ -17,20 +17,13 @@ the camera-compensated optical flow:
   * ``border_sides``: mean number of frame sides (0-4) the mask touches;
   * ``contrast``: boundary contrast (the tube's detection score, in [0, 1]).
 
-``objectness = framing x (0.6 moving + 0.4 contrast)``, each term in [0, 1] (see
-:class:`ObjectnessRule`), where ``framing = p + (1 - p) x moving_on_its_own`` lifts the
-penalty ``p = size x edges`` of large, edge-touching regions in proportion to how fast they
-move against the scene: walls, floors and water are large *and static*, while a wrestler
-filling half of a close-up moves (1.5 px/frame at 256 px on the arm-wrestling clip). A tube
-under ``rule.threshold`` (0.25) is tagged background, so a region that never moves needs
-strong edges (contrast >= 0.625) to stay a candidate. The
+``objectness = size x edges x (0.6 moving + 0.4 contrast)``, each term in [0, 1] (see
+:class:`ObjectnessRule`); a tube under ``rule.threshold`` (0.25) is tagged background, so a
+region that never moves needs strong edges (contrast >= 0.625) to stay a candidate. The
 weights were chosen on the labelled real clips (benchmarks/real_discovery.py): of max(moving,
 contrast), 0.5/0.5, 0.6/0.4, 0.7/0.3 and 0.8/0.2 at thresholds 0.2-0.3, 0.6/0.4 at 0.25 halved
 the background among candidates (0.20 -> 0.11) and kept 86 % of the tubes on labelled
-objects; contrast alone does not tell them apart (median 0.39 on objects, 0.37-0.43 off). The lift by
-own motion (``own_motion_scale`` 0.5, 1 or 2 px/frame gave the same counts) made 5 more tubes on
-labelled objects candidates, among them the close-up wrestler and the make-up clip's woman,
-against 1 more off them. Tagged
+objects; contrast alone does not tell them apart (median 0.39 on objects, 0.37-0.43 off). Tagged
 tubes are stored and previewed like any other, but clustering leaves them out unless
 asked (``conceptgen cluster --include-background``). Pure: arrays in, numbers out.
 """
@@ -56,7 +49,6 @@ class ObjectnessRule:
     large_area: float = 0.30  # ... falling linearly to 0 here
     free_sides: float = 1.0  # edges = 1 up to this many touched sides ...
     closed_sides: float = 3.0  # ... falling linearly to 0 here
-    own_motion_scale: float = 1.0  # moving_on_its_own = 1 - exp(-motion / own_motion_scale)
     motion_weight: float = 0.6  # the rest goes to contrast
     threshold: float = 0.25  # below: background
 
@@ -64,10 +56,8 @@ class ObjectnessRule:
         moving = 1.0 - float(np.exp(-max(motion, 0.0) / self.motion_scale))
         size = float(np.clip((self.large_area - area) / (self.large_area - self.small_area), 0.0, 1.0))
         edges = float(np.clip((self.closed_sides - border_sides) / (self.closed_sides - self.free_sides), 0.0, 1.0))
-        on_its_own = 1.0 - float(np.exp(-max(motion, 0.0) / self.own_motion_scale))
-        framing = size * edges + (1.0 - size * edges) * on_its_own
         stands_out = self.motion_weight * moving + (1.0 - self.motion_weight) * float(np.clip(contrast, 0.0, 1.0))
-        return framing * stands_out
+        return size * edges * stands_out
 
 
 @dataclass(frozen=True)
