@@ -421,9 +421,8 @@ def describe_similar(session: Session, clustering_id: int, hits: list[tuple[int,
         if cid == exclude_cluster or tube_id not in info:
             continue
         preview, start, end, vpath = info[tube_id]
-        distance = (1.0 - float(score)) / spread if spread else None
-        out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end,
-                               None if distance is None else round(max(distance, 0.0), 4)))
+        distance = round(max(1.0 - float(score), 0.0) / spread, 4) if spread else None
+        out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end, distance))
     return out
 
 

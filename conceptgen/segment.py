@@ -249,7 +249,7 @@ class MotionSegmenter(Segmenter):
         band = int(np.ceil(np.abs(camera).max())) + 2
         magnitude[:band], magnitude[-band:], magnitude[:, :band], magnitude[:, -band:] = 0, 0, 0, 0
         threshold = self._threshold(magnitude)
-        moving = self._clean((magnitude > threshold).astype(np.uint8))
+        moving = open_close((magnitude > threshold).astype(np.uint8), self.open_px, self.close_px)
         unexplained = warp_error(lab, lab_next, camera)
         masks = [m for m in self._components(moving, magnitude) if self._changes_appearance(m, unexplained)]
         return [Detection(frame, mask, boundary_contrast(lab, mask), self.name) for mask in masks]
@@ -266,20 +266,12 @@ class MotionSegmenter(Segmenter):
         mad = float(np.median(np.abs(magnitude - median))) * 1.4826
         return max(self.min_magnitude, median + self.threshold_k * mad)
 
-    def _clean(self, binary: np.ndarray) -> np.ndarray:
-        if self.open_px > 0:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.open_px + 1,) * 2)
-            binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel)
-        if self.close_px > 0:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.close_px + 1,) * 2)
-            binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kernel)
-        return binary
-
     def _core(self, mask: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
         """Pixels moving at least ``core_frac`` of the region's peak speed: flow smoothing
         spreads motion into textureless surroundings at decaying speed."""
         peak = float(np.percentile(magnitude[mask], 95))
-        return self._clean((mask & (magnitude >= self.core_frac * peak)).astype(np.uint8)).astype(bool)
+        core = (mask & (magnitude >= self.core_frac * peak)).astype(np.uint8)
+        return open_close(core, self.open_px, self.close_px).astype(bool)
 
     def _components(self, moving: np.ndarray, magnitude: np.ndarray) -> list[np.ndarray]:
         h, w = moving.shape
@@ -440,10 +432,17 @@ class ForegroundSegmenter(Segmenter):
 
     def _parts(self, lab: np.ndarray, background: np.ndarray, lo: float, hi: float) -> list[np.ndarray]:
         binary = (np.linalg.norm(lab - background, axis=-1) > self.min_delta).astype(np.uint8)
-        for px, op in ((self.open_px, cv2.MORPH_OPEN), (self.close_px, cv2.MORPH_CLOSE)):
-            if px > 0:
-                binary = cv2.morphologyEx(binary, op, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1,) * 2))
+        binary = open_close(binary, self.open_px, self.close_px)
         return [m for m in connected_parts(binary.astype(bool), lo) if m.sum() <= hi]
+
+
+def open_close(binary: np.ndarray, open_px: int, close_px: int) -> np.ndarray:
+    """A uint8 ``(H, W)`` mask opened then closed with elliptic kernels of radius ``open_px`` and
+    ``close_px`` (0: that step skipped): specks go, small holes and gaps fill."""
+    for px, op in ((open_px, cv2.MORPH_OPEN), (close_px, cv2.MORPH_CLOSE)):
+        if px > 0:
+            binary = cv2.morphologyEx(binary, op, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1,) * 2))
+    return binary
 
 
 def connected_parts(mask: np.ndarray, min_area: float) -> list[np.ndarray]:
