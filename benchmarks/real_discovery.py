@@ -3,11 +3,12 @@
     python benchmarks/real_discovery.py --quick      # the labelled clips + a 96-frame stress clip
     python benchmarks/real_discovery.py              # the same with a 300-frame stress clip
     python benchmarks/real_discovery.py --contact-sheet docs/images/real_clip_tubes.png
+    python benchmarks/real_discovery.py --quick --sam-checkpoint sam_vit_b_01ec64.pth --device cuda
 
 The labelled clips are ../shared/data/real-clips (absent: the benchmark says so and
 exits 0); their boxes are benchmarks/data/real_clips_boxes.json (how they were made is
 in the file). Everything runs with extract's defaults (motion,supervoxel,foreground, max side 256,
-mask render mode) and ``--model x3d_xs`` with random weights (no weights can be
+mask render mode; ``--segmenters`` and ``--sam-checkpoint`` change the segmenters) and ``--model x3d_xs`` with random weights (no weights can be
 downloaded here; the segmenters dominate the cost), then ``cluster --k auto``.
 
 Figures (definitions in conceptgen.box_truth.py), pooled over the labelled clips:
@@ -129,6 +130,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="only the first N frames of each clip, scored against their labels (a smoke run)")
+    parser.add_argument("--segmenters", default=None, help="extract's --segmenter (default: extract's default)")
+    parser.add_argument("--sam-checkpoint", type=Path, default=None, metavar="PATH",
+                        help="a Segment Anything checkpoint: adds SAM proposals (needs a GPU to be practical)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model's and SAM's device)")
     add_flag(parser)
     args = parser.parse_args(argv)
     truth = load_ground_truth(args.truth)
@@ -145,9 +150,10 @@ def main(argv=None) -> dict:
     write_stress_clip(stress, min(96 if args.quick else 300, args.max_frames or 300))
     ws = Workspace.resolve(args.work / "ws")
     ingest(ws, [str(p) for p in clips] + [str(stress)])
-    config = ExtractConfig.from_options(model=args.model, seed=args.seed, max_frames=args.max_frames)
+    config = ExtractConfig.from_options(model=args.model, seed=args.seed, max_frames=args.max_frames,
+                                        segmenter=args.segmenters, sam_checkpoint=args.sam_checkpoint)
     started = time.perf_counter()
-    report = extract(ws, config)
+    report = extract(ws, config, device=args.device)
     extract_seconds = time.perf_counter() - started
     clustering = cluster_run(ws, report.run_id, k="auto", seed=args.seed)
     rows = clip_rows(ws, report.run_id)
