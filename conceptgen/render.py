@@ -363,6 +363,7 @@ def contact_sheet(tiles: Sequence[tuple[np.ndarray, np.ndarray, str]], *, column
     for i, (tile, caption) in enumerate(fitted):
         y, x = (i // columns) * cell_h, (i % columns) * tile_side
         sheet[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
-        cv2.putText(sheet, caption[:34], (x + 3, y + cell_h - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+        # Right under its own frame: a wide frame in a row of tall ones keeps its caption beside it.
+        cv2.putText(sheet, caption[:34], (x + 3, y + tile.shape[0] + caption_h - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
                     (0, 0, 0), 1, cv2.LINE_AA)
     return sheet

@@ -230,3 +230,21 @@ def test_full_video_highlight_only_marks_tube_frames():
     assert out.shape == frames.shape
     for t in range(len(frames)):
         assert np.array_equal(out[t], frames[t]) == (t not in (3, 4, 5))
+
+
+def test_contact_sheet_outlines_each_region_and_writes_its_caption_right_under_its_frame():
+    from conceptgen.render import OUTLINE_RGB, contact_sheet
+
+    wide, tall = np.full((224, 400, 3), 200, np.uint8), np.full((150, 200, 3), 200, np.uint8)
+    wide_mask, tall_mask = np.zeros((224, 400), bool), np.zeros((150, 200), bool)
+    wide_mask[40:100, 60:180] = True
+    tall_mask[50:100, 50:150] = True
+    sheet = contact_sheet([(tall, tall_mask, "tall"), (wide, wide_mask, "wide")], columns=2, tile_side=200)
+    assert sheet.shape == (150 + 16, 400, 3)
+    outline = np.all(sheet == OUTLINE_RGB, axis=-1)
+    wide_h = 112  # the wide frame fitted into 200 px
+    assert outline[:150, :200].any() and outline[:wide_h, 200:].any()  # each region is outlined in its own tile
+    dark = sheet.sum(-1) < 200  # caption text (the frames are light grey, the sheet white)
+    assert dark[wide_h:wide_h + 16, 200:].any(), "the wide frame's caption sits right under it"
+    assert not dark[wide_h + 16:, 200:].any()
+    assert dark[150:, :200].any()
