@@ -16,6 +16,9 @@ Definitions (the README's figures use these):
     tube's box has IoU >= 0.5 with the object's (a tube that follows half the object
     and then loses it covers 0.5);
   * **object recall**: the share of objects with coverage >= 0.5;
+  * an object's **detection coverage**: the share of its labelled frames on which some
+    single-frame detection's box has IoU >= 0.5 with the object's. It bounds what any
+    tracker can make of those detections: an object below 0.5 cannot be recalled;
   * **identity switches**: of the tube-frames of tubes on an object, the share whose
     best match belongs to another thing than the tube's majority; a thing is a person
     with their parts, or an object (so hand -> person is not a switch, girl -> boy is).
@@ -33,7 +36,7 @@ from conceptgen.errors import DataError
 from conceptgen.masks import box_iou
 
 __all__ = ["TruthObject", "ClipTruth", "TubeBoxes", "ClipScore", "load_ground_truth", "box_iou",
-           "score_clip", "pool_scores"]
+           "score_clip", "pool_scores", "scale_box", "detection_coverage"]
 
 Box = tuple[float, float, float, float]
 
@@ -91,9 +94,13 @@ class TubeBoxes:
     def from_record(cls, frame_indices: Sequence[int], boxes: Sequence[Sequence[float]], mask_size: Sequence[int],
                     video_size: tuple[int, int], *, background: bool = False) -> "TubeBoxes":
         """From a stored tube (boxes at ``mask_size`` [h, w]) to a ``video_size`` (w, h) video."""
-        sx, sy = video_size[0] / mask_size[1], video_size[1] / mask_size[0]
-        return cls({int(f): (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for f, b in zip(frame_indices, boxes)},
-                   background)
+        return cls({int(f): scale_box(b, mask_size, video_size) for f, b in zip(frame_indices, boxes)}, background)
+
+
+def scale_box(box: Sequence[float], mask_size: Sequence[int], video_size: tuple[int, int]) -> Box:
+    """A box at the processing size ``mask_size`` [h, w] in a ``video_size`` (w, h) video's pixels."""
+    sx, sy = video_size[0] / mask_size[1], video_size[1] / mask_size[0]
+    return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
 @dataclass
@@ -176,6 +183,13 @@ def score_clip(truth: ClipTruth, tubes: Sequence[TubeBoxes]) -> ClipScore:
     return ClipScore(truth.clip, len(truth.objects), len(recalled), len(tubes), n_background, n_matched, n_switched,
                      recalled=recalled, missed=[o.id for o in truth.objects if o.id not in recalled],
                      coverage=coverage)
+
+
+def detection_coverage(truth: ClipTruth, frame_boxes: dict[int, Sequence[Box]]) -> dict[str, float]:
+    """Object id -> its detection coverage (module doc); ``frame_boxes``: frame -> the
+    boxes detected on it, in the video's pixels (a frame not given has none)."""
+    return {o.id: sum(any(box_iou(d, b) >= 0.5 for d in frame_boxes.get(f, ())) for f, b in o.boxes.items())
+            / len(o.boxes) if o.boxes else 0.0 for o in truth.objects}
 
 
 def _coverage(tube: TubeBoxes, obj: TruthObject) -> float:
