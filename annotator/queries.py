@@ -398,6 +398,8 @@ class SimilarTube:
     start_frame: int
     end_frame: int
     distance: float | None = None  # cosine distance / the run's spread (1.0: as far as two random tubes)
+    cluster_label: int | None = None  # the "#n" the gallery shows (the id is the database's)
+    cluster_name: str | None = None
 
 
 def describe_similar(session: Session, clustering_id: int, hits: list[tuple[int, float]], exclude_cluster: int
@@ -412,17 +414,19 @@ def describe_similar(session: Session, clustering_id: int, hits: list[tuple[int,
     info = {row[0]: row[1:] for row in session.execute(
         select(Tube.id, Tube.preview_path, Tube.start_frame, Tube.end_frame, Video.path)
         .join(Video, Video.id == Tube.video_id).where(Tube.id.in_(ids)))}
-    where = dict((t, (c, s)) for t, c, s in session.execute(
-        select(ClusterMember.tube_id, Cluster.id, Cluster.status).join(Cluster, Cluster.id == ClusterMember.cluster_id)
-        .where(Cluster.clustering_id == clustering_id, ClusterMember.tube_id.in_(ids))))
+    where = {row[0]: row[1:] for row in session.execute(
+        select(ClusterMember.tube_id, Cluster.id, Cluster.status, Cluster.label_index, Cluster.name)
+        .join(Cluster, Cluster.id == ClusterMember.cluster_id)
+        .where(Cluster.clustering_id == clustering_id, ClusterMember.tube_id.in_(ids)))}
     out = []
     for tube_id, score in hits:
-        cid, cstatus = where.get(tube_id, (None, None))
+        cid, cstatus, label, name = where.get(tube_id, (None, None, None, None))
         if cid == exclude_cluster or tube_id not in info:
             continue
         preview, start, end, vpath = info[tube_id]
         distance = round(max(1.0 - float(score), 0.0) / spread, 4) if spread else None
-        out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end, distance))
+        out.append(SimilarTube(tube_id, float(score), cid, cstatus, preview, _video_name(vpath), start, end, distance,
+                               label, name))
     return out
 
 

@@ -172,6 +172,22 @@ def test_similar_tubes_come_from_other_clusters(app, alice):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_similar_tubes_name_their_cluster_as_the_gallery_does(app, alice):
+    """"#n · name" as on the gallery card, not the database id (a reviewer saw "cluster 2" beside #0 and #1)."""
+    from conceptgen.orm import Cluster
+
+    cid = app.seed.cluster_ids[0]
+    hits = alice.get(f"/api/clusters/{cid}/similar?k=5").get_json()["similar"]
+    other = hits[0]["cluster_id"]
+    with app.extensions["conceptgen_workspace"].session() as s:
+        s.get(Cluster, other).name = "ball <in> flight"
+        s.commit()
+        shown = {c.id: (c.label_index, c.name) for c in s.query(Cluster).all()}
+    hits = alice.get(f"/api/clusters/{cid}/similar?k=5").get_json()["similar"]
+    assert hits and all((h["cluster_label"], h["cluster_name"]) == shown[h["cluster_id"]] for h in hits)
+    assert any(h["cluster_name"] == "ball <in> flight" for h in hits)
+
+
 def test_similar_tubes_are_as_far_as_the_runs_spread_says_not_a_raw_cosine(app, alice):
     from conceptgen.orm import Cluster, Clustering
 

@@ -292,6 +292,8 @@ def test_review_flow_in_chromium(server, browser):
     # cluster detail: layout, keyboard reach, similar tubes, screenshot
     _goto(driver, base + f"/clusters/{first_id}")
     _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#similar .similar-item"), what="similar tubes")
+    links = driver.find_elements(By.CSS_SELECTOR, "#similar .similar-item figcaption a")
+    assert links and all(a.text.startswith("cluster #") for a in links)  # titled as the gallery titles them
     fit = _layout_fits(driver)
     assert fit["overflow"] <= 0 and fit["cut"] == 0, fit
     assert _tab_until(driver, ".decisions .act-reject") <= 40

@@ -492,7 +492,9 @@ async function loadSimilar() {
     const near = s.distance === null ? "cosine " + s.score.toFixed(2) : "distance " + s.distance.toFixed(2);
     cap.append(el("span", null, "tube #" + s.tube_id + " · " + near + " · "));
     if (s.cluster_id) {
-      const a = el("a", null, "cluster " + s.cluster_id + " (" + s.cluster_status + ")");
+      // "#n · name", as the gallery and the cluster page title it (the id is the database's).
+      const title = "#" + s.cluster_label + (s.cluster_name ? " · " + s.cluster_name : "");
+      const a = el("a", null, "cluster " + title + " (" + s.cluster_status + ")");
       a.href = "/clusters/" + s.cluster_id;
       cap.append(a);
     }
