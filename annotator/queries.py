@@ -85,6 +85,7 @@ class RunSummary:
     clustering_id: int | None
     n_clusters: int
     n_reviewed: int
+    n_background: int = 0  # tubes tagged background by objectness: kept, not clustered by default
 
 
 def _config_summary(config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -106,7 +107,8 @@ def latest_clustering_ids(session: Session) -> dict[int, int]:
 
 def run_summaries(session: Session) -> list[RunSummary]:
     runs = session.scalars(select(Run).order_by(Run.id.desc())).all()
-    tubes = dict(session.execute(select(Tube.run_id, func.count(Tube.id)).group_by(Tube.run_id)).all())
+    tubes = {run_id: (n, int(n_background or 0)) for run_id, n, n_background in session.execute(
+        select(Tube.run_id, func.count(Tube.id), func.sum(case((Tube.background, 1), else_=0))).group_by(Tube.run_id))}
     videos = {(r, s): n for r, s, n in session.execute(
         select(RunVideo.run_id, RunVideo.status, func.count(RunVideo.id)).group_by(RunVideo.run_id, RunVideo.status))}
     latest = latest_clustering_ids(session)
@@ -120,8 +122,9 @@ def run_summaries(session: Session) -> list[RunSummary]:
         n_clusters, n_reviewed = counts.get(cid, (0, 0))
         out.append(RunSummary(id=run.id, status=run.status, model_name=run.model_name, created_at=run.created_at,
                               config=_config_summary(run.config), n_videos=videos.get((run.id, "done"), 0),
-                              n_failed_videos=videos.get((run.id, "failed"), 0), n_tubes=tubes.get(run.id, 0),
-                              clustering_id=cid, n_clusters=int(n_clusters or 0), n_reviewed=int(n_reviewed or 0)))
+                              n_failed_videos=videos.get((run.id, "failed"), 0), n_tubes=tubes.get(run.id, (0, 0))[0],
+                              clustering_id=cid, n_clusters=int(n_clusters or 0), n_reviewed=int(n_reviewed or 0),
+                              n_background=tubes.get(run.id, (0, 0))[1]))
     return out
 
 

@@ -111,6 +111,19 @@ def test_runs_page_shows_config_counts_and_progress(app, alice):
     assert "1 / 4" in alice.get("/runs").text
 
 
+def test_runs_page_says_how_many_tubes_are_tagged_background(app, alice):
+    """On real clips a fifth of the tubes are walls and floors, kept but not clustered: the count
+    on the runs page should add up with the clusters' members."""
+    from conceptgen.orm import Tube
+
+    with app.extensions["conceptgen_workspace"].session() as s:
+        for tube in s.query(Tube).order_by(Tube.id).limit(5):
+            tube.background = True
+        s.commit()
+    assert alice.get("/api/runs").get_json()["runs"][0]["n_background"] == 5
+    assert re.search(r"<td>24 <small[^>]*>\(5 background\)</small></td>", alice.get("/runs").text)
+
+
 def test_gallery_cards_have_lazy_looping_previews_and_stats(app, alice):
     page = alice.get(f"/runs/{app.seed.run_id}/clusters").text
     cards = re.findall(r'<article class="card', page)
