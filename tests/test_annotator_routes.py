@@ -513,6 +513,27 @@ def test_bulk_remove_and_move_are_one_decision_each_and_undo_whole(app, alice):
         assert alice.post(f"/api/clusters/{a}/members/bulk", bad).status_code == 400
 
 
+def test_members_move_to_the_cluster_numbered_as_the_gallery_shows_it(app, alice):
+    """The move fields take "#n", the number on the gallery card: the database id differs, and a
+    reviewer who typed 1 for "#1" moved tubes into #0."""
+    from conceptgen.orm import Cluster
+
+    a, b = app.seed.cluster_ids[:2]
+    with app.extensions["conceptgen_workspace"].session() as s:
+        label_b = s.get(Cluster, b).label_index
+    assert label_b != b
+    one, two = sorted(_members(app, a))[:2]
+    r = alice.post(f"/api/members/{one}/move", {"version": _version(app, a), "target_label": label_b})
+    assert r.status_code == 200, r.get_json()
+    r = alice.post(f"/api/clusters/{a}/members/bulk",
+                   {"version": _version(app, a), "action": "move", "members": [two], "target_label": label_b})
+    assert r.status_code == 200, r.get_json()
+    assert {one, two} <= set(_members(app, b))
+    missing = alice.post(f"/api/clusters/{a}/members/bulk", {"version": _version(app, a), "action": "move",
+                                                             "members": sorted(_members(app, a))[:1], "target_label": 999})
+    assert missing.status_code == 400 and missing.get_json()["error"].startswith("no cluster #999 in this gallery")
+
+
 def test_tube_overlay_gives_row_major_mask_runs_that_rebuild_the_masks(app, alice):
     from conceptgen.orm import Tube
     from conceptgen.tubes import TubeRecord

@@ -552,7 +552,7 @@ def test_rejecting_an_accepted_cluster_asks_first_and_names_the_concept(server, 
 
 def test_a_520_member_cluster_scrolls_as_one_list_with_bulk_remove_and_move(tmp_path, browser):
     from annotator.testing import create_user, seed_bulk_workspace
-    from conceptgen.orm import ClusterMember
+    from conceptgen.orm import Cluster, ClusterMember
     from conceptgen.workspace import Workspace
 
     ws = Workspace.resolve(tmp_path / "big")
@@ -580,7 +580,9 @@ def test_a_520_member_cluster_scrolls_as_one_list_with_bulk_remove_and_move(tmp_
         # move the first three, then remove all the rest at once
         for box in _by(driver, "tr.member .member-select")[:3]:
             driver.execute_script("arguments[0].click();", box)
-        driver.find_element("id", "bulk-target").send_keys(str(other))
+        with ws.session() as s:  # typed as the gallery numbers it, "#n" (not the database id)
+            other_label = s.get(Cluster, other).label_index
+        driver.find_element("id", "bulk-target").send_keys(f"#{other_label}")
         done = _reload_marker(driver)
         driver.find_element("id", "bulk-move").click()
         _wait(done, what="the reload after moving")

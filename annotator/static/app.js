@@ -204,8 +204,9 @@ function setupCluster() {
     if (!ev.target.matches(".move-form")) { return; }
     ev.preventDefault();
     const mid = ev.target.closest("tr.member").dataset.memberId;
-    const target = Number(ev.target.target.value);
-    decide("/api/members/" + mid + "/move", {version: version(), target: target}, "Moved to cluster " + target + ".");
+    const label = clusterNumber(ev.target.target.value);
+    if (label === null) { toast("Type the #number of a cluster in this gallery, e.g. #3.", "error"); return; }
+    decide("/api/members/" + mid + "/move", {version: version(), target_label: label}, "Moved to cluster #" + label + ".");
   });
   setupBulk(root, tbody, version);
   setupMoreMembers(root, tbody);
@@ -218,6 +219,12 @@ function setupCluster() {
     if (key === "r" && rej) { reject(root); return true; }
     return false;
   };
+}
+
+// A cluster as people see it: "#3" or "3" -> 3 (the gallery's number, not the database id); else null.
+function clusterNumber(text) {
+  const m = /^\s*#?\s*(\d+)\s*$/.exec(text || "");
+  return m ? Number(m[1]) : null;
 }
 
 function setupBulk(root, tbody, version) {
@@ -246,11 +253,11 @@ function setupBulk(root, tbody, version) {
   form.addEventListener("submit", ev => {
     ev.preventDefault();
     const ids = chosen();
-    const target = Number(form.target.value);
-    if (!target) { toast("Type the id of the cluster to move the selected members to.", "error"); return; }
+    const label = clusterNumber(form.target.value);
+    if (label === null) { toast("Type the #number of the cluster to move the selected members to, e.g. #3.", "error"); return; }
     decide("/api/clusters/" + root.dataset.clusterId + "/members/bulk",
-           {version: version(), action: "move", members: ids, target: target},
-           "Moved " + ids.length + " member(s) to cluster " + target + ".");
+           {version: version(), action: "move", members: ids, target_label: label},
+           "Moved " + ids.length + " member(s) to cluster #" + label + ".");
   });
   refresh();
   root.refreshSelection = refresh;

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from flask import Blueprint, g, jsonify, request
+from sqlalchemy import select
 
 from annotator import queries
 from conceptgen.review import decisions
@@ -39,6 +40,20 @@ def _int(body: dict[str, Any], key: str, what: str) -> int:
 
 def _version(body: dict[str, Any]) -> int:
     return _int(body, "version", "the cluster version you saw")
+
+
+def _move_target(body: dict[str, Any], source: Callable[[], int | None]) -> int:
+    """The cluster id to move members to: ``target`` (a database id) or ``target_label``, the
+    "#n" the gallery shows, looked up in the clustering of the ``source()`` cluster (labels are
+    unique there)."""
+    if "target_label" not in body:
+        return _int(body, "target", "the target cluster id")
+    label = _int(body, "target_label", "the target cluster's #number")
+    clustering_id = select(Cluster.clustering_id).where(Cluster.id == source()).scalar_subquery()
+    target = db().scalar(select(Cluster.id).where(Cluster.clustering_id == clustering_id, Cluster.label_index == label))
+    if target is None:
+        raise ConfigError(f"no cluster #{label} in this gallery; type the #number shown on a gallery card")
+    return target
 
 
 def _decide(decision: Callable[..., decisions.DecisionResult], *args, **kwargs):
@@ -187,8 +202,8 @@ def representative(member_id: int):
 @login_required
 def move_member(member_id: int):
     body = _body()
-    return _decide(decisions.move_member, member_id, _version(body),
-                   target_cluster_id=_int(body, "target", "the target cluster id"))
+    target = _move_target(body, lambda: db().scalar(select(ClusterMember.cluster_id).where(ClusterMember.id == member_id)))
+    return _decide(decisions.move_member, member_id, _version(body), target_cluster_id=target)
 
 
 @bp.post("/clusters/<int:cluster_id>/members/bulk")
@@ -204,7 +219,7 @@ def bulk_members(cluster_id: int):
         return _decide(decisions.set_members_excluded, cluster_id, ids, _version(body), excluded=action == "remove")
     if action == "move":
         return _decide(decisions.move_members, cluster_id, ids, _version(body),
-                       target_cluster_id=_int(body, "target", "the target cluster id"))
+                       target_cluster_id=_move_target(body, lambda: cluster_id))
     raise ConfigError("send 'action': one of remove, restore, move")
 
 
