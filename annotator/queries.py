@@ -583,6 +583,7 @@ class AuditRow:
     target_id: int | None
     summary: str
     undone: bool
+    target_label: int | None = None  # a cluster target's "#n" in its gallery
 
 
 def summarise_change(action: str, before: dict | None, after: dict | None) -> str:
@@ -591,23 +592,31 @@ def summarise_change(action: str, before: dict | None, after: dict | None) -> st
     parts = [f"{k}={v}" for k, v in (after.get("info") or {}).items()]
     for key, state in (after.get("clusters") or {}).items():
         old = (before.get("clusters") or {}).get(key)
+        name = _cluster_title(key, state or old)
         if state is None:
-            parts.append(f"cluster {key} removed")
+            parts.append(f"{name} removed")
         elif old is None:
-            parts.append(f"cluster {key} created ({state['status']}, {state['size']} members)")
+            parts.append(f"{name} created ({state['status']}, {state['size']} members)")
         elif old["status"] != state["status"]:
-            parts.append(f"cluster {key}: {old['status']} → {state['status']}")
+            parts.append(f"{name}: {old['status']} → {state['status']}")
     n_members = len(after.get("members") or {})
     if n_members:
         parts.append(f"{n_members} member(s)")
     return "; ".join(parts)
 
 
+def _cluster_title(cluster_id: Any, state: dict | None) -> str:
+    """"cluster #n (id k)": the gallery's number first, as people know it; the id, which links, after."""
+    label = (state or {}).get("label_index")
+    return f"cluster #{label} (id {cluster_id})" if label is not None else f"cluster {cluster_id}"
+
+
 def audit_page(session: Session, *, page: Any = 1, per_page: int = 50) -> tuple[list[AuditRow], int, int]:
     page = _page_number(page)
     total = session.scalar(select(func.count(AuditLog.id)))
-    rows = session.execute(select(AuditLog, User.name).outerjoin(User, User.id == AuditLog.user_id)
+    rows = session.execute(select(AuditLog, User.name, Cluster.label_index).outerjoin(User, User.id == AuditLog.user_id)
+                           .outerjoin(Cluster, and_(AuditLog.target_type == "cluster", Cluster.id == AuditLog.target_id))
                            .order_by(AuditLog.id.desc()).limit(per_page).offset((page - 1) * per_page)).all()
     return ([AuditRow(a.id, a.at, name, a.action, a.target_type, a.target_id,
-                      summarise_change(a.action, a.before, a.after), bool(a.undone)) for a, name in rows],
+                      summarise_change(a.action, a.before, a.after), bool(a.undone), label) for a, name, label in rows],
             page, _pages(total, per_page))

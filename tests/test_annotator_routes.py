@@ -276,6 +276,10 @@ def test_merge_split_members_and_undo_via_api(app, alice):
     assert sum(e["undone"] for e in audit) == 2
     page = alice.get("/audit").text
     assert "undone" in page and "alice" in page and "move_member" in page
+    with app.extensions["conceptgen_workspace"].session() as s:
+        label_a = s.get(Cluster, a).label_index
+    # clusters are named as the gallery numbers them, the database id after
+    assert f"cluster #{label_a} <small>(id {a})</small>" in page
 
 
 def test_other_users_cannot_undo_my_decision(app, alice):
