@@ -32,6 +32,8 @@ def faults_per_forward(mode: str) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
 def test_raised_thresholds_stop_page_faults_on_every_forward():
+    # glibc's defaults usually map the activations afresh each batch (~3,500 faults per forward
+    # here), but its adaptive thresholds sometimes settle on their own (0 once, in a full suite
+    # beside another job): the default is the motivation, the tuned process is the claim.
     default, tuned = faults_per_forward("default"), faults_per_forward("tuned")
-    assert default > 500  # glibc's defaults map the activations afresh each batch
-    assert tuned < default / 20
+    assert tuned < 50, f"{tuned} page faults per forward with raised thresholds (default: {default})"
