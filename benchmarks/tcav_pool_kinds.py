@@ -21,7 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -66,8 +65,8 @@ def main(argv=None) -> dict:
             g = store.gradients(examples, args.layer, loaded.class_index(target)).reshape(len(examples), -1).mean(0)
             own = pool_acts @ g
             mu, sd = float(own.mean()), float(own.std())
-            result["offsets"][target] = {k: [round((float((a @ g).mean()) - mu) / sd, 2), round(float((a @ g).std()) / sd, 2)]
-                                         for k, a in acts.items()}
+            result["offsets"][target] = {k: [round((float((a @ g).mean()) - mu) / sd, 2),
+                                             round(float((a @ g).std()) / sd, 2)] for k, a in acts.items()}
     print(f"mean projection on the class gradient at {args.layer}, in static-pool s.d. from its mean (spread)")
     for kind, n in result["counts"].items():
         print(f"{kind:<32} n={n:<3} " + " ".join(f"{t} {m:+.2f} ({s:.2f})" for t, per in result["offsets"].items()
