@@ -120,11 +120,12 @@ def run_summaries(session: Session) -> list[RunSummary]:
     for run in runs:
         cid = latest.get(run.id)
         n_clusters, n_reviewed = counts.get(cid, (0, 0))
+        n_tubes, n_background = tubes.get(run.id, (0, 0))
         out.append(RunSummary(id=run.id, status=run.status, model_name=run.model_name, created_at=run.created_at,
                               config=_config_summary(run.config), n_videos=videos.get((run.id, "done"), 0),
-                              n_failed_videos=videos.get((run.id, "failed"), 0), n_tubes=tubes.get(run.id, (0, 0))[0],
+                              n_failed_videos=videos.get((run.id, "failed"), 0), n_tubes=n_tubes,
                               clustering_id=cid, n_clusters=int(n_clusters or 0), n_reviewed=int(n_reviewed or 0),
-                              n_background=tubes.get(run.id, (0, 0))[1]))
+                              n_background=n_background))
     return out
 
 
