@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, func, select, union_all
+from sqlalchemy import Select, and_, bindparam, case, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from conceptgen.review.decisions import REVIEWABLE
@@ -334,6 +334,7 @@ class ClusterDetail:
     n_members: int
     prev_id: int | None
     next_id: int | None
+    labels: dict[int, int] = field(default_factory=dict)  # parent's and children's "#n", by id
 
     def to_json(self) -> dict[str, Any]:
         return to_plain(self)
@@ -360,7 +361,8 @@ _DETAIL_MEMBERS = (
     .where(ClusterMember.cluster_id == bindparam("cluster"))
     .order_by(ClusterMember.excluded, ClusterMember.rank, ClusterMember.id)
     .limit(bindparam("limit")).offset(bindparam("offset")))
-_DETAIL_RELATED = (select(Cluster.id, Cluster.status).where(Cluster.parent_id == bindparam("cluster"))
+_DETAIL_RELATED = (select(Cluster.id, Cluster.status, Cluster.label_index)
+                   .where(or_(Cluster.parent_id == bindparam("cluster"), Cluster.id == bindparam("parent")))
                    .order_by(Cluster.id))
 
 
@@ -382,13 +384,15 @@ def cluster_detail(session: Session, cluster_id: int, *, page: Any = 1, per_page
     page = _page_number(page)
     (n_members, prev_id, next_id), = _read(session, _DETAIL_COUNTS, cluster=head.id, clustering=head.clustering_id)
     members = member_rows(session, head.id, offset=(page - 1) * per_page, limit=per_page)
-    related = _read(session, _DETAIL_RELATED, cluster=head.id)
+    related = _read(session, _DETAIL_RELATED, cluster=head.id, parent=head.parent_id)
+    children = [r for r in related if r.id != head.parent_id]
     return ClusterDetail(
         cluster=_card(head), run_id=head.run_id, clustering_id=head.clustering_id, layer=head.layer,
         description=head.description, concept_name=head.concept_name,
-        children=[i for i, s in related if s != "merged"], merged_from=[i for i, s in related if s == "merged"],
+        children=[r.id for r in children if r.status != "merged"],
+        merged_from=[r.id for r in children if r.status == "merged"],
         members=members, page=page, n_pages=_pages(n_members, per_page), n_members=n_members,
-        prev_id=prev_id, next_id=next_id)
+        prev_id=prev_id, next_id=next_id, labels={r.id: r.label_index for r in related})
 
 
 @dataclass

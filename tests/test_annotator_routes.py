@@ -243,6 +243,24 @@ def test_script_names_are_escaped_everywhere(app, alice):
         assert "&lt;script&gt;alert(" in html, url
 
 
+def test_split_and_merge_links_name_clusters_as_the_gallery_does(app, alice):
+    """The parent's and children's links read "#n" (a split's parts were listed by database id)."""
+    a, b, _c, _ = app.seed.cluster_ids
+    merged = alice.post("/api/clusters/merge", {"clusters": [{"id": a, "version": 1}, {"id": b, "version": 1}]})
+    va = merged.get_json()["versions"][str(a)]
+    parts = alice.post(f"/api/clusters/{a}/split", {"version": va, "k": 2, "seed": 0}).get_json()["created_cluster_ids"]
+    with app.extensions["conceptgen_workspace"].session() as s:
+        label = {i: s.get(Cluster, i).label_index for i in (a, b, *parts)}
+    assert all(label[i] != i for i in parts)
+    page = alice.get(f"/clusters/{a}").text
+    for i in parts:
+        assert f'href="/clusters/{i}">#{label[i]}</a>' in page
+    assert f'href="/clusters/{b}">#{label[b]}</a>' in page  # merged from
+    assert f'href="/clusters/{a}">#{label[a]}</a>' in alice.get(f"/clusters/{parts[0]}").text  # split from
+    similar = alice.get(f"/api/clusters/{a}/similar")
+    assert similar.status_code == 404 and "this cluster has no members left" in similar.get_json()["error"]
+
+
 def test_merge_split_members_and_undo_via_api(app, alice):
     a, b, c, _ = app.seed.cluster_ids
     merged = alice.post("/api/clusters/merge", {"clusters": [{"id": a, "version": 1}, {"id": b, "version": 1}]})

@@ -103,7 +103,7 @@ def seed_tube(cluster_id: int) -> int:
                           .where(ClusterMember.cluster_id == cluster_id, ClusterMember.excluded.is_(False))
                           .order_by(ClusterMember.representative.desc(), ClusterMember.rank).limit(1))
     if tube_id is None:
-        raise NotFoundError(f"cluster {cluster_id} has no members left to search from")
+        raise NotFoundError("this cluster has no members left to search from (split, merged or emptied)")
     return tube_id
 
 
