@@ -475,6 +475,7 @@ class VersionRow:
     description: str | None
     cluster_id: int | None
     n_examples: int
+    cluster_label: int | None = None  # the cluster's "#n" in its gallery when it was accepted
 
 
 @dataclass
@@ -535,7 +536,8 @@ def concept_library(session: Session) -> list[ConceptEntry]:
             .outerjoin(ConceptExample, ConceptExample.concept_version_id == ConceptVersion.id)
             .where(ConceptVersion.concept_id.in_(ids)).group_by(ConceptVersion.id)
             .order_by(ConceptVersion.concept_id, ConceptVersion.version.desc())):
-        versions[v.concept_id].append(VersionRow(v.version, v.created_at, author, v.description, v.cluster_id, n))
+        versions[v.concept_id].append(VersionRow(v.version, v.created_at, author, v.description, v.cluster_id, n,
+                                                 (v.provenance or {}).get("label_index")))
         if author:
             annotators[v.concept_id].add(author)
     for concept_id, name in session.execute(
@@ -611,9 +613,10 @@ def summarise_change(action: str, before: dict | None, after: dict | None) -> st
 
 
 def _cluster_title(cluster_id: Any, state: dict | None) -> str:
-    """"cluster #n (id k)": the gallery's number first, as people know it; the id, which links, after."""
-    label = (state or {}).get("label_index")
-    return f"cluster #{label} (id {cluster_id})" if label is not None else f"cluster {cluster_id}"
+    """A cluster of an audit entry, named as decisions' messages name it."""
+    from conceptgen.review.decisions import cluster_title
+
+    return cluster_title((state or {}).get("label_index"), cluster_id)
 
 
 def audit_page(session: Session, *, page: Any = 1, per_page: int = 50) -> tuple[list[AuditRow], int, int]:

@@ -231,6 +231,9 @@ def test_accept_via_api_needs_csrf_header_and_current_version(app, alice):
     assert taken.status_code == 409 and "already exists" in taken.get_json()["error"]
     library = alice.get("/concepts").text
     assert "Sliding square" in library and "alice" in library and "v1" in library
+    with app.extensions["conceptgen_workspace"].session() as s:
+        label = s.get(Cluster, cid).label_index
+    assert label != cid and f'href="/clusters/{cid}">#{label}</a>' in library  # the gallery's number, linked
 
 
 def test_script_names_are_escaped_everywhere(app, alice):
@@ -259,6 +262,9 @@ def test_split_and_merge_links_name_clusters_as_the_gallery_does(app, alice):
     assert f'href="/clusters/{a}">#{label[a]}</a>' in alice.get(f"/clusters/{parts[0]}").text  # split from
     similar = alice.get(f"/api/clusters/{a}/similar")
     assert similar.status_code == 404 and "this cluster has no members left" in similar.get_json()["error"]
+    late = alice.post(f"/api/clusters/{b}/reject", {"version": _version(app, b)})  # decisions' messages too
+    assert late.status_code == 400
+    assert late.get_json()["error"].startswith(f"cluster #{label[b]} (id {b}) was merged into cluster #{label[a]} (id {a})")
 
 
 def test_merge_split_members_and_undo_via_api(app, alice):

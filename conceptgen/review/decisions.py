@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -197,6 +197,15 @@ def _member_states(session: Session, members: dict[int, Any], chunk: int = 500) 
     return {str(i): _row_state(MEMBER_FIELDS, rows[i]) for i in members if i in rows}
 
 
+def cluster_title(label_index: int | None, cluster_id: int) -> str:
+    """How messages name a cluster: its gallery number first ("#3", what reviewers see), its id after."""
+    return f"cluster #{label_index} (id {cluster_id})" if label_index is not None else f"cluster {cluster_id}"
+
+
+def _title(cluster: Cluster) -> str:
+    return cluster_title(cluster.label_index, cluster.id)
+
+
 def _stale(what: str) -> StaleVersionError:
     return StaleVersionError(f"{what} was changed by someone else since you loaded it; "
                              f"reload the page and decide again")
@@ -206,14 +215,15 @@ def load_cluster(session: Session, cluster_id: int, seen_version: int | None) ->
     """The cluster, checked against the version the reviewer saw (None skips the check)."""
     cluster = get_or_raise(session, Cluster, cluster_id, "cluster", "go back to the gallery and reload")
     if seen_version is not None and int(seen_version) != cluster.version:
-        raise _stale(f"cluster {cluster_id} (you saw version {seen_version}, it is now {cluster.version})")
+        raise _stale(f"{_title(cluster)} (you saw version {seen_version}, it is now {cluster.version})")
     return cluster
 
 
 def _require_reviewable(cluster: Cluster) -> None:
     if cluster.status not in REVIEWABLE:
-        successor = f" into cluster {cluster.parent_id}" if cluster.status == "merged" else ""
-        raise DecisionError(f"cluster {cluster.id} was {cluster.status}{successor}; "
+        parent = object_session(cluster).get(Cluster, cluster.parent_id) if cluster.parent_id else None
+        successor = f" into {_title(parent)}" if cluster.status == "merged" and parent is not None else ""
+        raise DecisionError(f"{_title(cluster)} was {cluster.status}{successor}; "
                             f"review its successor clusters instead")
 
 
@@ -244,7 +254,7 @@ def _decide(session: Session, user_id: int | None, action: str, target: Cluster,
         session.flush()
     except StaleDataError:
         session.rollback()
-        raise _stale(f"cluster {target.id}") from None
+        raise _stale(_title(target)) from None
     except SqlIntegrityError as err:
         session.rollback()
         raise NameTakenError("that name was just taken by another concept; choose another name") from err
@@ -412,7 +422,7 @@ def accept(session: Session, user_id: int | None, cluster_id: int, seen_version:
     examples = sorted((m for m in members if not m.excluded),
                       key=lambda m: (not m.representative, m.distance, m.id))
     if not examples:
-        raise DecisionError(f"cluster {cluster.id} has no members left; restore a member or reject it")
+        raise DecisionError(f"{_title(cluster)} has no members left; restore a member or reject it")
     concept = session.get(Concept, cluster.concept_id) if cluster.concept_id else None
     other = _check_name_free(session, name, concept.id if concept else None)
     if other is not None:
@@ -682,7 +692,7 @@ def _load_members_of(session: Session, cluster: Cluster, member_ids: Iterable[in
     strays = sorted(set(ids) - {m.id for m in members if m.cluster_id == cluster.id})
     if strays:
         shown = ", ".join(map(str, strays[:5])) + (" …" if len(strays) > 5 else "")
-        raise DecisionError(f"member(s) {shown} are no longer in cluster {cluster.id}; reload the page")
+        raise DecisionError(f"member(s) {shown} are no longer in {_title(cluster)}; reload the page")
     return members
 
 
@@ -725,9 +735,9 @@ def _move(session: Session, user_id: int | None, source: Cluster, members: list[
           target_cluster_id: int, action: str, info: dict[str, Any]) -> DecisionResult:
     target = load_cluster(session, target_cluster_id, None)
     if target.id == source.id:
-        raise DecisionError(f"the member(s) are already in cluster {target.id}; pick another cluster")
+        raise DecisionError(f"the member(s) are already in {_title(target)}; pick another cluster")
     if target.clustering_id != source.clustering_id:
-        raise DecisionError(f"cluster {target.id} belongs to another clustering; move members only "
+        raise DecisionError(f"{_title(target)} belongs to another clustering; move members only "
                             f"between clusters of one gallery")
     _require_reviewable(target)
     touched = _Touched(clusters={source.id: source, target.id: target}, members={m.id: m for m in members})
