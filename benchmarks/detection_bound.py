@@ -25,11 +25,9 @@ sys.path.insert(0, str(REPO))
 from conceptgen.box_truth import detection_coverage, load_ground_truth, scale_box  # noqa: E402
 from conceptgen.extract import ExtractConfig  # noqa: E402
 from conceptgen.masks import mask_box  # noqa: E402
-from conceptgen.segment import build_segmenters, optical_flow  # noqa: E402
+from conceptgen.segment import optical_flow  # noqa: E402
 from conceptgen.videoio import read_frames  # noqa: E402
-
-REAL_CLIPS = REPO.parent / "shared" / "data" / "real-clips"
-TRUTH = REPO / "benchmarks" / "data" / "real_clips_boxes.json"
+from real_discovery import REAL_CLIPS, TRUTH  # noqa: E402  (this folder is on sys.path when run)
 
 
 def clip_coverage(path: Path, truth, config: ExtractConfig, device: str) -> dict[str, dict[str, float]]:
@@ -40,9 +38,7 @@ def clip_coverage(path: Path, truth, config: ExtractConfig, device: str) -> dict
     flows = optical_flow(frames)
     mask_size, video_size = frames.shape[1:3], (truth.width, truth.height)
     boxes: dict[str, dict[int, list]] = {"any": {}}
-    for segmenter in build_segmenters(config.segmenters, sam_checkpoint=config.sam_checkpoint,
-                                      sam_model=config.sam_model, device=device,
-                                      keyframe_every=config.keyframe_every, seed=config.seed):
+    for segmenter in config.build_segmenters(device):
         per_frame = boxes.setdefault(segmenter.name, {})
         for f, dets in enumerate(segmenter.segment(frames, flows=flows)):
             found = [scale_box(mask_box(d.mask), mask_size, video_size) for d in dets]

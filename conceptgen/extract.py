@@ -111,6 +111,13 @@ class ExtractConfig:
             kwargs["class_names"] = tuple(kwargs["class_names"])
         return cls(**kwargs)
 
+    def build_segmenters(self, device: str = "cpu") -> list:
+        """The segmenters this config names (segment.Segmenter), as every video of its run uses them."""
+        from conceptgen.segment import build_segmenters
+
+        return build_segmenters(self.segmenters, sam_checkpoint=self.sam_checkpoint, sam_model=self.sam_model,
+                                device=device, keyframe_every=self.keyframe_every, seed=self.seed)
+
     def model_source(self):
         """The model this config names, as a registry.ModelSource."""
         from conceptgen.registry import InputSpec, ModelSource
@@ -284,13 +291,10 @@ class VideoProcessor:
 
     def __init__(self, config: ExtractConfig, loaded, *, batch_size: int, clock: StageClock | None = None):
         from conceptgen.render import fill_from_mean
-        from conceptgen.segment import build_segmenters
 
         self.config, self.loaded, self.batch_size = config, loaded, batch_size
         self.clock = clock or StageClock(budget=None)
-        self.segmenters = build_segmenters(config.segmenters, sam_checkpoint=config.sam_checkpoint,
-                                           sam_model=config.sam_model, device=str(loaded.device),
-                                           keyframe_every=config.keyframe_every, seed=config.seed)
+        self.segmenters = config.build_segmenters(str(loaded.device))
         self.embedder = HookEmbedder(loaded, config.layers, pooling=config.pooling, amp=config.amp)
         self.fill = fill_from_mean(loaded.spec.mean)
 
@@ -503,10 +507,7 @@ def check_default_model_fits(workspace: Workspace, selector: str = "all") -> Non
 
 def _check_worker_options(config: ExtractConfig, device: str) -> None:
     """Fails on options the workers would refuse, before any video is claimed."""
-    from conceptgen.segment import build_segmenters
-
-    build_segmenters(config.segmenters, sam_checkpoint=config.sam_checkpoint, sam_model=config.sam_model,
-                     keyframe_every=config.keyframe_every)  # cheap: SAM's weights load on first use
+    config.build_segmenters()  # cheap: SAM's weights load on first use
     if config.amp and device != "cuda":
         raise ConfigError("--amp needs --device cuda; drop --amp on CPU")
 
