@@ -350,6 +350,10 @@ def figures(report, class_names) -> dict:
         "planted_p_corrected": max(r.p_corrected for r in first) if first else None,
         "planted_significant": bool(first) and all(r.significant for r in first),
         "false_discoveries": len(false),
+        "false_discovery_cells": [f"{r.concept} [{r.variant}] {r.layer} {r.target}: logit change "
+                                  f"{r.logit_change_mean:+.3f}" + ("" if r.z is None else f", z {r.z:+.1f}")
+                                  for r in false],
+        "planted_missed": [f"{r.concept} {r.layer}: {r.verdict}" for r in planted if not r.significant],
         "planted_found": f"{sum(r.significant for r in planted)}/{len(planted)}",
         "dynamic_minus_static": round(min(diffs), 4) if diffs else None,
         "degenerate_layers_flagged": sorted(degenerate),
@@ -432,7 +436,10 @@ def main(argv=None) -> dict:
                    help="write the report's plots here (the README's effect_<class>.png comes from --quick)")
     add_flag(p)
     p.add_argument("--checkpoint", default=None,
-                   help="a trained demo checkpoint to use instead of training one (first run trains ~10+ min)")
+                   help="a trained demo checkpoint to use instead of training one (first run trains ~1-10 min)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the demo model's training (default: --seed): the same training videos, "
+                        "another model (benchmarks/tcav_training_seeds.py sweeps it)")
     args = p.parse_args(argv)
     import torch
 
@@ -455,8 +462,9 @@ def main(argv=None) -> dict:
     else:
         # 200 videos as `conceptgen synth`; fewer leave the demo model near chance.
         train_set = generate_synthetic_set(work / "synth-train", n_videos=200, seed=args.seed)
-        ws = Workspace.resolve(work / "workspace")
-        train = train_demo_model(train_set.root, ws, seed=args.seed)
+        train_seed = args.seed if args.train_seed is None else args.train_seed
+        ws = Workspace.resolve(work / ("workspace" if train_seed == args.seed else f"workspace-train-seed{train_seed}"))
+        train = train_demo_model(train_set.root, ws, seed=train_seed)
         loaded = load_model("demo", workspace=ws, device=args.device)
         accuracy, origin = train.test_accuracy, "reused" if train.reused else "trained now"
         checkpoint = train.checkpoint
@@ -533,6 +541,7 @@ def main(argv=None) -> dict:
         "n_random_sets": report.n_random_sets,
         "layers": list(layers),
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),
+        "train_seed": None if args.checkpoint else (args.seed if args.train_seed is None else args.train_seed),
         "object_mode": args.object_mode, "quick": args.quick, "device": str(loaded.device), "amp": args.amp,
     })
     result.update(check(result, TARGETS, enforce=not args.no_targets))
