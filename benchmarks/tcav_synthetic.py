@@ -312,6 +312,14 @@ def extraction_seconds(loaded, inputs, config, cache_dir, batch_size: int) -> fl
     return time.perf_counter() - t
 
 
+def training_recipe(counterfactual_weight: float | None, empty_background_share: float | None):
+    """The demo model's TrainConfig: its defaults, less what was given."""
+    from conceptgen.demo_model import TrainConfig
+
+    given = {"counterfactual_weight": counterfactual_weight, "empty_background_share": empty_background_share}
+    return TrainConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 def stated_hypotheses(class_names) -> tuple[tuple[str, str], ...]:
     """The ground truth's claims: planted concept for its class, distractors for all."""
     return tuple([(f"actor_{c}", c) for c in class_names] + [(d, c) for d in DISTRACTORS for c in class_names])
@@ -440,12 +448,17 @@ def main(argv=None) -> dict:
     p.add_argument("--train-seed", type=int, default=None,
                    help="seed of the demo model's training (default: --seed): the same training videos, "
                         "another model (benchmarks/tcav_training_seeds.py sweeps it)")
+    p.add_argument("--counterfactual-weight", type=float, default=None,
+                   help="the demo model's training: weight of its counterfactual twins (default: TrainConfig's, off)")
+    p.add_argument("--empty-background-share", type=float, default=None,
+                   help="the demo model's training: share of empty backgrounds among its clips without class "
+                        "evidence (default: TrainConfig's, none)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)
     set_quiet(True)
-    from conceptgen.demo_model import train_demo_model
+    from conceptgen.demo_model import TrainConfig, train_demo_model
     from conceptgen.registry import load_model
     from conceptgen.synth import generate_synthetic_set
 
@@ -463,9 +476,11 @@ def main(argv=None) -> dict:
         # 200 videos as `conceptgen synth`; fewer leave the demo model near chance.
         train_set = generate_synthetic_set(work / "synth-train", n_videos=200, seed=args.seed)
         train_seed = args.seed if args.train_seed is None else args.train_seed
-        ws = Workspace.resolve(work / ("workspace" if train_seed == args.seed else f"workspace-train-seed{train_seed}"))
-        train = train_demo_model(train_set.root, ws, seed=train_seed)
-        loaded = load_model("demo", workspace=ws, device=args.device)
+        recipe = training_recipe(args.counterfactual_weight, args.empty_background_share)
+        name = "workspace" + ("" if train_seed == args.seed else f"-train-seed{train_seed}") + \
+            ("" if recipe == TrainConfig() else f"-twins{recipe.counterfactual_weight:g}-empty{recipe.empty_background_share:g}")
+        train = train_demo_model(train_set.root, Workspace.resolve(work / name), seed=train_seed, config=recipe)
+        loaded = load_model(train.checkpoint, device=args.device)
         accuracy, origin = train.test_accuracy, "reused" if train.reused else "trained now"
         checkpoint = train.checkpoint
     timings["data + demo model"] = time.perf_counter() - t
@@ -542,6 +557,9 @@ def main(argv=None) -> dict:
         "layers": list(layers),
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),
         "train_seed": None if args.checkpoint else (args.seed if args.train_seed is None else args.train_seed),
+        "train_recipe": None if args.checkpoint else {
+            k: v for k, v in vars(training_recipe(args.counterfactual_weight, args.empty_background_share)).items()
+            if k in ("counterfactual_weight", "empty_background_share")},
         "object_mode": args.object_mode, "quick": args.quick, "device": str(loaded.device), "amp": args.amp,
     })
     result.update(check(result, TARGETS, enforce=not args.no_targets))

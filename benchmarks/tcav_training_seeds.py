@@ -33,15 +33,23 @@ def main(argv=None) -> dict:
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".work",
                    help="as tcav_synthetic.py (the data, and one model per training seed, are reused)")
     p.add_argument("--seed", type=int, default=0, help="tcav_synthetic.py's --seed: its data and random-set draws")
+    p.add_argument("--counterfactual-weight", type=float, default=None,
+                   help="the recipe, as tcav_synthetic.py's option (default: TrainConfig's)")
+    p.add_argument("--empty-background-share", type=float, default=None,
+                   help="the recipe, as tcav_synthetic.py's option (default: TrainConfig's)")
     args = p.parse_args(argv)
+    recipe = tcav_synthetic.training_recipe(args.counterfactual_weight, args.empty_background_share)
+    w, share = recipe.counterfactual_weight, recipe.empty_background_share
+    print(f"recipe: counterfactual weight {w:g}, empty-background share {share:g}")
     rows = []
     for train_seed in range(args.train_seeds):
-        log = args.work / "tcav" / f"training-seed{train_seed}.log"
+        log = args.work / "tcav" / f"training-seed{train_seed}-twins{w:g}-empty{share:g}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as out, contextlib.redirect_stdout(out):
             r = tcav_synthetic.main(["--quick", "--no-captum", "--no-discovered", "--no-targets",
                                      "--work", str(args.work), "--seed", str(args.seed),
-                                     "--train-seed", str(train_seed)])
+                                     "--train-seed", str(train_seed),
+                                     "--counterfactual-weight", str(w), "--empty-background-share", str(share)])
         rows.append({"train_seed": train_seed, "demo_test_accuracy": r["demo_test_accuracy"],
                      "planted_found": r["planted_found"], "false_discoveries": r["false_discoveries"],
                      "false_discovery_cells": r["false_discovery_cells"], "planted_missed": r["planted_missed"],
@@ -54,7 +62,8 @@ def main(argv=None) -> dict:
             print(f"    planted missed:  {cell}")
     met = [row["train_seed"] for row in rows
            if row["false_discoveries"] == 0 and row["planted_found"].split("/")[0] == row["planted_found"].split("/")[1]]
-    result = {"train_seeds": args.train_seeds, "seeds_meeting_both_targets": met,
+    result = {"train_seeds": args.train_seeds, "counterfactual_weight": w, "empty_background_share": share,
+              "seeds_meeting_both_targets": met,
               "false_discoveries_by_seed": [row["false_discoveries"] for row in rows],
               "planted_found_by_seed": [row["planted_found"] for row in rows], "rows": rows}
     print(f"\nseeds with every planted concept found and no false discovery: {len(met)} of {args.train_seeds} {met}")

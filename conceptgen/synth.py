@@ -335,7 +335,7 @@ def render_video(spec: _VideoSpec, t: int, size: int):
 def _redrawn_plan(dataset: SynthDataset, video: SynthVideo) -> _VideoSpec:
     """``video``'s plan drawn again from its own RNG stream (seed, index): exactly the
     one it was painted from."""
-    index = int(video.id.rsplit("_", 1)[1])
+    index = _index_of(video)
     return _draw_video(index, video.label, np.random.default_rng([dataset.seed, index]),
                        dataset.num_frames, dataset.size)
 
@@ -363,16 +363,50 @@ def render_with_decoy(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
     a model trained on such videos cannot read "a large object that does not translate"
     as ``growing``."""
     spec = _redrawn_plan(dataset, video)
-    rng = np.random.default_rng([dataset.seed, int(video.id.rsplit("_", 1)[1]), 1])
+    rng = np.random.default_rng([dataset.seed, _index_of(video), 1])
     t, size = dataset.num_frames, dataset.size
-    r = rng.uniform(7, 15) * size / 112.0
-    centre = rng.uniform(r, size - r, size=2)
-    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    decoy = SynthObject(index=len(spec.objects), role="distractor", shape=SHAPES[int(rng.integers(len(SHAPES)))],
-                        colour=colour, rgb=COLOURS[colour], motion="static",
-                        z=int(rng.integers(0, len(spec.objects) + 1)) - 0.5,  # between two painted layers
-                        centers=np.repeat(centre[None], t, axis=0), radii=np.full(t, r))
+    decoy = _still_object(rng, spec, t, size, rng.uniform(7, 15) * size / 112.0)
     return _paint(spec, [*spec.objects, decoy], t, size)
+
+
+def render_with_still_objects(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
+    """``video`` painted again with 1-3 more objects that neither move nor grow, of radius
+    4-19 px at 112 (from a distractor's size to past the largest actor's), anywhere and in
+    any paint order, drawn from the stream (seed, index, 3): (T, H, W, 3) uint8. Still
+    things are no class evidence, so the two are to be classified alike."""
+    spec = _redrawn_plan(dataset, video)
+    rng = np.random.default_rng([dataset.seed, _index_of(video), 3])
+    t, size = dataset.num_frames, dataset.size
+    still = [_still_object(rng, spec, t, size, rng.uniform(4, 19) * size / 112.0, z_offset=0.01 * i)
+             for i in range(int(rng.integers(1, 4)))]
+    return _paint(spec, [*spec.objects, *still], t, size)
+
+
+def render_on_new_background(dataset: SynthDataset, video: SynthVideo) -> np.ndarray:
+    """``video`` painted again, every object where it was, on a background drawn afresh
+    (kind and colours from the stream (seed, index, 2)): (T, H, W, 3) uint8. The class is
+    the actor's motion alone, so the two are to be classified alike."""
+    spec = _redrawn_plan(dataset, video)
+    background, kind, rgb = _draw_background(np.random.default_rng([dataset.seed, _index_of(video), 2]),
+                                             dataset.size)
+    return _paint(replace(spec, background=background, background_kind=kind, background_rgb=rgb),
+                  spec.objects, dataset.num_frames, dataset.size)
+
+
+def _index_of(video: SynthVideo) -> int:
+    return int(video.id.rsplit("_", 1)[1])
+
+
+def _still_object(rng: np.random.Generator, spec: _VideoSpec, t: int, size: int, radius: float, *,
+                  z_offset: float = 0.0) -> SynthObject:
+    """An object of ``radius`` px that neither moves nor grows, its place, colour, shape and
+    paint order (between two of ``spec``'s layers, ``z_offset`` apart from others) from ``rng``."""
+    centre = rng.uniform(radius, size - radius, size=2)
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    return SynthObject(index=len(spec.objects), role="distractor", shape=SHAPES[int(rng.integers(len(SHAPES)))],
+                       colour=colour, rgb=COLOURS[colour], motion="static",
+                       z=int(rng.integers(0, len(spec.objects) + 1)) - 0.5 + z_offset,
+                       centers=np.repeat(centre[None], t, axis=0), radii=np.full(t, radius))
 
 
 def _write_video_files(out: Path, spec: _VideoSpec, split: str, t: int, size: int) -> dict:

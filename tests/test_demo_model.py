@@ -109,6 +109,20 @@ def test_training_is_deterministic_and_resumes_after_interruption(tmp_path):
     assert not resume_point.exists()
 
 
+def test_counterfactual_twins_train_deterministically_and_change_the_model(tmp_path):
+    """TrainConfig.counterfactual_weight / empty_background_share (off by default): the twins'
+    loss and the empty backgrounds are trained, seeded like everything else."""
+    data = generate_synthetic_set(tmp_path / "data", n_videos=20, seed=5, num_frames=8, size=48).root
+    base = dict(epochs=2, batch_size=4, widths=(4, 4, 4, 4), min_steps=0)
+    twins = TrainConfig(**base, counterfactual_weight=1.0, empty_background_share=0.4)
+    first = train_demo_model(data, Workspace.resolve(tmp_path / "a"), seed=3, config=twins)
+    again = train_demo_model(data, Workspace.resolve(tmp_path / "b"), seed=3, config=twins)
+    plain = train_demo_model(data, Workspace.resolve(tmp_path / "c"), seed=3, config=TrainConfig(**base))
+    assert first.fingerprint == again.fingerprint
+    assert first.fingerprint != plain.fingerprint
+    assert TrainConfig().counterfactual_weight == 0 and TrainConfig().empty_background_share == 0
+
+
 def test_network_outputs_logits_for_the_spec():
     net = build_demo_network().eval()
     x = torch.randn(2, 3, DEMO_SPEC.num_frames, DEMO_SPEC.side, DEMO_SPEC.side)

@@ -8,8 +8,8 @@ import pytest
 from scipy.ndimage import binary_erosion
 
 from conceptgen.errors import ConfigError, DataError
-from conceptgen.synth import (CLASS_NAMES, generate_synthetic_set, load_ground_truth, render_with_decoy,
-                              render_without_actor)
+from conceptgen.synth import (CLASS_NAMES, generate_synthetic_set, load_ground_truth, render_on_new_background,
+                              render_with_decoy, render_with_still_objects, render_without_actor)
 from conceptgen.videoio import probe_video, read_frames
 
 
@@ -97,6 +97,29 @@ def test_a_video_redrawn_without_its_actor_or_with_a_still_decoy_keeps_everythin
         decoy_px = (decoy != bare).any(axis=-1) & ~v.load_masks(visible=False).any(axis=(0, 1))  # no other object
         assert (decoy_px == decoy_px[0]).all(), v.id   # one place in every frame: it neither moves nor grows
         assert decoy_px[0].sum() >= 0.5 * np.pi * (7 * 0.6) ** 2, v.id   # about the actor's size (7-15 px)
+
+
+def test_counterfactual_twins_change_only_the_background_or_add_still_objects(small_synth):
+    """The demo model's counterfactual twins (TrainConfig.counterfactual_weight), against the
+    video painted from its plan (both painted, no H.264 between them)."""
+    from conceptgen.synth import _paint, _redrawn_plan
+
+    for v in small_synth.videos[:4]:
+        spec = _redrawn_plan(small_synth, v)
+        painted = _paint(spec, spec.objects, small_synth.num_frames, small_synth.size)
+        assert np.abs(painted.astype(int) - read_frames(v.video_path)).mean() < 10  # the plan is the video (up to H.264)
+        covered = v.load_masks(visible=False).any(axis=0)            # (T, H, W): an object is there
+        never = ~covered.any(axis=0)                                  # (H, W): never under an object
+        restyled = render_on_new_background(small_synth, v)
+        assert np.array_equal(restyled[covered], painted[covered]), v.id      # every object as it was
+        assert (restyled != painted).any(axis=-1)[:, never].mean() > 0.5, v.id  # a new background
+        assert np.array_equal(restyled, render_on_new_background(small_synth, v))  # from its own stream
+        cluttered = render_with_still_objects(small_synth, v)
+        added = (cluttered != painted).any(axis=-1)[:, never]         # (T, pixels) away from the objects
+        assert added.any(), v.id
+        assert (added == added[0]).all(), v.id                        # what was added neither moves nor grows
+        rest = ~added[0]
+        assert np.array_equal(cluttered[0][never][rest], painted[0][never][rest]), v.id  # the rest kept
 
 
 def test_ground_truth_json_records_attributes_and_background(small_synth):
