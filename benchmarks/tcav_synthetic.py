@@ -73,7 +73,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conceptgen.ground_truth import match_ground_truth  # noqa: E402
 from conceptgen.progress import set_quiet  # noqa: E402
-from conceptgen.render import render_object_clip, render_tube_clip  # noqa: E402
+from conceptgen.render import render_background_clip, render_object_clip  # noqa: E402
 from conceptgen.videoio import read_clip, read_frames  # noqa: E402
 from conceptgen.workspace import Workspace  # noqa: E402
 from tcav.examples import ConceptExamples, Example, concepts_from_db, static_counterpart  # noqa: E402
@@ -95,12 +95,7 @@ def _object_clip(frames, masks, spec, *, static: bool, mode: str = "crop"):
 
 
 def _background_clip(frames, full_masks, spec, *, static: bool):
-    # Pixels no object covers in any frame: a per-frame hole would move with the
-    # actor and carry its class's motion into a class-independent concept.
-    t, h, w = full_masks.shape[1:]
-    background = np.broadcast_to(~full_masks.any(axis=(0, 1)), (t, h, w))
-    return render_tube_clip(frames, list(range(t)), list(background), [[0.0, 0.0, float(w), float(h)]] * t,
-                            mode="mask", static=static, num_frames=spec.num_frames, side=spec.side)
+    return render_background_clip(frames, full_masks, static=static, num_frames=spec.num_frames, side=spec.side)
 
 
 def ground_truth_inputs(dataset, spec, class_names, *, max_per_concept: int, object_mode: str = "crop"):

@@ -77,7 +77,7 @@ from conceptgen.hashing import sha256_bytes, sha256_json
 from conceptgen.progress import progress
 from conceptgen.registry import DEMO_FILE, InputSpec, KINETICS_MEAN, KINETICS_STD, \
     normalize_clips, save_checkpoint
-from conceptgen.render import render_object_clip, render_tube_clip
+from conceptgen.render import render_background_clip, render_object_clip
 from conceptgen.synth import (load_ground_truth, render_on_new_background, render_with_decoy,
                               render_with_still_objects, render_without_actor)
 from conceptgen.videoio import read_clip, read_frames, resize_clip, sample_indices, write_video
@@ -271,7 +271,8 @@ def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = Fa
                     twin = encoded(render(dataset, v))
                     twin_clips.setdefault(name, []).append(_whole_clip(twin))
                     twin_clips.setdefault(f"{name}_crops", []).append(_crop(twin, full[v.actor.index]))
-                twin_clips.setdefault("empty_backgrounds", []).append(_empty_background(bare, full))
+                twin_clips.setdefault("empty_backgrounds", []).append(
+                    render_background_clip(bare, full, num_frames=DEMO_SPEC.num_frames, side=DEMO_SPEC.side))
     return _Split(clips=np.stack(clips), labels=labels, no_actor=np.stack(no_actor),
                   actor_crops=np.stack(actor_crops), decoys=np.stack(decoys),
                   other_crops=np.stack(other_crops or no_actor),  # no distractor shows in 2 frames: none to crop
@@ -281,15 +282,6 @@ def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = Fa
 def _whole_clip(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) decoded frames -> the clip ``read_clip`` gives of the same video."""
     return resize_clip(frames[sample_indices(len(frames), DEMO_SPEC.num_frames)], DEMO_SPEC.side)
-
-
-def _empty_background(frames: np.ndarray, full_masks: np.ndarray) -> np.ndarray:
-    """The pixels no object covers in any frame, the rest filled as ``mask`` rendering
-    fills it: what the engine and TCAV show of a background."""
-    t, h, w = full_masks.shape[1:]
-    background = np.broadcast_to(~full_masks.any(axis=(0, 1)), (t, h, w))
-    return render_tube_clip(frames, list(range(t)), list(background), [[0.0, 0.0, float(w), float(h)]] * t,
-                            mode="mask", num_frames=DEMO_SPEC.num_frames, side=DEMO_SPEC.side)
 
 
 def _crop(frames: np.ndarray, masks: np.ndarray) -> np.ndarray | None:

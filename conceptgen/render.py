@@ -132,6 +132,17 @@ def render_object_clip(frames: np.ndarray, masks: np.ndarray, *, mode: str, num_
                             mode=mode, static=static, num_frames=num_frames, side=side)
 
 
+def render_background_clip(frames: np.ndarray, full_masks: np.ndarray, *, num_frames: int, side: int,
+                           static: bool = False) -> np.ndarray:
+    """A synthetic video's background: the pixels no object covers in any frame (``full_masks``
+    ``(n_objects, T, H, W)`` bool), the rest filled as ``mask`` mode fills it. A per-frame hole
+    would move with the objects and carry their motion into the background."""
+    t, h, w = full_masks.shape[1:]
+    background = np.broadcast_to(~full_masks.any(axis=(0, 1)), (t, h, w))
+    return render_tube_clip(frames, list(range(t)), list(background), [[0.0, 0.0, float(w), float(h)]] * t,
+                            mode="mask", static=static, num_frames=num_frames, side=side)
+
+
 @functools.lru_cache(maxsize=256)
 def _picked_positions(tube_length: int, num_frames: int, static: bool) -> tuple[np.ndarray, np.ndarray]:
     """The distinct :func:`tube_positions` (sorted) and, per clip frame, its index among them.
