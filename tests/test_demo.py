@@ -163,7 +163,11 @@ def test_demo_serves_the_annotator_and_stops_on_ctrl_c(headless):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "conceptgen", "--quiet", "--workspace", str(ws.root), "demo",
+    # As a terminal's foreground job, whose Ctrl-C is not ignored: a suite started in the
+    # background (`make test &`) hands its children SIGINT ignored, and Python keeps it so.
+    foreground = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                  "runpy.run_module('conceptgen', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", foreground, "--quiet", "--workspace", str(ws.root), "demo",
                              "--videos", str(VIDEOS), "--epochs", str(EPOCHS), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
