@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, case, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
-from conceptgen.review.decisions import REVIEWABLE
+from conceptgen.review.decisions import REVIEWABLE, cluster_title
 from conceptgen.errors import ConfigError, NotFoundError
 from conceptgen.orm import (
     AuditLog,
@@ -614,8 +614,6 @@ def summarise_change(action: str, before: dict | None, after: dict | None) -> st
 
 def _cluster_title(cluster_id: Any, state: dict | None) -> str:
     """A cluster of an audit entry, named as decisions' messages name it."""
-    from conceptgen.review.decisions import cluster_title
-
     return cluster_title((state or {}).get("label_index"), cluster_id)
 
 

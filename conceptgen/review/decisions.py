@@ -221,8 +221,9 @@ def load_cluster(session: Session, cluster_id: int, seen_version: int | None) ->
 
 def _require_reviewable(cluster: Cluster) -> None:
     if cluster.status not in REVIEWABLE:
-        parent = object_session(cluster).get(Cluster, cluster.parent_id) if cluster.parent_id else None
-        successor = f" into {_title(parent)}" if cluster.status == "merged" and parent is not None else ""
+        merged_into = (object_session(cluster).get(Cluster, cluster.parent_id)
+                       if cluster.status == "merged" and cluster.parent_id else None)
+        successor = f" into {_title(merged_into)}" if merged_into is not None else ""
         raise DecisionError(f"{_title(cluster)} was {cluster.status}{successor}; "
                             f"review its successor clusters instead")
 
