@@ -458,6 +458,8 @@ def main(argv=None) -> dict:
     from conceptgen.synth import generate_synthetic_set
 
     work = args.work / "tcav"
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    recipe = training_recipe(args.counterfactual_weight, args.empty_background_share)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     # The TCAV set is a different seed from the training set: no example was trained on.
@@ -470,8 +472,6 @@ def main(argv=None) -> dict:
     else:
         # 200 videos as `conceptgen synth`; fewer leave the demo model near chance.
         train_set = generate_synthetic_set(work / "synth-train", n_videos=200, seed=args.seed)
-        train_seed = args.seed if args.train_seed is None else args.train_seed
-        recipe = training_recipe(args.counterfactual_weight, args.empty_background_share)
         name = "workspace" + ("" if train_seed == args.seed else f"-train-seed{train_seed}") + \
             ("" if recipe == TrainConfig() else f"-twins{recipe.counterfactual_weight:g}-empty{recipe.empty_background_share:g}")
         train = train_demo_model(train_set.root, Workspace.resolve(work / name), seed=train_seed, config=recipe)
@@ -551,10 +551,9 @@ def main(argv=None) -> dict:
         "n_random_sets": report.n_random_sets,
         "layers": list(layers),
         "demo_test_accuracy": None if accuracy is None else round(float(accuracy), 4),
-        "train_seed": None if args.checkpoint else (args.seed if args.train_seed is None else args.train_seed),
-        "train_recipe": None if args.checkpoint else {
-            k: v for k, v in vars(training_recipe(args.counterfactual_weight, args.empty_background_share)).items()
-            if k in ("counterfactual_weight", "empty_background_share")},
+        "train_seed": None if args.checkpoint else train_seed,
+        "train_recipe": None if args.checkpoint else {"counterfactual_weight": recipe.counterfactual_weight,
+                                                      "empty_background_share": recipe.empty_background_share},
         "object_mode": args.object_mode, "quick": args.quick, "device": str(loaded.device), "amp": args.amp,
     })
     result.update(check(result, TARGETS, enforce=not args.no_targets))

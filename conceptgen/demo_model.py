@@ -192,8 +192,8 @@ def train_demo_model(data_dir: str | Path, workspace, *, seed: int = 0, epochs: 
     if not force and (report := _reuse(path, key, started)) is not None:
         return report
 
-    train = _load_split(dataset, "train", class_names, extra=True,
-                        twins=config.counterfactual_weight > 0 or config.empty_background_share > 0)
+    train = _load_split(dataset, "train", class_names, extra=True, twins=config.counterfactual_weight > 0,
+                        empty_backgrounds=config.empty_background_share > 0)
     test = _load_split(dataset, "test", class_names)
     torch.manual_seed(seed)
     kwargs = {"num_classes": len(class_names), "widths": list(config.widths)}
@@ -233,10 +233,10 @@ def _reuse(path: Path, key: str, started: float) -> TrainReport | None:
 
 
 def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = False,
-                twins: bool = False) -> _Split:
+                twins: bool = False, empty_backgrounds: bool = False) -> _Split:
     """The split's clips and labels; with ``extra`` also the clips the module docstring
     lists beside them (videos without actor, with a decoy, actor and distractor crops),
-    with ``twins`` also the counterfactual twins and empty backgrounds."""
+    with ``twins`` the counterfactual twins, with ``empty_backgrounds`` the empty backgrounds."""
     videos = dataset.split(split)
     if not videos:
         raise DataError(f"{dataset.root}: no {split} videos; generate more with "
@@ -271,6 +271,7 @@ def _load_split(dataset, split: str, class_names: list[str], *, extra: bool = Fa
                     twin = encoded(render(dataset, v))
                     twin_clips.setdefault(name, []).append(_whole_clip(twin))
                     twin_clips.setdefault(f"{name}_crops", []).append(_crop(twin, full[v.actor.index]))
+            if empty_backgrounds:
                 twin_clips.setdefault("empty_backgrounds", []).append(
                     render_background_clip(bare, full, num_frames=DEMO_SPEC.num_frames, side=DEMO_SPEC.side))
     return _Split(clips=np.stack(clips), labels=labels, no_actor=np.stack(no_actor),
